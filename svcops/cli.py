@@ -1,0 +1,351 @@
+"""The `svcops` command line: the imperative shell around the pure pipeline.
+
+Exit status, for scripts and CI:
+  0  success (plan --detailed-exitcode: nothing would change)
+  1  errors (bad input, bad usage, a failed node); nothing was changed
+  2  plan --detailed-exitcode only: something would change
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .diagnostics import Diagnostic, has_errors, sort_key
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+LOCK_NAME = "svcops.lock"
+
+MAIN_HELP = """\
+svcops gives plain Debian machines what Kubernetes Services give pods: stable
+cluster IPs, node ports, load-balancer addresses and service DNS names in front of
+backends that come and go. You keep a site folder in git:
+
+  SITE/svcops.yaml        the cluster: serviceCIDR, nodePortRange, proxyMode, pools...
+  SITE/services/*.yaml    Kubernetes Service (and Endpoints) manifests
+  SITE/svcops.lock        allocations made by svcops (commit it)
+
+and a pyinfra inventory whose host data names each node's workloads (backends).
+
+typical flow:
+  svcops validate examples/walkthrough                  # in CI, on every change
+  svcops plan -i inventory/example.py examples/walkthrough
+  svcops render -i inventory/example.py --node node1 examples/walkthrough
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 1, never 2: 2 means "changes" to `plan --detailed-exitcode`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _add_site(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "site",
+        nargs="?",
+        help="the site folder (default: svcops_site from the inventory's data, else the current folder)",
+    )
+
+
+def _add_inventory(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument(
+        "-i",
+        "--inventory",
+        required=required,
+        metavar="INVENTORY",
+        help="a pyinfra inventory file (e.g. inventory/example.py); its host data names the nodes' workloads",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="svcops",
+        description=MAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `svcops COMMAND --help` for each command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"svcops {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "validate",
+        help="check a site's files against the schemas and their meaning",
+        description=(
+            "Check svcops.yaml, every manifest in services/ and svcops.lock: schema, then meaning\n"
+            "(names, ports, ranges, conflicts with existing allocations). Every problem is printed\n"
+            "as file:line: field: message. Never writes anything.\n\n"
+            "With -i, the inventory's host data is checked too, and selectors that match no\n"
+            "workload or named target ports a workload lacks are reported as warnings."
+        ),
+        epilog="examples:\n  svcops validate examples/walkthrough\n  svcops validate -i inventory/example.py examples/walkthrough\n\nexit status: 0 valid (warnings allowed), 1 errors",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_inventory(p, required=False)
+    _add_site(p)
+
+    p = sub.add_parser(
+        "plan",
+        help="allocate addresses and ports (updating svcops.lock) and show what each node gets",
+        description=(
+            "Allocate cluster IPs, node ports, load-balancer and node addresses (existing ones\n"
+            "never move; new ones are written to SITE/svcops.lock), resolve endpoints, render every\n"
+            "node's rules, and show the allocation changes and what each node would get.\n"
+            "Nothing is written when there is any error."
+        ),
+        epilog=(
+            "examples:\n"
+            "  svcops plan -i inventory/example.py examples/walkthrough\n"
+            "  svcops plan -i inventory/example.py --json examples/walkthrough | jq .nodes\n"
+            "  svcops plan -i inventory/example.py --detailed-exitcode examples/walkthrough || echo changed\n\n"
+            "exit status: 0 ok, 1 errors; with --detailed-exitcode: 0 no changes, 1 errors, 2 changes"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_inventory(p, required=True)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
+    p.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 2 when something changed (an allocation was added, moved or released)",
+    )
+    _add_site(p)
+
+    p = sub.add_parser(
+        "render",
+        help="print exactly what one node gets",
+        description=(
+            "Print the exact iptables-restore payload (for a node without svcops's rules yet) and\n"
+            "the ifupdown file that NODE gets. Does not write svcops.lock: allocations that the lock\n"
+            "lacks are made in memory, with a warning to run `svcops plan`."
+        ),
+        epilog=(
+            "examples:\n"
+            "  svcops render -i inventory/example.py --node node1 examples/walkthrough\n"
+            "  svcops render -i inventory/example.py --node node1 --only iptables examples/walkthrough > rules\n"
+            "  iptables-restore --test --noflush < rules"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_inventory(p, required=True)
+    p.add_argument("--node", required=True, help="the node's name in the inventory")
+    p.add_argument(
+        "--only",
+        choices=("iptables", "interfaces"),
+        help="print only this part, raw (no section headers), ready for a pipe",
+    )
+    _add_site(p)
+    return parser
+
+
+# --- shell helpers -------------------------------------------------------------------
+
+
+def _print_diags(diags: Sequence[Diagnostic]) -> None:
+    for d in sorted(diags, key=sort_key):
+        print(d, file=sys.stderr)
+    errors = sum(1 for d in diags if d.is_error)
+    if errors:
+        print(f"svcops: {errors} error{'s' if errors != 1 else ''}; nothing was changed", file=sys.stderr)
+
+
+def _load(args: argparse.Namespace, need_inventory: bool):
+    """Load inventory, site and lock; returns (site, nodes, lock, lock_path, site_root, diags)."""
+    from .inventory import load_inventory
+    from .load import load_site
+    from .lockfile import read_lock
+
+    diags: list[Diagnostic] = []
+    nodes: tuple = ()
+    data: dict = {}
+    if args.inventory:
+        nodes, inv_diags, data = load_inventory(args.inventory)
+        diags += inv_diags
+    site_root = args.site or data.get("svcops_site") or "."
+    if not Path(site_root).is_dir():
+        diags.append(Diagnostic(str(site_root), None, "", "site folder not found"))
+        return None, nodes, None, None, site_root, diags
+    site, site_diags = load_site(site_root)
+    diags += site_diags
+    lock_path = Path(site_root) / LOCK_NAME
+    lock, lock_diags = read_lock(lock_path)
+    diags += lock_diags
+    return site, nodes, lock, lock_path, site_root, diags
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .allocate import allocate
+    from .endpoints import resolve
+
+    site, nodes, lock, lock_path, _, diags = _load(args, need_inventory=False)
+    if site is not None and lock is not None and not has_errors(diags):
+        # Conflicts with the lock are part of a site's meaning; allocate in memory only.
+        allocations, alloc_diags = allocate(site.cluster, site.services, nodes, lock, LOCK_NAME)
+        diags += alloc_diags
+        if args.inventory and not has_errors(diags):
+            diags += resolve(site, nodes, allocations)[1]
+    _print_diags(diags)
+    if has_errors(diags):
+        return EXIT_ERROR
+    services = len(site.services) if site else 0
+    print(f"{args.site or '.'}: valid ({services} service{'s' if services != 1 else ''})")
+    return EXIT_OK
+
+
+def _compile(args: argparse.Namespace):
+    from .pipeline import compile_site
+
+    site, nodes, lock, lock_path, site_root, diags = _load(args, need_inventory=True)
+    if site is None or lock is None or has_errors(diags):
+        return None, lock, lock_path, diags
+    compiled, more = compile_site(site, nodes, lock, LOCK_NAME)
+    return compiled, lock, lock_path, diags + more
+
+
+def _node_summary(compiled, name: str) -> dict:
+    from .render.iptables import restore_payload
+
+    out = compiled.outputs[name]
+    ports = [p for p in compiled.ports]
+    local = sum(1 for p in ports for e in p.endpoints if e.node == name)
+    payload = restore_payload(out.iptables)
+    lines = payload.splitlines()
+    return {
+        "node": name,
+        "sshHost": out.node.ssh_host,
+        "address": out.address,
+        "interface": out.node.interface,
+        "servicePorts": len(ports),
+        "endpoints": sum(len(p.endpoints) for p in ports),
+        "localEndpoints": local,
+        "iptables": {
+            "chains": sum(1 for ln in lines if ln.startswith(":SVCOPS-")),
+            "rules": sum(1 for ln in lines if ln.startswith(("-A ", "-I "))),
+            "bytes": len(payload),
+        },
+        "interfacesFile": bool(out.interfaces),
+    }
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .lockfile import write_lock
+    from .pipeline import allocation_changes
+
+    compiled, lock, lock_path, diags = _compile(args)
+    _print_diags(diags)
+    if compiled is None:
+        return EXIT_ERROR
+    changes = allocation_changes(lock, compiled.allocations)
+    write_lock(lock_path, compiled.allocations)
+    nodes = [_node_summary(compiled, n.name) for n in compiled.nodes]
+    if args.json:
+        doc = {
+            "site": str(compiled.site.root),
+            "lockFile": str(lock_path),
+            "allocationChanges": [
+                {"kind": c.kind, "key": c.key, "action": c.action, "old": c.old, "new": c.new}
+                for c in changes
+            ],
+            "services": len(compiled.site.services),
+            "nodes": {n["node"]: n for n in nodes},
+        }
+        json.dump(doc, sys.stdout, indent=2, sort_keys=True)
+        print()
+    else:
+        _print_plan(compiled, changes, nodes, lock_path)
+    if args.detailed_exitcode and changes:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+_SIGN = {"add": "+", "release": "-", "change": "~"}
+
+
+def _print_plan(compiled, changes, nodes, lock_path) -> None:
+    print(f"Allocations ({lock_path}):")
+    if not changes:
+        print("  no change")
+    width = max((len(c.key) for c in changes), default=0)
+    for c in changes:
+        value = c.new if c.action == "add" else c.old if c.action == "release" else f"{c.old} -> {c.new}"
+        note = " (released)" if c.action == "release" else ""
+        print(f"  {_SIGN[c.action]} {c.kind:<15} {c.key:<{width}}  {value}{note}")
+    print()
+    print(f"Nodes ({len(nodes)}):")
+    for n in nodes:
+        ipt = n["iptables"]
+        addr = f" static {n['address']} on {n['interface']}" if n["interfacesFile"] else ""
+        print(
+            f"  {n['node']} ({n['sshHost']}): {n['servicePorts']} service ports, "
+            f"{n['endpoints']} endpoints ({n['localEndpoints']} local); "
+            f"iptables {ipt['chains']} chains, {ipt['rules']} rules{addr}"
+        )
+    print()
+    print("See what a node gets: svcops render -i INVENTORY --node NODE SITE")
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .pipeline import allocation_changes
+    from .render.iptables import restore_payload
+
+    compiled, lock, lock_path, diags = _compile(args)
+    if compiled is not None and args.node not in compiled.outputs:
+        known = ", ".join(sorted(compiled.outputs)) or "none"
+        diags.append(
+            Diagnostic(args.inventory, None, "--node", f"no node {args.node!r} in the inventory (nodes: {known})")
+        )
+        compiled = None
+    if compiled is not None and allocation_changes(lock, compiled.allocations):
+        diags.append(
+            Diagnostic(
+                str(lock_path), None, "", "not up to date; shown with allocations made in memory: run `svcops plan` to record them", "warning"
+            )
+        )
+    _print_diags(diags)
+    if compiled is None:
+        return EXIT_ERROR
+    out = compiled.outputs[args.node]
+    payload = restore_payload(out.iptables)
+    if args.only == "iptables":
+        sys.stdout.write(payload)
+    elif args.only == "interfaces":
+        sys.stdout.write(out.interfaces)
+    else:
+        print(f"# ==> iptables-restore --noflush payload for {args.node} <==")
+        sys.stdout.write(payload)
+        print()
+        print(f"# ==> /etc/network/interfaces.d/svcops for {args.node} <==")
+        sys.stdout.write(out.interfaces or "# (no static address: svcops.yaml has no nodeNetwork)\n")
+    return EXIT_OK
+
+
+COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "render": cmd_render}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("svcops: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `svcops render ... | head`: the reader went away; not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
