@@ -104,8 +104,8 @@ class Service:
     affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
     external_traffic_policy: TrafficPolicy = "Cluster"
     internal_traffic_policy: TrafficPolicy = "Cluster"
-    labels: Mapping[str, str] = EMPTY
-    annotations: Mapping[str, str] = EMPTY
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    annotations: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     source: Source = Source("")
 
     @property
@@ -195,7 +195,7 @@ class Workload:
     node: str
     # Its own address on that node; None = the node's address (static or allocated).
     address: str | None = None
-    labels: Mapping[str, str] = EMPTY
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     ports: tuple[WorkloadPort, ...] = ()
 
 
@@ -207,7 +207,7 @@ class Node:
     interface: str = "eth0"
     # The static address as written in host data; None = allocate from nodeNetwork.
     address: str | None = None
-    labels: Mapping[str, str] = EMPTY
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     workloads: tuple[Workload, ...] = ()
 
 

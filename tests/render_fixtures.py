@@ -1,0 +1,177 @@
+"""Small sites for the endpoint and renderer tests, built in code (no loader needed).
+
+Three nodes on 10.0.0.0/24:
+
+    node1  10.0.0.11  web-1 (the node's own address; http 80, metrics 9100),
+                      dns-1 10.244.1.5 (dns 53/UDP, dns-tcp 53/TCP),
+                      sig-1 10.244.1.6 (sig 3868/SCTP)
+    node2  10.0.0.12  web-2 10.244.2.7 (http 8080: another number for the same name)
+    node3  10.0.0.13  nothing (a node without local endpoints)
+
+`SCENARIOS` maps a golden-file name to (services, manual endpoints, node rendered).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from svcops.model import (
+    Allocations,
+    Cluster,
+    EndpointAddress,
+    EndpointPortSpec,
+    EndpointSubset,
+    ManualEndpoints,
+    Node,
+    NodeNetwork,
+    Pool,
+    Service,
+    ServicePort,
+    Site,
+    Source,
+    Workload,
+    WorkloadPort,
+    node_port_key,
+)
+
+CLUSTER = Cluster(
+    load_balancer_pools=(Pool("default", ("192.0.2.0/28",)),),
+    node_network=NodeNetwork("10.0.0.0/24", "10.0.0.1", ("10.0.0.1",)),
+)
+
+WEB = {"app": "web"}
+
+
+def nodes() -> tuple[Node, ...]:
+    return (
+        Node(
+            "node1",
+            "10.0.0.11",
+            workloads=(
+                Workload("web-1", "node1", None, WEB, (WorkloadPort("http", 80), WorkloadPort("metrics", 9100))),
+                Workload(
+                    "dns-1",
+                    "node1",
+                    "10.244.1.5",
+                    {"app": "dns"},
+                    (WorkloadPort("dns", 53, "UDP"), WorkloadPort("dns-tcp", 53, "TCP")),
+                ),
+                Workload("sig-1", "node1", "10.244.1.6", {"app": "sig"}, (WorkloadPort("sig", 3868, "SCTP"),)),
+            ),
+        ),
+        Node(
+            "node2",
+            "10.0.0.12",
+            workloads=(Workload("web-2", "node2", "10.244.2.7", WEB, (WorkloadPort("http", 8080),)),),
+        ),
+        Node("node3", "10.0.0.13"),
+    )
+
+
+def service(name: str, *ports: ServicePort, **spec) -> Service:
+    spec.setdefault("selector", WEB)
+    return Service("default", name, ports=ports, source=Source(f"services/{name}.yaml", 1), **spec)
+
+
+HTTP = ServicePort("http", "TCP", 80, "http", line=8)
+
+
+def allocations(services: tuple[Service, ...]) -> Allocations:
+    """Deterministic allocations: 10.96.0.<10+i>, node ports 30080+, LB 192.0.2.<1+i>."""
+    cluster_ips, node_ports, lbs = {}, {}, {}
+    np = 30080
+    for i, s in enumerate(services):
+        if s.proxied:
+            cluster_ips[s.key] = s.cluster_ip or f"10.96.0.{10 + i}"
+        if s.has_node_ports:
+            for p in s.ports:
+                node_ports[node_port_key(s, p)] = p.node_port or np
+                np += 1
+        if s.type == "LoadBalancer":
+            lbs[s.key] = s.load_balancer_ip or f"192.0.2.{1 + i}"
+    return Allocations(
+        cluster_ips,
+        node_ports,
+        lbs,
+        {"node1": "10.0.0.11", "node2": "10.0.0.12", "node3": "10.0.0.13"},
+    )
+
+
+def site(services: tuple[Service, ...], endpoints: tuple[ManualEndpoints, ...] = ()) -> Site:
+    return Site("/site", CLUSTER, services, endpoints)
+
+
+_MANUAL = ManualEndpoints(
+    "default",
+    "legacy",
+    (
+        EndpointSubset(
+            (EndpointAddress("10.0.0.12"), EndpointAddress("203.0.113.50")),
+            (EndpointPortSpec("db", 5432),),
+        ),
+    ),
+    Source("services/legacy.yaml", 12),
+)
+
+# name -> (services, manual endpoints, node whose payload is the golden file)
+SCENARIOS: dict[str, tuple[tuple[Service, ...], tuple[ManualEndpoints, ...], str]] = {
+    "cluster-ip": ((service("web", HTTP),), (), "node1"),
+    "node-port": ((service("web", HTTP, type="NodePort"),), (), "node1"),
+    "load-balancer": ((service("web", HTTP, type="LoadBalancer"),), (), "node1"),
+    "external-ips": ((service("web", HTTP, external_ips=("198.51.100.7",)),), (), "node1"),
+    "external-name": ((service("web", type="ExternalName", external_name="example.com", selector=None),), (), "node1"),
+    "headless": ((service("web", HTTP, cluster_ip="None"),), (), "node1"),
+    "client-ip-affinity": ((service("web", HTTP, session_affinity="ClientIP", affinity_timeout=600),), (), "node1"),
+    "external-local-with-endpoints": (
+        (service("web", HTTP, type="NodePort", external_traffic_policy="Local"),),
+        (),
+        "node1",
+    ),
+    "external-local-without-endpoints": (
+        (service("web", HTTP, type="NodePort", external_traffic_policy="Local"),),
+        (),
+        "node3",
+    ),
+    "internal-local-with-endpoints": ((service("web", HTTP, internal_traffic_policy="Local"),), (), "node2"),
+    "internal-local-without-endpoints": ((service("web", HTTP, internal_traffic_policy="Local"),), (), "node3"),
+    "source-ranges": (
+        (
+            service(
+                "web",
+                HTTP,
+                type="LoadBalancer",
+                load_balancer_source_ranges=("203.0.113.0/24", "198.51.100.1"),
+            ),
+        ),
+        (),
+        "node1",
+    ),
+    "no-endpoints": ((service("web", HTTP, type="LoadBalancer", selector={"app": "missing"}),), (), "node1"),
+    "multi-port": (
+        (service("web", HTTP, ServicePort("metrics", "TCP", 9100, "metrics", line=12), type="NodePort"),),
+        (),
+        "node1",
+    ),
+    "udp": (
+        (
+            service(
+                "dns",
+                ServicePort("dns", "UDP", 53, "dns"),
+                ServicePort("dns-tcp", "TCP", 53, "dns-tcp"),
+                selector={"app": "dns"},
+            ),
+        ),
+        (),
+        "node1",
+    ),
+    "sctp": ((service("sig", ServicePort("", "SCTP", 3868, 3868), selector={"app": "sig"}, type="NodePort"),), (), "node1"),
+    "manual-endpoints": (
+        (service("legacy", ServicePort("db", "TCP", 5432, 5432), selector=None),),
+        (_MANUAL,),
+        "node2",
+    ),
+}
+
+
+def with_name(svc: Service, name: str) -> Service:
+    return replace(svc, name=name)

@@ -1,0 +1,158 @@
+"""The commands as a user runs them: exit status, what they print, what they write."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from svcops.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "walkthrough"
+INVENTORY = str(ROOT / "inventory" / "example.py")
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A private copy of the example site, without its lock."""
+    dst = tmp_path / "site"
+    shutil.copytree(EXAMPLE, dst)
+    (dst / "svcops.lock").unlink(missing_ok=True)
+    return dst
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def add_service(site: Path, name: str, port: int = 9000) -> None:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": port, "targetPort": "http"}]},
+    }
+    (site / "services" / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+
+
+def test_validate_example_site_is_clean(capsys, site):
+    code, out, err = run(capsys, "validate", "-i", INVENTORY, str(site))
+    assert code == 0, err
+    assert "valid (4 services)" in out
+    assert "error" not in err
+
+
+def test_validate_reports_every_error_with_file_and_line_and_changes_nothing(capsys, site):
+    bad = site / "services" / "bad.yaml"
+    bad.write_text(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: Bad_Name\nspec:\n"
+        "  ports:\n    - port: 70000\n"
+    )
+    before = sorted(p.name for p in site.rglob("*"))
+    code, out, err = run(capsys, "validate", str(site))
+    assert code == 1
+    lines = [ln for ln in err.splitlines() if ln.startswith("services/bad.yaml:")]
+    # Both problems, each with its own line: the name (line 4) and the port (line 7).
+    assert any(ln.startswith("services/bad.yaml:4: metadata.name:") for ln in lines), err
+    assert any(ln.startswith("services/bad.yaml:7: spec.ports[0].port:") for ln in lines), err
+    assert sorted(p.name for p in site.rglob("*")) == before  # no lock written
+
+
+def test_plan_writes_lock_once_and_then_reports_no_change(capsys, site):
+    code, out, err = run(capsys, "plan", "-i", INVENTORY, "--detailed-exitcode", str(site))
+    assert code == 2, err  # first plan allocates
+    lock = yaml.safe_load((site / "svcops.lock").read_text())
+    assert lock["clusterIPs"]["default/my-deploy"] == "10.1.11.83"  # the seed's, as written
+    assert lock["nodePorts"]["default/nginx-nodeport:30080/TCP"] == 30001
+    assert "default/docs" not in lock["clusterIPs"]  # ExternalName: DNS only
+    assert set(lock["nodeAddresses"]) == {"node1", "node2", "node3"}
+    assert "+ clusterIP" in out and "node1 (192.168.36.79)" in out
+
+    text = (site / "svcops.lock").read_text()
+    code, out, err = run(capsys, "plan", "-i", INVENTORY, "--detailed-exitcode", str(site))
+    assert code == 0, err
+    assert "no change" in out
+    assert (site / "svcops.lock").read_text() == text
+
+
+def test_plan_keeps_existing_allocations_when_a_service_is_added(capsys, site):
+    assert run(capsys, "plan", "-i", INVENTORY, str(site))[0] == 0
+    before = yaml.safe_load((site / "svcops.lock").read_text())
+    add_service(site, "extra")
+    code, out, err = run(capsys, "plan", "-i", INVENTORY, "--json", "--detailed-exitcode", str(site))
+    assert code == 2, err
+    plan = json.loads(out)
+    added = [c for c in plan["allocationChanges"] if c["action"] == "add"]
+    assert [c["key"] for c in added] == ["default/extra"]
+    after = yaml.safe_load((site / "svcops.lock").read_text())
+    for kind, values in before.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                assert after[kind][key] == value
+
+
+def test_plan_with_an_error_does_not_touch_the_lock(capsys, site):
+    assert run(capsys, "plan", "-i", INVENTORY, str(site))[0] == 0
+    text = (site / "svcops.lock").read_text()
+    add_service(site, "extra")
+    (site / "services" / "broken.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata: {name: x\n")
+    code, out, err = run(capsys, "plan", "-i", INVENTORY, str(site))
+    assert code == 1
+    assert "services/broken.yaml:" in err
+    assert (site / "svcops.lock").read_text() == text
+
+
+def test_render_prints_payload_and_interfaces_without_writing_the_lock(capsys, site):
+    code, out, err = run(capsys, "render", "-i", INVENTORY, "--node", "node2", str(site))
+    assert code == 0, err
+    assert not (site / "svcops.lock").exists()
+    assert "run `svcops plan`" in err  # allocations made in memory only
+    assert "*nat" in out and "COMMIT" in out
+    assert "-d 10.1.11.83/32" in out  # the seed's cluster IP
+    assert "--dport 30001" in out  # the seed's node port
+    assert "address 192.168.36.80/24" in out and "gateway 192.168.36.1" in out
+
+
+def test_render_unknown_node_is_an_error_naming_the_known_ones(capsys, site):
+    code, out, err = run(capsys, "render", "-i", INVENTORY, "--node", "node9", str(site))
+    assert code == 1
+    assert "node9" in err and "node1, node2, node3" in err
+    assert out == ""
+
+
+@pytest.mark.skipif(shutil.which("iptables-restore") is None, reason="iptables not installed")
+def test_rendered_payload_passes_iptables_restore_test(capsys, site):
+    code, out, err = run(capsys, "render", "-i", INVENTORY, "--node", "node1", "--only", "iptables", str(site))
+    assert code == 0, err
+    check = subprocess.run(["iptables-restore", "--test", "--noflush"], input=out, text=True, capture_output=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_usage_errors_exit_1_not_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["plan"])  # -i is required
+    assert e.value.code == 1
+
+
+def test_help_teaches_with_examples(capsys):
+    for cmd in ("validate", "plan", "render"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert "examples:" in out and f"svcops {cmd}" in out
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).parent / "svcops"
+    res = subprocess.run([str(exe), "validate", str(EXAMPLE)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "valid" in res.stdout
