@@ -1,7 +1,7 @@
 """The JSON Schemas of svcops's inputs, compiled once, and their errors as Diagnostics.
 
-The schemas themselves live in the top-level ``schemas/`` folder (editors and
-``check-jsonschema`` use them as they are) and ship as the package ``svcops.schemas``:
+This folder is both what editors and ``check-jsonschema`` use as it is, and the
+package ``svcops.schemas`` (see pyproject.toml), so the schemas ship with svcops:
 
     service.schema.json        kind Service (v1)
     endpoints.schema.json      kind Endpoints (v1)
@@ -19,7 +19,8 @@ Diagnostics that name the file, the line the value was written on and the field 
 
 A schema may give a field its own message with the keyword ``errorMessage`` (the
 convention of ajv-errors and yaml-language-server); otherwise the message is built from
-the failing keyword.
+the failing keyword. A Kubernetes field svcops does not support is declared with
+``"not": {}`` and such a message, so that editors and svcops both name it.
 """
 
 from __future__ import annotations
@@ -187,12 +188,27 @@ def to_diagnostics(
     for an item of a kind List); `field_prefix` is put before every field
     (``"node1: "`` for host data, whose lines are unknown).
     """
-    out: list[Diagnostic] = []
+    return [d for _, d in located(errors, file=file, line_of=line_of, prefix=prefix, field_prefix=field_prefix)]
+
+
+def located(
+    errors: Iterable[ValidationError],
+    *,
+    file: str,
+    line_of: LineOf,
+    prefix: tuple = (),
+    field_prefix: str = "",
+) -> list[tuple[tuple, Diagnostic]]:
+    """As `to_diagnostics`, each with the path (inside the validated value) it is about.
+
+    The paths tell later checks which values they cannot trust.
+    """
+    out: list[tuple[tuple, Diagnostic]] = []
     seen_required: set = set()
 
     def emit(path: tuple, message: str) -> None:
         full = prefix + path
-        out.append(error(file, line_of(full), field_prefix + format_path(full), message))
+        out.append((path, error(file, line_of(full), field_prefix + format_path(full), message)))
 
     for e in errors:
         path = tuple(e.absolute_path)
@@ -205,14 +221,14 @@ def to_diagnostics(
                     # The line is the parent's: the missing key has none.
                     full = prefix + path
                     out.append(
-                        error(file, line_of(full), field_prefix + format_path(full + (prop,)), "required field is missing")
+                        (path + (prop,), error(file, line_of(full), field_prefix + format_path(full + (prop,)), "required field is missing"))
                     )
             continue
         if kw == "additionalProperties" and e.validator_value is False:
-            props = list(e.schema.get("properties", {}))
+            props = {p.lower(): p for p in e.schema.get("properties", {})}
             for key in _extras(e.instance, e.schema):
-                close = difflib.get_close_matches(key, props, n=1, cutoff=0.75)
-                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                close = difflib.get_close_matches(key.lower(), props, n=1, cutoff=0.75)
+                hint = f' (did you mean "{props[close[0]]}"?)' if close else ""
                 emit(path + (key,), f"unknown field{hint}")
             continue
         if "propertyNames" in e.relative_schema_path:
@@ -221,6 +237,21 @@ def to_diagnostics(
             continue
         emit(path, _message(e))
     return out
+
+
+def check_located(
+    name: str,
+    value: Any,
+    *,
+    file: str,
+    line_of: LineOf,
+    prefix: tuple = (),
+    field_prefix: str = "",
+) -> list[tuple[tuple, Diagnostic]]:
+    """Validate `value` against schema `name`: (path, Diagnostic) for every problem."""
+    return located(
+        validator(name).iter_errors(value), file=file, line_of=line_of, prefix=prefix, field_prefix=field_prefix
+    )
 
 
 def check(

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping
 from . import schemas
 from .diagnostics import Diagnostic, error
 from .model import EMPTY, Node, Workload, WorkloadPort
+from .validate import TRUSTED, Trust
 
 PREFIX = "svcops_"
 DEFAULT_INTERFACE = "eth0"
@@ -48,12 +49,14 @@ def nodes_from_hosts(
     in a workload, a node address used by one node only, a workload's own address
     used on one node only. Diagnostics name `source` (the inventory file) and a field
     such as ``node1: svcops_workloads[0].ports[1].port``; host data has no lines.
+    Every problem of every host is reported; a host with any is left out of the nodes.
     """
     nodes: list[Node] = []
     diags: list[Diagnostic] = []
     seen_nodes: set[str] = set()
     node_addresses: dict[str, str] = {}  # address -> node
     workload_addresses: dict[str, str] = {}  # address -> node
+    port_values: dict[tuple, WorkloadPort] = {}
 
     for name, data in hosts:
         where = f"{name}: "
@@ -66,18 +69,19 @@ def nodes_from_hosts(
             continue
         seen_nodes.add(name)
         own = {k: v for k, v in data.items() if isinstance(k, str) and k.startswith(PREFIX)}
+        trust = TRUSTED
         if not _fast_valid(own):
             own = _plain(own)
-            problems = schemas.check("hostdata", own, file=source, line_of=_no_line, field_prefix=where)
-            if problems:
-                diags += problems
-                continue
+            problems = schemas.check_located("hostdata", own, file=source, line_of=_no_line, field_prefix=where)
+            diags += [d for _, d in problems]
+            # What the schema refused is not checked again; the rest is.
+            trust = Trust(p for p, _ in problems)
+        ok = trust.whole
         ssh_host = data.get("ssh_hostname") or name
         if not isinstance(ssh_host, str):
             bad("ssh_hostname", f"must be a string, not {schemas.describe(ssh_host)}")
-            continue
 
-        address = own.get("svcops_address")
+        address = own.get("svcops_address") if ok("svcops_address") else None
         if address is not None:
             other = node_addresses.get(address)
             if other is not None:
@@ -87,44 +91,60 @@ def nodes_from_hosts(
 
         workloads = []
         names: dict[str, int] = {}
-        for i, w in enumerate(own.get("svcops_workloads") or ()):
-            W = f"svcops_workloads[{i}]"
-            wname = w["name"]
-            if wname in names:
-                bad(f"{W}.name", f'duplicate workload name "{wname}" (also svcops_workloads[{names[wname]}])')
-            else:
-                names[wname] = i
-            waddr = w.get("address")
+        W = "svcops_workloads"
+        for i, w in enumerate((own.get(W) or ()) if trust.known(W) else ()):
+            if not trust.known(W, i):
+                continue
+            wname = w.get("name")
+            if ok(W, i, "name"):
+                if wname in names:
+                    bad(f"{W}[{i}].name", f'duplicate workload name "{wname}" (also {W}[{names[wname]}])')
+                else:
+                    names[wname] = i
+            waddr = w.get("address") if ok(W, i, "address") else None
             if waddr is not None:
                 other = workload_addresses.setdefault(waddr, name)
                 if other != name:
-                    bad(f"{W}.address", f"{waddr} is already the address of a workload on node {other}")
+                    bad(f"{W}[{i}].address", f"{waddr} is already the address of a workload on node {other}")
             ports = []
             pnames: dict[str, int] = {}
             pkeys: dict[tuple, int] = {}
-            for j, p in enumerate(w.get("ports") or ()):
-                P = f"{W}.ports[{j}]"
+            for j, p in enumerate((w.get("ports") or ()) if trust.known(W, i, "ports") else ()):
+                if not trust.known(W, i, "ports", j):
+                    continue
+                pname = p.get("name")
                 protocol = p.get("protocol", "TCP")
-                if p["name"] in pnames:
-                    bad(f"{P}.name", f'duplicate port name "{p["name"]}" (also {W}.ports[{pnames[p["name"]]}])')
-                else:
-                    pnames[p["name"]] = j
-                key = (p["port"], protocol)
+                if ok(W, i, "ports", j, "name"):
+                    if pname in pnames:
+                        bad(f"{W}[{i}].ports[{j}].name", f'duplicate port name "{pname}" (also {W}[{i}].ports[{pnames[pname]}])')
+                    else:
+                        pnames[pname] = j
+                if not (ok(W, i, "ports", j, "port") and ok(W, i, "ports", j, "protocol")):
+                    continue
+                number = int(p["port"])  # 80.0 is an integer to JSON Schema
+                key = (number, protocol)
                 if key in pkeys:
-                    bad(f"{P}.port", f"duplicate port {p['port']}/{protocol} (also {W}.ports[{pkeys[key]}])")
+                    bad(f"{W}[{i}].ports[{j}].port", f"duplicate port {number}/{protocol} (also {W}[{i}].ports[{pkeys[key]}])")
                 else:
                     pkeys[key] = j
-                ports.append(WorkloadPort(p["name"], p["port"], protocol))
-            labels = w.get("labels")
-            workloads.append(
-                Workload(
-                    name=wname,
-                    node=name,
-                    address=waddr,
-                    labels=MappingProxyType(dict(labels)) if labels else EMPTY,
-                    ports=tuple(ports),
+                # Frozen values are shared: a fleet has many workloads with the same port.
+                wp = port_values.get((pname, number, protocol))
+                if wp is None:
+                    wp = port_values[(pname, number, protocol)] = WorkloadPort(pname, number, protocol)
+                ports.append(wp)
+            if trust:
+                labels = w.get("labels")
+                workloads.append(
+                    Workload(
+                        name=wname,
+                        node=name,
+                        address=waddr,
+                        labels=MappingProxyType(dict(labels)) if labels else EMPTY,
+                        ports=tuple(ports),
+                    )
                 )
-            )
+        if not trust or not isinstance(ssh_host, str):
+            continue  # reported above; a node is only made of well-formed data
         labels = own.get("svcops_labels")
         nodes.append(
             Node(
@@ -192,11 +212,9 @@ def _labels_ok(labels: Any) -> bool:
 def _fast_valid(own: dict) -> bool:
     if not own.keys() <= _KEYS:
         return False
-    v = own.get("svcops_interface")
-    if v is not None and not (type(v) is str and _IFACE(v)):
+    if "svcops_interface" in own and not (type(v := own["svcops_interface"]) is str and _IFACE(v)):
         return False
-    v = own.get("svcops_address")
-    if v is not None and not (type(v) is str and _IPV4(v)):
+    if "svcops_address" in own and not (type(v := own["svcops_address"]) is str and _IPV4(v)):
         return False
     if "svcops_labels" in own and not _labels_ok(own["svcops_labels"]):
         return False
@@ -213,10 +231,7 @@ def _fast_valid(own: dict) -> bool:
         name = w.get("name")
         if type(name) is not str or not _WL_NAME(name):
             return False
-        a = w.get("address")
-        if a is not None and not (type(a) is str and _IPV4(a)):
-            return False
-        if "address" in w and a is None:
+        if "address" in w and not (type(a := w["address"]) is str and _IPV4(a)):
             return False
         if "labels" in w and not _labels_ok(w["labels"]):
             return False
@@ -252,7 +267,7 @@ def load_inventory(path: str) -> tuple[tuple[Node, ...], list[Diagnostic], dict]
     except SyntaxError as e:
         return (), [error(path, e.lineno, "", f"Python syntax error: {e.msg}")], {}
     except Exception as e:  # the inventory is user code: anything can go wrong in it
-        cause = getattr(e, "e", None) or e  # pyinfra wraps user errors as UnexpectedExternalError(e, file)
+        cause = getattr(e, "exception", None) or e  # pyinfra wraps user errors: UnexpectedExternalError
         return (), [error(path, _line_in(cause, path), "", f"cannot load the inventory: {type(cause).__name__}: {cause}")], {}
     if not hosts:
         return (), [error(path, None, "", "the inventory has no hosts")], {}

@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from . import schemas
-from .diagnostics import Diagnostic, error, has_errors, sort_key, warning
-from .model import Site
+from .diagnostics import Diagnostic, error, has_errors, sort_key
+from .model import Cluster, Site
 from .validate import (
     ClusterView,
     Entry,
     Located,
+    Trust,
     check_site,
     cluster_from,
     endpoints_from,
@@ -76,7 +77,7 @@ def load_site(root: str | Path) -> tuple[Site | None, list[Diagnostic]]:
             diags.append(error(CONFIG_NAME, None, "", f"cannot read: {e.strerror}"))
     manifests: list[tuple[str, bytes]] = []
     services_dir = root / SERVICES_DIR
-    if services_dir.is_dir():
+    if services_dir.is_dir():  # a site without services/ has no services; that is valid
         for name in sorted(os.listdir(services_dir)):
             path = services_dir / name
             if name.startswith(".") or not name.endswith(MANIFEST_SUFFIXES) or not path.is_file():
@@ -86,8 +87,6 @@ def load_site(root: str | Path) -> tuple[Site | None, list[Diagnostic]]:
                 manifests.append((rel, path.read_bytes()))
             except OSError as e:
                 diags.append(error(rel, None, "", f"cannot read: {e.strerror}"))
-    else:
-        diags.append(warning(f"{SERVICES_DIR}/", None, "", "no such folder: the site has no services"))
     site, more = parse_site(str(root), config, manifests)
     diags += more
     if has_errors(diags):
@@ -116,22 +115,23 @@ def parse_site(
                 diags += obj_diags
                 if schema_name is None:
                     continue
-                problems = schemas.check(schema_name, obj.value, file=doc.file, line_of=doc.line, prefix=obj.prefix)
-                if problems:
-                    # Meaning is only checked on well-formed objects: no error twice.
-                    diags += problems
-                    continue
+                problems = schemas.check_located(schema_name, obj.value, file=doc.file, line_of=doc.line, prefix=obj.prefix)
+                diags += [d for _, d in problems]
+                # Values the schema refused are not checked again; the rest are.
+                trust = Trust(p for p, _ in problems)
+                value: Any
                 if schema_name == "service":
-                    value, more = service_from(obj, view)
+                    value, more = service_from(obj, view, trust)
                     kind = "Service"
                 elif schema_name == "endpoints":
-                    value, more = endpoints_from(obj)
+                    value, more = endpoints_from(obj, trust)
                     kind = "Endpoints"
                 else:
-                    value, more = endpointslice_from(obj)
+                    value, more = endpointslice_from(obj, trust)
                     kind = "EndpointSlice"
                 diags += more
-                entries.append(Entry(kind, obj, value))
+                if value is not None:
+                    entries.append(Entry(kind, obj, value))
 
     services, endpoints, site_diags = check_site(entries, view)
     diags += site_diags
@@ -143,8 +143,6 @@ def parse_site(
 
 def parse_config(config: bytes | str | None):
     """svcops.yaml's contents -> (Cluster | None, diagnostics). Absent or empty: the defaults."""
-    from .model import Cluster
-
     if config is None:
         return Cluster(), []
     docs, diags = load_documents(config, CONFIG_NAME)
@@ -157,10 +155,9 @@ def parse_config(config: bytes | str | None):
     doc = docs[0]
     if not isinstance(doc.value, dict):
         return None, [error(CONFIG_NAME, doc.line(), "", f"must be a mapping of settings, not {schemas.describe(doc.value)}")]
-    problems = schemas.check("svcops", doc.value, file=CONFIG_NAME, line_of=doc.line)
-    if problems:
-        return None, problems
-    return cluster_from(doc.value, CONFIG_NAME, doc.line)
+    problems = schemas.check_located("svcops", doc.value, file=CONFIG_NAME, line_of=doc.line)
+    cluster, more = cluster_from(doc.value, CONFIG_NAME, doc.line, Trust(p for p, _ in problems))
+    return cluster, [d for _, d in problems] + more
 
 
 def objects(doc: Document) -> Iterator[tuple[Located, str | None, list[Diagnostic]]]:

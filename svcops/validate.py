@@ -1,8 +1,7 @@
 """The meaning of a site, beyond its schemas: what Kubernetes' API server would refuse.
 
-The schemas (``schemas/*.schema.json``) check each document's shape. This module takes
-documents that passed them and checks what a shape cannot say, turning them into the
-model's values on the way:
+The schemas (``schemas/*.schema.json``) check each document's shape. This module checks
+what a shape cannot say, turning well-formed documents into the model's values:
 
 - svcops.yaml (`cluster_from`): serviceCIDR a real network of a usable size,
   nodePortRange well-formed, load-balancer pools with unique names that overlap
@@ -17,8 +16,13 @@ model's values on the way:
   loadBalancerIP or nodePort asked for by two services, hand-written endpoints for a
   service that does not exist or has a selector.
 
+A document the schema found problems in is still checked, so that one run reports
+everything: a `Trust` says which of its values the schema passed, and a check runs
+only when every value it reads is trusted. Such a document yields no model value and
+takes no part in the site-wide checks.
+
 Every function is pure and returns its problems as Diagnostics, each at the line and
-field it is about; nothing stops at the first problem.
+field it is about.
 """
 
 from __future__ import annotations
@@ -54,6 +58,34 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # Kubernetes refuses service CIDRs larger than /12 (2^20 addresses) for IPv4; a /31 or
 # /32 leaves nothing to allocate once the network and broadcast addresses are excluded.
 MIN_SERVICE_PREFIX, MAX_SERVICE_PREFIX = 12, 30
+
+
+class Trust:
+    """Which values of a document the schema passed: all but those at `broken` paths."""
+
+    __slots__ = ("broken",)
+
+    def __init__(self, broken: Iterable[tuple] = ()) -> None:
+        self.broken = tuple(broken)
+
+    def __bool__(self) -> bool:
+        """True when the whole document is well-formed."""
+        return not self.broken
+
+    def known(self, *path: Any) -> bool:
+        """The value at `path` exists as the schema says (nothing above it is broken)...
+
+        ...and is itself not broken; values below it may be (check them one by one).
+        """
+        return not any(path[: len(p)] == p for p in self.broken)
+
+    def whole(self, *path: Any) -> bool:
+        """The value at `path` and everything inside it passed the schema."""
+        n = len(path)
+        return not any(path[: len(p)] == p or p[:n] == path for p in self.broken)
+
+
+TRUSTED = Trust()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,12 +158,13 @@ def pool_set(pool: Pool) -> IPSet:
     return s
 
 
-# --- svcops.yaml -------------------------------------------------------------------------
+# --- svcops.yaml ---------------------------------------------------------------------
 
 
-def cluster_from(value: dict, file: str, line_of) -> tuple[Cluster | None, list[Diagnostic]]:
-    """svcops.yaml's mapping (already schema-checked) -> Cluster; None when anything is wrong."""
+def cluster_from(value: dict, file: str, line_of, trust: Trust = TRUSTED) -> tuple[Cluster | None, list[Diagnostic]]:
+    """svcops.yaml's mapping -> Cluster; None when anything (schema included) is wrong."""
     diags: list[Diagnostic] = []
+    ok = trust.whole
 
     def bad(path: tuple, message: str) -> None:
         diags.append(error(file, line_of(path), format_path(path), message))
@@ -139,20 +172,21 @@ def cluster_from(value: dict, file: str, line_of) -> tuple[Cluster | None, list[
     defaults = Cluster()
     service_cidr = value.get("serviceCIDR", defaults.service_cidr)
     service_net = None
-    problem = _network_problem(service_cidr)
-    if problem:
-        bad(("serviceCIDR",), problem)
-    else:
-        service_net = IPNetwork(service_cidr)
-        if service_net.prefixlen < MIN_SERVICE_PREFIX:
-            bad(("serviceCIDR",), f"{service_cidr} is too large: the prefix must be /{MIN_SERVICE_PREFIX} or longer, as in Kubernetes")
-            service_net = None
-        elif service_net.prefixlen > MAX_SERVICE_PREFIX:
-            bad(("serviceCIDR",), f"{service_cidr} is too small: the prefix must be /{MAX_SERVICE_PREFIX} or shorter")
-            service_net = None
+    if ok("serviceCIDR"):
+        problem = _network_problem(service_cidr)
+        if problem:
+            bad(("serviceCIDR",), problem)
+        else:
+            service_net = IPNetwork(service_cidr)
+            if service_net.prefixlen < MIN_SERVICE_PREFIX:
+                bad(("serviceCIDR",), f"{service_cidr} is too large: the prefix must be /{MIN_SERVICE_PREFIX} or longer, as in Kubernetes")
+                service_net = None
+            elif service_net.prefixlen > MAX_SERVICE_PREFIX:
+                bad(("serviceCIDR",), f"{service_cidr} is too small: the prefix must be /{MAX_SERVICE_PREFIX} or shorter")
+                service_net = None
 
     node_port_range = defaults.node_port_range
-    if "nodePortRange" in value:
+    if "nodePortRange" in value and ok("nodePortRange"):
         text = value["nodePortRange"]
         first, last = (int(x) for x in text.split("-"))
         if not (1 <= first <= 65535 and 1 <= last <= 65535):
@@ -165,34 +199,41 @@ def cluster_from(value: dict, file: str, line_of) -> tuple[Cluster | None, list[
     pools: list[Pool] = []
     pool_sets: list[tuple[Pool, IPSet, tuple]] = []
     names: dict[str, int] = {}
-    for i, p in enumerate(value.get("loadBalancerPools", ())):
+    pool_specs = value.get("loadBalancerPools", ()) if trust.known("loadBalancerPools") else ()
+    for i, p in enumerate(pool_specs):
         path = ("loadBalancerPools", i)
-        name = p["name"]
-        if name in names:
-            bad(path + ("name",), f'duplicate pool name "{name}" (first at loadBalancerPools[{names[name]}], line {line_of(("loadBalancerPools", names[name], "name"))})')
-        else:
-            names[name] = i
+        if not trust.known(*path):
+            continue
+        if ok(*path, "name"):
+            name = p["name"]
+            if name in names:
+                first_path = ("loadBalancerPools", names[name], "name")
+                bad(path + ("name",), f'duplicate pool name "{name}" (also loadBalancerPools[{names[name]}], line {line_of(first_path)})')
+            else:
+                names[name] = i
+        if not ok(*path):
+            continue
         addresses = []
-        ok = True
+        good = True
         for j, a in enumerate(p["addresses"]):
             apath = path + ("addresses", j)
             if "-" in a:
                 first_ip, last_ip = a.split("-", 1)
                 if IPAddress(first_ip) > IPAddress(last_ip):
-                    bad(apath, f"{a} is reversed: the first address must not be above the last")
-                    ok = False
+                    bad(apath, f"{a} is reversed: the first address must not be above the last ({last_ip}-{first_ip}?)")
+                    good = False
                     continue
                 addresses.append(a)
             else:
                 problem = _network_problem(a)
                 if problem:
                     bad(apath, problem)
-                    ok = False
+                    good = False
                     continue
                 addresses.append(str(IPNetwork(a).cidr))
-        pool = Pool(name, tuple(addresses))
+        pool = Pool(p["name"], tuple(addresses))
         pools.append(pool)
-        if ok:
+        if good:
             pool_sets.append((pool, pool_set(pool), path))
     # Two pools sharing an address would hand it out twice; the service range too.
     for k, (pool, s, path) in enumerate(pool_sets):
@@ -204,26 +245,28 @@ def cluster_from(value: dict, file: str, line_of) -> tuple[Cluster | None, list[
             bad(path + ("addresses",), f'pool "{pool.name}" overlaps serviceCIDR {service_cidr}')
 
     node_network = None
-    if "nodeNetwork" in value:
+    if "nodeNetwork" in value and trust.known("nodeNetwork"):
         nn = value["nodeNetwork"]
         path = ("nodeNetwork",)
-        problem = _network_problem(nn["cidr"])
-        if problem:
-            bad(path + ("cidr",), problem)
-        else:
-            net = IPNetwork(nn["cidr"])
-            gateway = nn.get("gateway")
-            if gateway is not None:
-                g = IPAddress(gateway)
-                if g not in net:
-                    bad(path + ("gateway",), f"{gateway} is outside nodeNetwork.cidr {net}")
-                elif net.prefixlen < 31 and g in (net.network, net.broadcast):
-                    bad(path + ("gateway",), f"{gateway} is the {'network' if g == net.network else 'broadcast'} address of {net}")
-            if service_net is not None and (net.first <= service_net.last and service_net.first <= net.last):
-                bad(path + ("cidr",), f"{net} overlaps serviceCIDR {service_cidr}")
-            node_network = NodeNetwork(str(net), gateway, tuple(nn.get("dnsServers", ())))
+        if ok(*path, "cidr"):
+            problem = _network_problem(nn["cidr"])
+            if problem:
+                bad(path + ("cidr",), problem)
+            else:
+                net = IPNetwork(nn["cidr"])
+                gateway = nn.get("gateway")
+                if gateway is not None and ok(*path, "gateway"):
+                    g = IPAddress(gateway)
+                    if g not in net:
+                        bad(path + ("gateway",), f"{gateway} is outside nodeNetwork.cidr {net}")
+                    elif net.prefixlen < 31 and g in (net.network, net.broadcast):
+                        bad(path + ("gateway",), f"{gateway} is the {'network' if g == net.network else 'broadcast'} address of {net}")
+                if service_net is not None and (net.first <= service_net.last and service_net.first <= net.last):
+                    bad(path + ("cidr",), f"{net} overlaps serviceCIDR {service_cidr}")
+                if ok(*path):
+                    node_network = NodeNetwork(str(net), gateway, tuple(nn.get("dnsServers", ())))
 
-    if diags:
+    if diags or not trust:
         return None, diags
     return (
         Cluster(
@@ -245,7 +288,7 @@ def _first(s: IPSet) -> str:
     return str(cidr.ip) if cidr.size == 1 else str(cidr)
 
 
-# --- one Service ---------------------------------------------------------------------------
+# --- one Service ---------------------------------------------------------------------
 
 # Fields that only some types allow: field -> (types, how to say it).
 _ONLY_FOR = {
@@ -269,40 +312,48 @@ class ClusterView:
         self.pool_sets = {p.name: pool_set(p) for p in cluster.load_balancer_pools}
 
 
-def service_from(obj: Located, view: ClusterView | None) -> tuple[Service, list[Diagnostic]]:
-    """One Service manifest (schema-checked) -> Service, with every problem of its own.
+def service_from(obj: Located, view: ClusterView | None, trust: Trust = TRUSTED) -> tuple[Service | None, list[Diagnostic]]:
+    """One Service manifest -> Service, with every problem of its own.
 
     `view` is None when svcops.yaml itself is wrong: the checks that need the cluster
-    (ranges, pools) are then skipped rather than made against wrong values.
+    (ranges, pools) are then skipped rather than made against wrong values. The
+    Service is None when the schema found problems (`trust`).
     """
     v = obj.value
     diags: list[Diagnostic] = []
-    meta = v["metadata"]
-    spec = v.get("spec") or {}
     bad = lambda path, message: diags.append(obj.error(path, message))  # noqa: E731
-    stype = spec.get("type", "ClusterIP")
+    ok = trust.whole
     S = ("spec",)
+    if "spec" in v and not trust.known(*S):
+        return None, diags
+    spec = v.get("spec") or {}
+    has = spec.__contains__
+    stype = spec.get("type", "ClusterIP") if ok(*S, "type") else None
 
     # clusterIP, as kubectl exports it: clusterIPs must agree with it.
-    cluster_ip = spec.get("clusterIP") or None
-    ips = spec.get("clusterIPs")
-    if ips:
-        if cluster_ip is None:
-            cluster_ip = ips[0]
-        elif ips[0] != cluster_ip:
-            bad(S + ("clusterIPs", 0), f"{ips[0]} must equal spec.clusterIP ({cluster_ip})")
+    cluster_ip: str | None = None
+    ip_known = ok(*S, "clusterIP") and ok(*S, "clusterIPs")
+    if ip_known:
+        cluster_ip = spec.get("clusterIP") or None  # "" asks for an allocation, as in Kubernetes
+        ips = spec.get("clusterIPs")
+        if ips:
+            if cluster_ip is None:
+                cluster_ip = ips[0]
+            elif ips[0] != cluster_ip:
+                bad(S + ("clusterIPs", 0), f"{ips[0]} must equal spec.clusterIP ({cluster_ip})")
     headless = cluster_ip == "None"
 
-    for f, (types, what) in _ONLY_FOR.items():
-        if f in spec and stype not in types:
-            bad(S + (f,), f"only allowed for {what}, not {stype}")
+    if stype is not None:
+        for f, (types, what) in _ONLY_FOR.items():
+            if has(f) and stype not in types:
+                bad(S + (f,), f"only allowed for {what}, not {stype}")
     if stype == "ExternalName":
-        if "externalName" not in spec:
+        if not has("externalName"):
             bad(S + ("externalName",), "required for type ExternalName")
         if cluster_ip is not None:
             bad(S + ("clusterIP",), "must not be set for type ExternalName (it has no cluster IP, only a DNS name)")
         for f in _NOT_FOR_EXTERNAL_NAME:
-            if f in spec:
+            if has(f):
                 bad(S + (f,), "not allowed for type ExternalName (it is DNS only)")
         if spec.get("sessionAffinity") == "ClientIP":
             bad(S + ("sessionAffinity",), "ClientIP is not allowed for type ExternalName (it is DNS only)")
@@ -310,55 +361,64 @@ def service_from(obj: Located, view: ClusterView | None) -> tuple[Service, list[
             diags.append(obj.warning(S + ("selector",), "has no effect on an ExternalName service"))
     if headless and stype in ("NodePort", "LoadBalancer"):
         bad(S + ("clusterIP",), f"None (headless) is only allowed for type ClusterIP, not {stype}")
-    if "externalTrafficPolicy" in spec and stype not in ("NodePort", "LoadBalancer") and not spec.get("externalIPs"):
+    if has("externalTrafficPolicy") and stype is not None and stype not in ("NodePort", "LoadBalancer") and not spec.get("externalIPs"):
         bad(S + ("externalTrafficPolicy",), f"only allowed for type NodePort or LoadBalancer, or with externalIPs (not {stype})")
     affinity = spec.get("sessionAffinity", "None")
     timeout = DEFAULT_AFFINITY_TIMEOUT
-    if "sessionAffinityConfig" in spec:
+    if has("sessionAffinityConfig") and ok(*S, "sessionAffinity"):
         if affinity != "ClientIP":
             bad(S + ("sessionAffinityConfig",), "only allowed with sessionAffinity: ClientIP")
-        timeout = spec["sessionAffinityConfig"].get("clientIP", {}).get("timeoutSeconds", timeout)
+        elif ok(*S, "sessionAffinityConfig"):
+            timeout = (spec["sessionAffinityConfig"].get("clientIP") or {}).get("timeoutSeconds", timeout)
 
     # Ports.
-    port_specs = spec.get("ports") or []
-    if not port_specs and stype != "ExternalName" and not headless:
-        where = S + ("ports",) if "ports" in spec else S if "spec" in v else ()
-        field = S + ("ports",)
-        diags.append(error(obj.file, obj.line(*where), obj.field(*field), f"at least one port is required (only headless and ExternalName services may have none)"))
     ports: list[ServicePort] = []
-    names: dict[str, int] = {}
-    keys: dict[tuple, int] = {}
-    node_ports: dict[tuple, int] = {}
-    lo, hi = view.cluster.node_port_range if view else (1, 65535)
-    for i, p in enumerate(port_specs):
-        P = S + ("ports", i)
-        name = p.get("name", "")
-        protocol = p.get("protocol", "TCP")
-        number = int(p["port"])
-        if len(port_specs) > 1 and not name:
-            bad(P + ("name",), "required when the service has more than one port")
-        elif name in names:
-            bad(P + ("name",), f'duplicate port name "{name}" (also spec.ports[{names[name]}], line {obj.line(*S, "ports", names[name])})')
-        else:
-            names[name] = i
-        key = (number, protocol)
-        if key in keys:
-            bad(P + ("port",), f"duplicate port {number}/{protocol} (also spec.ports[{keys[key]}], line {obj.line(*S, 'ports', keys[key])})")
-        else:
-            keys[key] = i
-        node_port = p.get("nodePort")
-        if node_port is not None:
-            if stype not in ("NodePort", "LoadBalancer"):
-                bad(P + ("nodePort",), f"only allowed for type NodePort or LoadBalancer, not {stype}")
-            elif view and not lo <= node_port <= hi:
-                bad(P + ("nodePort",), f"{node_port} is outside nodePortRange {lo}-{hi}")
-            elif (node_port, protocol) in node_ports:
-                j = node_ports[(node_port, protocol)]
-                bad(P + ("nodePort",), f"duplicate nodePort {node_port}/{protocol} (also spec.ports[{j}], line {obj.line(*S, 'ports', j)})")
-            else:
-                node_ports[(node_port, protocol)] = i
-        target = p.get("targetPort", number)
-        ports.append(ServicePort(name, protocol, number, int(target) if isinstance(target, (int, float)) else target, node_port, obj.line(*P)))
+    if trust.known(*S, "ports"):
+        port_specs = spec.get("ports") or []
+        if not port_specs and stype not in ("ExternalName", None) and ip_known and not headless:
+            where = S + ("ports",) if has("ports") else S if "spec" in v else ()
+            diags.append(error(obj.file, obj.line(*where), obj.field(*S, "ports"), "at least one port is required (only headless and ExternalName services may have none)"))
+        names: dict[str, int] = {}
+        keys: dict[tuple, int] = {}
+        node_ports: dict[tuple, int] = {}
+        lo, hi = view.cluster.node_port_range if view else (1, 65535)
+        for i, p in enumerate(port_specs):
+            P = S + ("ports", i)
+            if not trust.known(*P):
+                continue
+            if ok(*P, "name"):
+                name = p.get("name", "")
+                if len(port_specs) > 1 and not name:
+                    bad(P + ("name",), "required when the service has more than one port")
+                elif name in names:
+                    bad(P + ("name",), f'duplicate port name "{name}" (also spec.ports[{names[name]}], line {obj.line(*S, "ports", names[name])})')
+                else:
+                    names[name] = i
+            protocol_ok = ok(*P, "protocol")
+            protocol = p.get("protocol", "TCP")
+            if protocol_ok and ok(*P, "port"):
+                key = (p["port"], protocol)
+                if key in keys:
+                    bad(P + ("port",), f"duplicate port {key[0]}/{protocol} (also spec.ports[{keys[key]}], line {obj.line(*S, 'ports', keys[key])})")
+                else:
+                    keys[key] = i
+            node_port = p.get("nodePort")
+            if node_port is not None and ok(*P, "nodePort"):
+                if stype is None:
+                    pass
+                elif stype not in ("NodePort", "LoadBalancer"):
+                    bad(P + ("nodePort",), f"only allowed for type NodePort or LoadBalancer, not {stype}")
+                elif view and not lo <= node_port <= hi:
+                    bad(P + ("nodePort",), f"{node_port} is outside nodePortRange {lo}-{hi}")
+                elif protocol_ok and (node_port, protocol) in node_ports:
+                    j = node_ports[(node_port, protocol)]
+                    bad(P + ("nodePort",), f"duplicate nodePort {node_port}/{protocol} (also spec.ports[{j}], line {obj.line(*S, 'ports', j)})")
+                elif protocol_ok:
+                    node_ports[(node_port, protocol)] = i
+            if trust and ok(*P):
+                number = int(p["port"])  # 80.0 is an integer to JSON Schema
+                target = p.get("targetPort", number)
+                ports.append(ServicePort(p.get("name", ""), protocol, number, int(target) if isinstance(target, (int, float)) else target, None if node_port is None else int(node_port), obj.line(*P)))
 
     # Addresses.
     if view and cluster_ip is not None and not headless:
@@ -368,15 +428,18 @@ def service_from(obj: Located, view: ClusterView | None) -> tuple[Service, list[
             bad(S + ("clusterIP",), f"{cluster_ip} is outside serviceCIDR {net}")
         elif a in (net.network, net.broadcast):
             bad(S + ("clusterIP",), f"{cluster_ip} is the {'network' if a == net.network else 'broadcast'} address of serviceCIDR {net}, which cannot be allocated")
-    for i, ip in enumerate(spec.get("externalIPs", ())):
-        problem = _special_ip_problem(ip)
-        if problem:
-            bad(S + ("externalIPs", i), f"{problem}, which cannot be an external IP")
+    if trust.known(*S, "externalIPs"):
+        for i, ip in enumerate(spec.get("externalIPs", ())):
+            problem = ok(*S, "externalIPs", i) and _special_ip_problem(ip)
+            if problem:
+                bad(S + ("externalIPs", i), f"{problem}, which cannot be an external IP")
 
-    annotations = meta.get("annotations") or {}
-    pool = annotations.get(POOL_ANNOTATION)
-    A = ("metadata", "annotations", POOL_ANNOTATION)
-    if pool is not None:
+    M = ("metadata",)
+    meta = v["metadata"] if trust.known(*M) and "metadata" in v else {}
+    annotations = (meta.get("annotations") or {}) if trust.known(*M, "annotations") else {}
+    A = M + ("annotations", POOL_ANNOTATION)
+    pool = annotations.get(POOL_ANNOTATION) if ok(*A) else None
+    if pool is not None and stype is not None:
         if stype != "LoadBalancer":
             diags.append(obj.warning(A, f"has no effect: the service is of type {stype}, not LoadBalancer"))
         elif view and pool not in view.pools:
@@ -385,22 +448,25 @@ def service_from(obj: Located, view: ClusterView | None) -> tuple[Service, list[
     if view and stype == "LoadBalancer":
         if not view.pools:
             bad(S + ("type",), "LoadBalancer needs an address pool, and svcops.yaml has no loadBalancerPools")
-        elif "loadBalancerIP" in spec:
+        elif has("loadBalancerIP") and ok(*S, "loadBalancerIP") and ok(*A):
             ip = spec["loadBalancerIP"]
             if pool in view.pools:
                 if IPAddress(ip) not in view.pool_sets[pool]:
                     bad(S + ("loadBalancerIP",), f'{ip} is outside pool "{pool}" ({", ".join(view.pools[pool].addresses)})')
             elif pool is None and not any(IPAddress(ip) in s for s in view.pool_sets.values()):
                 bad(S + ("loadBalancerIP",), f"{ip} is outside every loadBalancerPool ({', '.join(view.pools)})")
-    scheduler = annotations.get(SCHEDULER_ANNOTATION)
+    SA = M + ("annotations", SCHEDULER_ANNOTATION)
+    scheduler = annotations.get(SCHEDULER_ANNOTATION) if ok(*SA) else None
     if scheduler is not None and scheduler not in IPVS_SCHEDULERS:
-        bad(("metadata", "annotations", SCHEDULER_ANNOTATION), f'"{scheduler}" is not an IPVS scheduler: {", ".join(IPVS_SCHEDULERS)}')
+        bad(SA, f'"{scheduler}" is not an IPVS scheduler: {", ".join(IPVS_SCHEDULERS)}')
 
+    if not trust:
+        return None, diags
     selector = spec.get("selector") or None  # `selector: {}` selects nothing, as no selector
     service = Service(
         namespace=meta.get("namespace", "default"),
         name=meta["name"],
-        type=stype,
+        type=stype,  # type: ignore[arg-type]
         ports=tuple(ports),
         selector=MappingProxyType(selector) if selector else None,
         cluster_ip=cluster_ip,
@@ -423,63 +489,83 @@ def _frozen(m: dict | None):
     return MappingProxyType(m) if m else EMPTY
 
 
-# --- hand-written endpoints ---------------------------------------------------------------
+# --- hand-written endpoints ----------------------------------------------------------
 
 
-def _endpoint_ports(obj: Located, path: tuple, specs: list, diags: list[Diagnostic]) -> tuple[EndpointPortSpec, ...]:
+def _endpoint_ports(obj: Located, path: tuple, specs: list, trust: Trust, diags: list[Diagnostic]) -> tuple[EndpointPortSpec, ...]:
     out = []
     names: dict[str, int] = {}
     for i, p in enumerate(specs):
-        name = p.get("name", "")
-        if len(specs) > 1 and not name:
-            diags.append(obj.error(path + (i, "name"), "required when there is more than one port"))
-        elif name in names:
-            diags.append(obj.error(path + (i, "name"), f'duplicate port name "{name}" (also {format_path(obj.prefix + path + (names[name],))}, line {obj.line(*path, names[name])})'))
-        else:
-            names[name] = i
-        out.append(EndpointPortSpec(name, int(p["port"]), p.get("protocol", "TCP")))
+        if not trust.known(*path, i):
+            continue
+        if trust.whole(*path, i, "name"):
+            name = p.get("name", "")
+            if len(specs) > 1 and not name:
+                diags.append(obj.error(path + (i, "name"), "required when there is more than one port"))
+            elif name in names:
+                diags.append(obj.error(path + (i, "name"), f'duplicate port name "{name}" (also {format_path(obj.prefix + path + (names[name],))}, line {obj.line(*path, names[name])})'))
+            else:
+                names[name] = i
+        if trust.whole(*path, i):
+            out.append(EndpointPortSpec(p.get("name", ""), int(p["port"]), p.get("protocol", "TCP")))
     return tuple(out)
 
 
-def endpoints_from(obj: Located) -> tuple[ManualEndpoints, list[Diagnostic]]:
-    """One kind Endpoints (schema-checked) -> ManualEndpoints for the Service of its name."""
+def _endpoint_ip(obj: Located, path: tuple, ip: str, trust: Trust, diags: list[Diagnostic]) -> None:
+    problem = trust.whole(*path) and _special_ip_problem(ip)
+    if problem:
+        diags.append(obj.error(path, f"{problem}, which cannot be an endpoint"))
+
+
+def endpoints_from(obj: Located, trust: Trust = TRUSTED) -> tuple[ManualEndpoints | None, list[Diagnostic]]:
+    """One kind Endpoints -> ManualEndpoints for the Service of its name (None: schema problems)."""
     v = obj.value
     diags: list[Diagnostic] = []
     subsets = []
-    for i, ss in enumerate(v.get("subsets") or ()):
+    for i, ss in enumerate((v.get("subsets") or ()) if trust.known("subsets") else ()):
         path = ("subsets", i)
+        if not trust.known(*path):
+            continue
         if not ss.get("addresses") and not ss.get("notReadyAddresses"):
             diags.append(obj.error(path, "a subset needs addresses"))
         addresses = []
-        for j, a in enumerate(ss.get("addresses") or ()):
-            problem = _special_ip_problem(a["ip"])
-            if problem:
-                diags.append(obj.error(path + ("addresses", j, "ip"), f"{problem}, which cannot be an endpoint"))
-            addresses.append(EndpointAddress(a["ip"], a.get("nodeName")))
-        ports = _endpoint_ports(obj, path + ("ports",), ss.get("ports") or [], diags)
-        # notReadyAddresses are not endpoints (as in Kubernetes): they are only checked.
+        for key in ("addresses", "notReadyAddresses"):
+            if not trust.known(*path, key):
+                continue
+            for j, a in enumerate(ss.get(key) or ()):
+                if trust.known(*path, key, j):
+                    _endpoint_ip(obj, path + (key, j, "ip"), a.get("ip"), trust, diags)
+                    # notReadyAddresses are not endpoints (as in Kubernetes): only checked.
+                    if key == "addresses" and trust.whole(*path, key, j):
+                        addresses.append(EndpointAddress(a["ip"], a.get("nodeName")))
+        ports = _endpoint_ports(obj, path + ("ports",), (ss.get("ports") or []) if trust.known(*path, "ports") else [], trust, diags)
         if addresses:
             subsets.append(EndpointSubset(tuple(addresses), ports))
+    if not trust:
+        return None, diags
     meta = v["metadata"]
     return ManualEndpoints(meta.get("namespace", "default"), meta["name"], tuple(subsets), Source(obj.file, obj.line())), diags
 
 
-def endpointslice_from(obj: Located) -> tuple[ManualEndpoints, list[Diagnostic]]:
-    """One EndpointSlice (schema-checked) -> ManualEndpoints for the Service its label names.
+def endpointslice_from(obj: Located, trust: Trust = TRUSTED) -> tuple[ManualEndpoints | None, list[Diagnostic]]:
+    """One EndpointSlice -> ManualEndpoints for the Service its label names (None: schema problems).
 
     Endpoints whose condition ``ready`` is false are left out, as kube-proxy does.
     """
     v = obj.value
     diags: list[Diagnostic] = []
     addresses = []
-    for j, e in enumerate(v["endpoints"]):
+    for j, e in enumerate((v.get("endpoints") or ()) if trust.known("endpoints") else ()):
+        path = ("endpoints", j)
+        if not trust.known(*path, "addresses", 0):
+            continue
         ip = e["addresses"][0]  # kube-proxy uses the first address only
-        problem = _special_ip_problem(ip)
-        if problem:
-            diags.append(obj.error(("endpoints", j, "addresses", 0), f"{problem}, which cannot be an endpoint"))
-        if (e.get("conditions") or {}).get("ready", True) is not False:
+        _endpoint_ip(obj, path + ("addresses", 0), ip, trust, diags)
+        if trust.whole(*path) and (e.get("conditions") or {}).get("ready", True) is not False:
             addresses.append(EndpointAddress(ip, e.get("nodeName")))
-    ports = _endpoint_ports(obj, ("ports",), v.get("ports") or [], diags)
+    ports = _endpoint_ports(obj, ("ports",), (v.get("ports") or []) if trust.known("ports") else [], trust, diags)
+    if not trust:
+        return None, diags
     meta = v["metadata"]
     subsets = (EndpointSubset(tuple(addresses), ports),) if addresses else ()
     return (

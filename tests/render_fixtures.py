@@ -13,8 +13,6 @@ Three nodes on 10.0.0.0/24:
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from svcops.model import (
     Allocations,
     Cluster,
@@ -171,7 +169,3 @@ SCENARIOS: dict[str, tuple[tuple[Service, ...], tuple[ManualEndpoints, ...], str
         "node2",
     ),
 }
-
-
-def with_name(svc: Service, name: str) -> Service:
-    return replace(svc, name=name)

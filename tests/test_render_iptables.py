@@ -337,6 +337,13 @@ def test_a_stale_chain_a_foreign_chain_still_uses_is_kept():
     assert "MINE" not in payload
 
 
+def test_parse_iptables_save_reads_counters_too():
+    rules, node = render_scenario("cluster-ip")
+    plain = parse_iptables_save(restore_payload(rules[node]))
+    counted = restore_payload(rules[node]).replace("\n-I ", "\n[3:180] -I ").replace("\n-A ", "\n[0:0] -A ")
+    assert parse_iptables_save(counted) == plain
+
+
 def test_parse_iptables_save_reads_svcops_footprint_only():
     live = parse_iptables_save(FOREIGN_SAVE)
     assert live.table("filter").chains == {} and live.table("filter").jumps == ()

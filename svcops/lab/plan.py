@@ -322,12 +322,15 @@ def known_hosts(entries: Iterable[tuple[LabHost, str]]) -> str:
 
 
 def infra_batch() -> str:
-    """``ip -batch`` on the machine: the wire namespace and the uplink veth pair."""
+    """``ip -batch`` on the machine: the wire namespace and the uplink veth pair.
+
+    The machine's end stays down here: the shell first turns off its forwarding and
+    IPv6 (sysctls of that one link), then brings it up.
+    """
     return (
         f"netns add {LAB_NETNS}\n"
         f"link add {HOST_LINK} type veth peer name {UPLINK_PORT} netns {LAB_NETNS}\n"
         f"addr add {GATEWAY}/{PREFIX_LEN} dev {HOST_LINK}\n"
-        f"link set {HOST_LINK} up\n"
     )
 
 
@@ -454,9 +457,10 @@ def boot_script(
         f"ip -batch - <<'EOF'\n{host_net_batch(host)}EOF",
         f"echo {q(host.name)} > /proc/sys/kernel/hostname",
         "# Unmount copies of namespace files (ip netns, nsfs): they would outlive `lab down`.",
+        "# /run/netns first, with all of them beneath it; then any others, in one umount.",
+        "umount -l /run/netns 2>/dev/null || true",
         "ns_mounts=$(while read -r _dev mnt fstype _rest; do [ \"$fstype\" = nsfs ] && echo \"$mnt\"; done < /proc/self/mounts || true)",
-        "for m in $ns_mounts; do umount -l \"$m\" 2>/dev/null || true; done",
-        "if grep -q ' /run/netns ' /proc/self/mounts; then umount -l /run/netns || true; fi",
+        "[ -z \"$ns_mounts\" ] || umount -l $ns_mounts 2>/dev/null || true",
         f"mount -t overlay svcops-lab-etc -o lowerdir=/etc,upperdir={q(upper)},workdir={q(work)} /etc",
         "mount -t tmpfs -o mode=0700,size=64m svcops-lab-root /root",
     ]

@@ -42,8 +42,10 @@ once per distinct set of local endpoints (usually: none, or one node's), and an
 
 from __future__ import annotations
 
+import functools
+import gc
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import netaddr
 
@@ -184,6 +186,8 @@ def parse_iptables_save(text: str) -> LiveTables:
         line = raw.strip()
         if not line or line[0] == "#" or line == "COMMIT":
             continue
+        if line[0] == "[":  # `iptables-save -c`: "[packets:bytes] -A ..."
+            line = line.partition("] ")[2]
         if line[0] == "*":
             chains, jumps, foreign = tables.setdefault(line[1:], ({}, {}, set()))
             continue
@@ -354,7 +358,7 @@ class _Port:
 
     __slots__ = (
         "spn", "q", "proto", "port", "cip", "ext_ips", "lb", "node_port", "ranges", "affinity",
-        "svc", "svl", "ext", "fw", "eps", "seps", "int_local", "ext_local", "ext_access",
+        "svc", "svl", "ext", "fw", "eps", "_names", "_seps", "int_local", "ext_local", "ext_access",
         "uses_cluster", "uses_local", "uses_fw", "dport",
     )  # fmt: skip
 
@@ -372,7 +376,8 @@ class _Port:
         h = C.port_hash(rp.name, proto)
         self.svc, self.svl, self.ext, self.fw = C.SVC + h, C.SVL + h, C.EXT + h, C.FW + h
         self.eps: list[Endpoint] = [e for e in rp.endpoints if _ipv4(e.ip)]
-        self.seps: list[tuple[str, str]] | None = None  # (SEP chain, its text), per endpoint
+        self._names: list[tuple[str, str]] | None = None
+        self._seps: list[str] | None = None
         self.affinity = svc.affinity_timeout if svc.session_affinity == "ClientIP" else None
         self.ext_access = bool(self.node_port or self.lb or self.ext_ips)
         self.int_local = svc.internal_traffic_policy == "Local"
@@ -385,88 +390,103 @@ class _Port:
             self.ranges = [r for r in map(_cidr, svc.load_balancer_source_ranges) if r is not None]
         self.uses_fw = bool(self.eps and self.lb and self.ranges)
 
-    def sep_chains(self) -> list[tuple[str, str]]:
-        """Per endpoint: its SEP chain's name, and declaration + rules."""
-        if self.seps is None:
-            spn, q, proto = self.spn, self.q, self.proto
-            mark = C.MARK_MASQ
-            recent = self.affinity is not None
-            seps = []
-            for e in self.eps:
-                ep = f"{e.ip}:{e.port}"
-                sep = C.endpoint_chain(spn, proto, ep)
-                setr = f" -m recent --set --name {sep} --mask 255.255.255.255 --rsource" if recent else ""
-                seps.append(
-                    (
-                        sep,
-                        f'-A {sep} -s {e.ip}/32 -m comment --comment "{q}" -j {mark}\n'
-                        f'-A {sep} -p {proto} -m comment --comment "{q}"{setr} -m {proto} -j DNAT --to-destination {ep}\n',
-                    )
-                )
-            self.seps = seps
-        return self.seps
+    def names(self) -> list[tuple[str, str]]:
+        """Per endpoint: ("ip:port", its SEP chain)."""
+        if self._names is None:
+            prefix = self.spn + self.proto
+            h = C.hash16
+            sep = C.SEP
+            self._names = [(ep, sep + h(prefix + ep)) for ep in [f"{e.ip}:{e.port}" for e in self.eps]]
+        return self._names
 
-    def balance(self, chain: str, which: Sequence[int]) -> str:
-        """The SVC/SVL chain's rules: affinity checks, then an equal random choice."""
-        seps, eps, q = self.sep_chains(), self.eps, self.q
-        lines = []
+    def seps(self) -> list[str]:
+        """Per endpoint: its SEP chain's rules (hairpin masquerade, [affinity], DNAT)."""
+        if self._seps is None:
+            self._seps = [self._sep(ep, sep, e.ip) for (ep, sep), e in zip(self.names(), self.eps)]
+        return self._seps
+
+    def _sep(self, ep: str, sep: str, ip: str) -> str:
+        q, proto = self.q, self.proto
+        setr = f" -m recent --set --name {sep} --mask 255.255.255.255 --rsource" if self.affinity is not None else ""
+        return (
+            f'-A {sep} -s {ip}/32 -m comment --comment "{q}" -j {C.MARK_MASQ}\n'
+            f'-A {sep} -p {proto} -m comment --comment "{q}"{setr} -m {proto} -j DNAT --to-destination {ep}\n'
+        )
+
+    def write_chain(self, chain: str, which: Sequence[int], with_seps: bool, decl: list[str], rules: list[str]) -> None:
+        """An SVC/SVL chain (affinity checks, then an equal random choice) and, if asked,
+        the SEP chains of its endpoints."""
+        names, q = self.names(), self.q
+        decl.append(f":{chain} - [0:0]\n")
         if self.affinity is not None:
             t = self.affinity
             for i in which:
-                e, sep = eps[i], seps[i][0]
-                lines.append(
-                    f'-A {chain} -m comment --comment "{q} -> {e.ip}:{e.port}" -m recent --rcheck '
+                ep, sep = names[i]
+                rules.append(
+                    f'-A {chain} -m comment --comment "{q} -> {ep}" -m recent --rcheck '
                     f"--seconds {t} --reap --name {sep} --mask 255.255.255.255 --rsource -j {sep}\n"
                 )
-        n = len(which)
+        last = len(which) - 1
         for k, i in enumerate(which):
-            e, sep = eps[i], seps[i][0]
-            stat = f" -m statistic --mode random --probability {probability(n - k)}" if k < n - 1 else ""
-            lines.append(f'-A {chain} -m comment --comment "{q} -> {e.ip}:{e.port}"{stat} -j {sep}\n')
-        return "".join(lines)
+            ep, sep = names[i]
+            if k < last:
+                rules.append(
+                    f'-A {chain} -m comment --comment "{q} -> {ep}" -m statistic --mode random '
+                    f"--probability {probability(last + 1 - k)} -j {sep}\n"
+                )
+            else:
+                rules.append(f'-A {chain} -m comment --comment "{q} -> {ep}" -j {sep}\n')
+        if with_seps:
+            if self._seps is None and self.affinity is None and len(which) == len(names):
+                # Once per port (the common case): no need to keep the texts around.
+                q, proto, mark = self.q, self.proto, C.MARK_MASQ
+                for (ep, sep), e in zip(names, self.eps):
+                    decl.append(f":{sep} - [0:0]\n")
+                    rules.append(
+                        f'-A {sep} -s {e.ip}/32 -m comment --comment "{q}" -j {mark}\n'
+                        f'-A {sep} -p {proto} -m comment --comment "{q}" -m {proto} -j DNAT --to-destination {ep}\n'
+                    )
+                return
+            seps = self.seps()
+            for i in which:
+                decl.append(f":{names[i][1]} - [0:0]\n")
+                rules.append(seps[i])
 
 
-# Indices of a rendered port's fragments.
+# Indices of a port's fragments (lists of lines, per destination in the payload).
 _F_SERVICES, _F_EXTERNAL, _F_FIREWALL, _N_SERVICES, _N_NODEPORTS, _N_DECL, _N_RULES = range(7)
 
 
-def _render(p: _Port, local: tuple[int, ...] | None, with_cluster_chains: bool) -> list[str]:
-    """A port's fragments on a node whose local endpoints are `local` (indices into p.eps).
+def _render(p: _Port, local: tuple[int, ...] | None, cluster_chains: bool, out: list[list[str]]) -> None:
+    """Append a port's lines, for a node whose local endpoints are `local`, to `out`.
 
-    local=None: the port has no Local policy, so the node does not matter.
-    with_cluster_chains: include the SVC chain and the SEP chains of every endpoint
-    (callers render those once per port and share them when the node does matter).
+    local: indices into p.eps; None when the port has no Local policy (any node).
+    cluster_chains: write the SVC chain and the SEP chains of every endpoint (callers
+    write those once per port and share them when the rest depends on the node).
     """
-    frags = ["", "", "", "", "", "", ""]
     proto, q, dport = p.proto, p.q, p.dport
     has_eps = bool(p.eps)
     local_eps: tuple[int, ...] = (local or ()) if p.uses_local else ()
     has_internal = has_eps and (not p.int_local or bool(local_eps))
     has_external = has_eps and (not p.ext_local or bool(local_eps))
     internal_chain = p.svl if p.int_local else p.svc
-    external_policy_chain = p.svl if p.ext_local else p.svc
-    uses_ext_chain = has_eps and p.ext_access
-    lb_chain = p.fw if p.uses_fw else p.ext
     if not has_eps:
-        int_target = ext_target = _REJECT
-        int_comment = ext_comment = f"{q} has no endpoints"
+        target = _REJECT
+        comment = f"{q} has no endpoints"
     else:
-        int_target = ext_target = "DROP"
-        int_comment = ext_comment = f"{q} has no local endpoints"
+        target = "DROP"
+        comment = f"{q} has no local endpoints"
+    f_services, f_external, f_firewall, n_services, n_nodeports, decl, rules = out
 
-    f_services: list[str] = []
-    f_external: list[str] = []
-    n_services: list[str] = []
-    # Cluster IP.
+    # Dispatch: cluster IP, external IPs, load-balancer IP, node port.
     if has_internal:
         n_services.append(
             f'-A {C.SERVICES} -d {p.cip}/32 -p {proto} -m comment --comment "{q} cluster IP"{dport} -j {internal_chain}\n'
         )
     else:
         f_services.append(
-            f'-A {C.SERVICES} -d {p.cip}/32 -p {proto} -m comment --comment "{int_comment}"{dport} -j {int_target}\n'
+            f'-A {C.SERVICES} -d {p.cip}/32 -p {proto} -m comment --comment "{comment}"{dport} -j {target}\n'
         )
-    # External IPs.
     for ip in p.ext_ips:
         if has_eps:
             n_services.append(
@@ -474,83 +494,81 @@ def _render(p: _Port, local: tuple[int, ...] | None, with_cluster_chains: bool) 
             )
         if not has_external:
             f_external.append(
-                f'-A {C.EXTERNAL_SERVICES} -d {ip}/32 -p {proto} -m comment --comment "{ext_comment}"{dport} -j {ext_target}\n'
+                f'-A {C.EXTERNAL_SERVICES} -d {ip}/32 -p {proto} -m comment --comment "{comment}"{dport} -j {target}\n'
             )
-    # Load-balancer IP.
     if p.lb:
         if has_eps:
+            lb_chain = p.fw if p.uses_fw else p.ext
             n_services.append(
                 f'-A {C.SERVICES} -d {p.lb}/32 -p {proto} -m comment --comment "{q} loadbalancer IP"{dport} -j {lb_chain}\n'
             )
         if p.uses_fw:
-            frags[_F_FIREWALL] = (
+            f_firewall.append(
                 f'-A {C.FIREWALL} -d {p.lb}/32 -p {proto} -m comment --comment "{q} traffic not accepted by {p.fw}"'
                 f"{dport} -j DROP\n"
             )
         if not has_external:
             f_external.append(
-                f'-A {C.EXTERNAL_SERVICES} -d {p.lb}/32 -p {proto} -m comment --comment "{ext_comment}"{dport} -j {ext_target}\n'
+                f'-A {C.EXTERNAL_SERVICES} -d {p.lb}/32 -p {proto} -m comment --comment "{comment}"{dport} -j {target}\n'
             )
-    # Node port.
     if p.node_port:
         if has_eps:
-            frags[_N_NODEPORTS] = (
+            n_nodeports.append(
                 f'-A {C.NODEPORTS} -p {proto} -m comment --comment "{q}" -m {proto} --dport {p.node_port} -j {p.ext}\n'
             )
         if not has_external:
             f_external.append(
-                f'-A {C.EXTERNAL_SERVICES} -p {proto} -m comment --comment "{ext_comment}" -m addrtype --dst-type LOCAL'
-                f" -m {proto} --dport {p.node_port} -j {ext_target}\n"
+                f'-A {C.EXTERNAL_SERVICES} -p {proto} -m comment --comment "{comment}" -m addrtype --dst-type LOCAL'
+                f" -m {proto} --dport {p.node_port} -j {target}\n"
             )
 
-    decl: list[str] = []
-    rules: list[str] = []
-    if uses_ext_chain:
-        decl.append(f":{p.ext} - [0:0]\n")
+    # The service port's own chains.
+    if has_eps and p.ext_access:
+        ext = p.ext
+        decl.append(f":{ext} - [0:0]\n")
         if not p.ext_local:
             rules.append(
-                f'-A {p.ext} -m comment --comment "masquerade traffic for {q} external destinations" -j {C.MARK_MASQ}\n'
+                f'-A {ext} -m comment --comment "masquerade traffic for {q} external destinations" -j {C.MARK_MASQ}\n'
             )
         else:
             rules.append(
-                f'-A {p.ext} -m comment --comment "masquerade LOCAL traffic for {q} external destinations" '
+                f'-A {ext} -m comment --comment "masquerade LOCAL traffic for {q} external destinations" '
                 f"-m addrtype --src-type LOCAL -j {C.MARK_MASQ}\n"
-                f'-A {p.ext} -m comment --comment "route LOCAL traffic for {q} external destinations" '
+                f'-A {ext} -m comment --comment "route LOCAL traffic for {q} external destinations" '
                 f"-m addrtype --src-type LOCAL -j {p.svc}\n"
             )
         if has_external:
-            rules.append(f"-A {p.ext} -j {external_policy_chain}\n")
+            rules.append(f"-A {ext} -j {p.svl if p.ext_local else p.svc}\n")
     if p.uses_fw:
         decl.append(f":{p.fw} - [0:0]\n")
         for src in p.ranges:
             rules.append(f'-A {p.fw}{src} -m comment --comment "{q} loadbalancer IP" -j {p.ext}\n')
         rules.append(f'-A {p.fw} -m comment --comment "other traffic to {q} will be dropped by {C.FIREWALL}"\n')
-    if with_cluster_chains and p.uses_cluster and has_eps:
-        decl.append(f":{p.svc} - [0:0]\n")
-        rules.append(p.balance(p.svc, range(len(p.eps))))
+    if cluster_chains and p.uses_cluster and has_eps:
+        # Every endpoint's SEP chain goes with SVC: Cluster policy reaches them all.
+        p.write_chain(p.svc, range(len(p.eps)), True, decl, rules)
     if local_eps:
-        decl.append(f":{p.svl} - [0:0]\n")
-        rules.append(p.balance(p.svl, local_eps))
-    # SEP chains: every endpoint when Cluster policy is in use (it is a superset of the
-    # local ones), else only the local endpoints.
-    if p.uses_cluster:
-        which: Iterable[int] = range(len(p.eps)) if with_cluster_chains else ()
-    else:
-        which = local_eps
-    seps = p.sep_chains() if which else ()
-    for i in which:
-        sep, text = seps[i]
-        decl.append(f":{sep} - [0:0]\n")
-        rules.append(text)
-
-    frags[_F_SERVICES] = "".join(f_services)
-    frags[_F_EXTERNAL] = "".join(f_external)
-    frags[_N_SERVICES] = "".join(n_services)
-    frags[_N_DECL] = "".join(decl)
-    frags[_N_RULES] = "".join(rules)
-    return frags
+        p.write_chain(p.svl, local_eps, not p.uses_cluster, decl, rules)
 
 
+def _gc_paused(fn):
+    """Run `fn` with the cyclic garbage collector paused: rendering builds hundreds of
+    thousands of acyclic strings, and each collection would walk the whole heap."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return wrapper
+
+
+@_gc_paused
 def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequence[str]) -> dict[str, IptablesRules]:
     """svcops's iptables rules for every node, sharing everything that can be shared.
 
@@ -565,23 +583,20 @@ def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequenc
     local_ports: list[tuple[_Port, dict[str, tuple[int, ...]]]] = []
     for rp in ports:
         p = _Port(rp)
-        if p.uses_local:
-            by_node: dict[str, list[int]] = {}
-            for i, e in enumerate(p.eps):
-                if e.node is not None:
-                    by_node.setdefault(e.node, []).append(i)
-            local_ports.append((p, {n: tuple(v) for n, v in by_node.items()}))
-            if p.uses_cluster and p.eps:
-                # SVC and SEP chains: the same on every node.
-                shared[_N_DECL].append(_only_cluster_decl(p))
-                shared[_N_RULES].append(_only_cluster_rules(p))
+        if not p.uses_local:
+            _render(p, None, True, shared)
             continue
-        frags = _render(p, None, True)
-        for k in range(7):
-            if frags[k]:
-                shared[k].append(frags[k])
-    # The shared block, joined once: each node holds a reference to the same strings.
-    block = ["".join(parts) for parts in shared]
+        by_node: dict[str, list[int]] = {}
+        for i, e in enumerate(p.eps):
+            if e.node is not None:
+                by_node.setdefault(e.node, []).append(i)
+        local_ports.append((p, {n: tuple(v) for n, v in by_node.items()}))
+        if p.uses_cluster and p.eps:
+            # Its SVC and SEP chains are the same on every node.
+            p.write_chain(p.svc, range(len(p.eps)), True, shared[_N_DECL], shared[_N_RULES])
+    # The shared block, joined once: every node holds references to these strings.
+    block = ["".join(lines) for lines in shared]
+    del shared
 
     cache: dict[tuple[int, tuple[int, ...]], list[str]] = {}
     out: dict[str, IptablesRules] = {}
@@ -591,7 +606,9 @@ def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequenc
             view = by_node.get(node, ())
             frags = cache.get((k, view))
             if frags is None:
-                frags = cache[(k, view)] = _render(p, view, False)
+                lines: list[list[str]] = [[], [], [], [], [], [], []]
+                _render(p, view, False, lines)
+                frags = cache[(k, view)] = ["".join(x) for x in lines]
             for j in range(7):
                 if frags[j]:
                     per_node[j].append(frags[j])
@@ -614,11 +631,3 @@ def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequenc
             ),
         )
     return out
-
-
-def _only_cluster_decl(p: _Port) -> str:
-    return f":{p.svc} - [0:0]\n" + "".join(f":{sep} - [0:0]\n" for sep, _ in p.sep_chains())
-
-
-def _only_cluster_rules(p: _Port) -> str:
-    return p.balance(p.svc, range(len(p.eps))) + "".join(text for _, text in p.sep_chains())
