@@ -210,27 +210,29 @@ def _compile(args: argparse.Namespace):
     return compiled, lock, lock_path, diags + more
 
 
-def _node_summary(compiled, name: str) -> dict:
-    from .render.iptables import restore_payload
+def _node_summaries(compiled) -> list[dict]:
+    ports = compiled.ports
+    endpoints = sum(len(p.endpoints) for p in ports)
+    local: dict[str | None, int] = {}
+    for p in ports:
+        for e in p.endpoints:
+            local[e.node] = local.get(e.node, 0) + 1
+    memo: dict[int, int] = {}  # fragments are shared between nodes: count each once
+    return [_node_summary(compiled, n.name, endpoints, local.get(n.name, 0), memo) for n in compiled.nodes]
 
+
+def _node_summary(compiled, name: str, endpoints: int, local: int, memo: dict[int, int]) -> dict:
     out = compiled.outputs[name]
-    ports = [p for p in compiled.ports]
-    local = sum(1 for p in ports for e in p.endpoints if e.node == name)
-    payload = restore_payload(out.iptables)
-    lines = payload.splitlines()
+    chains, rules = out.iptables.counts(memo)
     return {
         "node": name,
         "sshHost": out.node.ssh_host,
         "address": out.address,
         "interface": out.node.interface,
-        "servicePorts": len(ports),
-        "endpoints": sum(len(p.endpoints) for p in ports),
+        "servicePorts": len(compiled.ports),
+        "endpoints": endpoints,
         "localEndpoints": local,
-        "iptables": {
-            "chains": sum(1 for ln in lines if ln.startswith(":SVCOPS-")),
-            "rules": sum(1 for ln in lines if ln.startswith(("-A ", "-I "))),
-            "bytes": len(payload),
-        },
+        "iptables": {"chains": chains, "rules": rules + len(out.iptables.jumps)},
         "interfacesFile": bool(out.interfaces),
     }
 
@@ -245,7 +247,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     changes = allocation_changes(lock, compiled.allocations)
     write_lock(lock_path, compiled.allocations)
-    nodes = [_node_summary(compiled, n.name) for n in compiled.nodes]
+    nodes = _node_summaries(compiled)
     if args.json:
         doc = {
             "site": str(compiled.site.root),

@@ -305,6 +305,17 @@ def test_up_again_changes_nothing_and_another_count_converges(lab):
 
 @pytest.mark.root
 @pytest.mark.slow
+def test_down_from_another_lab_folder_leaves_this_lab_alone(lab, tmp_path):
+    other = subprocess.run(
+        [sys.executable, "-m", "svcops.lab.cli", "lab", "down"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, plan.DIR_ENV: str(tmp_path / "other")},
+    )
+    assert other.returncode == 1 and "left alone" in other.stderr
+    assert lab_cli("status").returncode == 0
+
+
+@pytest.mark.root
+@pytest.mark.slow
 def test_down_leaves_nothing(lab):
     """Runs last in this module: after `lab down` the machine is as before `lab up`."""
     from svcops.lab.state import lab_paths, read_state, start_time

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -93,10 +94,10 @@ def cmd_down(args: argparse.Namespace) -> int:
     from .shell import LabError, down
 
     try:
-        down(say=_say)
+        result = down(say=_say, everything=args.all)
     except LabError as e:
         return _error(e)
-    return EXIT_OK
+    return EXIT_ERROR if result.get("left_alone") else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -110,7 +111,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not st["hosts"]:
         msg = f"lab: down (no state in {st['dir']})"
         if st.get("leftovers"):
-            msg += f"; leftover namespaces: {', '.join(st['leftovers'])} (`svcops lab down` removes them)"
+            msg += f"; leftover namespaces: {', '.join(st['leftovers'])} (`svcops lab down --all` removes them)"
         print(msg)
         return EXIT_ERROR
 
@@ -192,11 +193,14 @@ def register(subparsers: Any) -> None:
         description=(
             "End the lab's processes (recorded PIDs, and anything else living in its namespaces),\n"
             "remove its namespaces, its link on the machine and its files. Works after a failed\n"
-            "`lab up` too; on a lab that is down it does nothing."
+            "`lab up` too; on a lab that is down it does nothing. Lab namespaces (svl-*) that\n"
+            "processes live in but the state does not record (another lab folder, a lost state)\n"
+            "are left alone (exit 1, named) unless --all."
         ),
-        epilog="example:\n  svcops lab down",
+        epilog="examples:\n  svcops lab down\n  svcops lab down --all     # every lab namespace on the machine, recorded or not\n\nexit status: 0 removed (or nothing to remove), 1 something was left alone or an error",
         formatter_class=raw,
     )
+    p.add_argument("--all", action="store_true", help="also remove lab namespaces (svl-*) this state does not record, and what lives in them")
     p.set_defaults(func=cmd_down)
 
     p = sub.add_parser(
@@ -238,7 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return EXIT_ERROR
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `... | head`: the reader went away
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

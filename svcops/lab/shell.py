@@ -141,16 +141,38 @@ def _run(cmd: list[str], what: str, input: str | None = None) -> str:
     return proc.stdout
 
 
+LOCK_FILE = "/run/lock/svcops-lab.lock"
+
+
 @contextlib.contextmanager
 def _locked(paths: LabPaths) -> Iterator[None]:
-    """One `lab up`/`lab down` at a time (flock on the lab folder itself)."""
-    os.makedirs(paths.root, mode=0o700, exist_ok=True)
-    fd = os.open(paths.root, os.O_RDONLY | os.O_DIRECTORY)
+    """One `lab up`/`lab down` at a time on the machine (the lab's names and addresses are
+    machine-wide, whatever the lab folder): an flock on /run/lock/svcops-lab.lock."""
+    os.makedirs(os.path.dirname(LOCK_FILE), exist_ok=True)
+    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def _busy_netns(names: Iterable[str]) -> list[str]:
+    """Those of these lab namespaces that some process still lives in.
+
+    No process lives in the wire (svl-net): it counts as in use while any host of the
+    lab is, or while its bridge still has host ports, whatever this call was asked about.
+    """
+    names = list(names)
+    ids = {ns_inode(f"{NETNS_DIR}/{n}"): n for n in names}
+    ids.pop(None, None)
+    live = {ns_inode(f"/proc/{p}/ns/net") for p in pids_in_namespaces(ids, ())}
+    busy = sorted(ids[i] for i in live if i in ids)
+    if plan.LAB_NETNS in names and plan.LAB_NETNS not in busy:
+        hosts = [n for n in _lab_netns_present() if n != plan.LAB_NETNS]
+        if hosts and (set(hosts) - set(names) or busy):
+            busy.append(plan.LAB_NETNS)
+    return busy
 
 
 def _lab_netns_present() -> list[str]:
@@ -208,6 +230,7 @@ def up(n: int, say: Say = _noop) -> dict[str, Any]:
         raise LabError(err)
     preflight()
     t0 = time.monotonic()
+    os.makedirs(paths.root, mode=0o700, exist_ok=True)
     with _locked(paths):
         state = read_state(paths)
         infra_ok = (
@@ -217,8 +240,17 @@ def up(n: int, say: Say = _noop) -> dict[str, Any]:
             and state.get("version") == STATE_VERSION
         )
         if not infra_ok and (state is not None or _lab_netns_present() or _link_exists(plan.HOST_LINK)):
+            busy = _busy_netns(n for n in _lab_netns_present() if n not in _recorded_netns(state))
+            if busy:
+                with contextlib.suppress(OSError):
+                    os.rmdir(paths.root)  # made by this attempt, empty
+                raise LabError(
+                    f"another lab is running on this machine (namespaces {', '.join(busy[:4])}"
+                    f"{'...' if len(busy) > 4 else ''}; its files are not in {paths.root}): take it down "
+                    f"first with `svcops lab down` (and its {plan.DIR_ENV}, if it was given one)"
+                )
             say("lab: removing what an earlier lab left behind")
-            _down_locked(paths, say, keep_dir=True)
+            _down_locked(paths, say, keep_dir=True, everything=False)
             state = None
 
         desired = plan.lab_hosts(n)
@@ -249,6 +281,8 @@ def up(n: int, say: Say = _noop) -> dict[str, Any]:
         write_state(paths, state)
 
         if not infra_ok:
+            state["wire"] = True  # recorded before it is made: `lab down` removes it after a failure too
+            write_state(paths, state)
             _make_wire(paths, say)
         _make_hosts(paths, state, create, desired, say)
         if keep and (create or remove):
@@ -364,7 +398,7 @@ def _make_hosts(paths: LabPaths, state: dict[str, Any], create: list[LabHost], d
     _boot(paths, state, create, say)
     write_state(paths, state)
     if nodes:
-        _wait_ready(state, nodes, say)
+        _wait_ready(paths, state, nodes, say)
 
 
 def _names(hosts: list[LabHost]) -> list[str]:
@@ -451,23 +485,26 @@ def _tail(path: str, lines: int = 3) -> str:
     return " | ".join(text[-lines:]) + f" (log: {path})"
 
 
-def _wait_ready(state: dict[str, Any], nodes: list[LabHost], say: Say) -> None:
+def _wait_ready(paths: LabPaths, state: dict[str, Any], nodes: list[LabHost], say: Say) -> None:
     """Wait (bounded) until every new node's sshd sends its banner and its backend answers."""
     deadline = time.monotonic() + 20 + 0.2 * len(nodes)
 
     def wait_one(h: LabHost) -> str | None:
+        pids = state["hosts"][h.name]["pids"]
         while True:
             ssh_ok, http_ok = probe_ssh(h.address), probe_http(h.address)
             if ssh_ok and http_ok:
                 return None
-            if time.monotonic() > deadline:
-                return f"{h.name}: {'sshd' if not ssh_ok else 'backend'} does not answer"
+            dead = [role for role in ("sshd", "backend") if not alive(pids.get(role))]
+            if dead or time.monotonic() > deadline:
+                what = f"{' and '.join(dead)} exited" if dead else f"{'sshd' if not ssh_ok else 'backend'} does not answer"
+                return f"{h.name}: {what}: {_tail(paths.log(h.name))}"
             time.sleep(0.05)
 
     with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as pool:
         problems = [p for p in pool.map(wait_one, nodes) if p]
     if problems:
-        raise LabError("; ".join(problems[:5]) + " (logs under hosts/*/boot.log); `svcops lab down` removes what was made")
+        raise LabError("; ".join(problems[:3]) + "; `svcops lab down` removes what was made")
 
 
 def probe_ssh(address: str, timeout: float = 1.0) -> bool:
@@ -513,28 +550,47 @@ def _write_client_files(paths: LabPaths, state: dict[str, Any], desired: tuple[L
 # --- down -----------------------------------------------------------------------------
 
 
-def down(say: Say = _noop) -> dict[str, Any]:
+def down(say: Say = _noop, everything: bool = False) -> dict[str, Any]:
     """Remove every namespace, link, mount, file and process the lab made.
 
-    Works from a partial state (a failed ``up``) and without any: the lab's namespaces
-    and its machine-side link are also found by their ``svl-`` prefix, and the processes
-    by the namespaces they live in. Returns what was removed.
+    What the state file records (also after a failed ``up``: the state is written before
+    things are made), plus lab namespaces (``svl-*``) that nothing lives in any more. A
+    lab namespace that some process lives in but this state does not record belongs to
+    another lab (another $SVCOPS_LAB_DIR, or a lost state) and is left alone, unless
+    ``everything``: then every lab namespace and the lab's link on the machine (found by
+    their ``svl-`` prefix) go, with the processes living in them. Mounts live only inside
+    the hosts' own mount namespaces: they go with them.
     """
     if os.geteuid() != 0:
         raise LabError("svcops lab needs root (network namespaces, mounts, sshd): run it as root, e.g. with sudo")
     paths = lab_paths()
-    if not os.path.isdir(paths.root) and not _lab_netns_present() and not _link_exists(plan.HOST_LINK):
+    if not os.path.exists(paths.state) and not _lab_netns_present() and not _link_exists(plan.HOST_LINK):
         say("lab: nothing to remove (the lab is down)")
         return {"processes": 0, "namespaces": [], "files": False}
     with _locked(paths):
-        return _down_locked(paths, say, keep_dir=False)
+        return _down_locked(paths, say, keep_dir=False, everything=everything)
 
 
-def _down_locked(paths: LabPaths, say: Say, keep_dir: bool) -> dict[str, Any]:
+def _recorded_netns(state: dict[str, Any] | None) -> set[str]:
+    if not state:
+        return set()
+    names = {r.get("netns") for r in state.get("hosts", {}).values() if isinstance(r, dict)}
+    if state.get("wire"):
+        names.add(plan.LAB_NETNS)
+    return {n for n in names if isinstance(n, str) and n.startswith(plan.NAME_PREFIX)}
+
+
+def _down_locked(paths: LabPaths, say: Say, keep_dir: bool, everything: bool) -> dict[str, Any]:
     t = time.monotonic()
     state = read_state(paths) or {}
     recorded = [r for r in state.get("hosts", {}).values() if isinstance(r, dict)]
-    netns = sorted(set(_lab_netns_present()))
+    present = _lab_netns_present()
+    if everything:
+        others: list[str] = []
+    else:
+        mine = _recorded_netns(state)
+        others = _busy_netns(n for n in present if n not in mine)
+    netns = [n for n in present if n not in others]
     net_ids = {i for i in (ns_inode(f"{NETNS_DIR}/{n}") for n in netns) if i}
     net_ids |= {r["net_ns"] for r in recorded if isinstance(r.get("net_ns"), int)}
     mnt_ids = {r["mnt_ns"] for r in recorded if isinstance(r.get("mnt_ns"), int)}
@@ -544,13 +600,18 @@ def _down_locked(paths: LabPaths, say: Say, keep_dir: bool) -> dict[str, Any]:
             if alive(rec):
                 pids.add(rec[0])
     killed = _kill(pids)
-    if _link_exists(plan.HOST_LINK):
+    if _link_exists(plan.HOST_LINK) and plan.LAB_NETNS not in others:
         subprocess.run(["ip", "link", "del", plan.HOST_LINK], capture_output=True)
     if netns:
         subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in netns), text=True, capture_output=True)
     _remove_files(paths, keep_dir)
     say(f"lab: down: {killed} process{'es' if killed != 1 else ''} ended, {len(netns)} namespace{'s' if len(netns) != 1 else ''} removed, files removed ({time.monotonic() - t:.1f} s)")
-    return {"processes": killed, "namespaces": netns, "files": True}
+    if others:
+        say(
+            f"lab: left alone: {', '.join(others)} (in use, not recorded in {paths.root}: another lab's, "
+            "or a lost state); `svcops lab down --all` removes every lab namespace on the machine"
+        )
+    return {"processes": killed, "namespaces": netns, "files": True, "left_alone": others}
 
 
 def _kill(pids: set[int], grace: float = 3.0) -> int:

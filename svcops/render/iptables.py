@@ -135,6 +135,27 @@ class IptablesRules:
     def table(self, name: str) -> TableRules:
         return self.filter if name == "filter" else self.nat
 
+    def counts(self, memo: dict[int, int] | None = None) -> tuple[int, int]:
+        """(chains, rules) this node gets, without joining its payload.
+
+        `memo` maps a shared fragment's id to its line count; pass the same dict for
+        every node so a fragment shared by 100 nodes is counted once.
+        """
+        memo = {} if memo is None else memo
+
+        def lines(frags: list[str]) -> int:
+            n = 0
+            for f in frags:
+                k = id(f)
+                c = memo.get(k)
+                if c is None:
+                    c = memo[k] = f.count("\n")
+                n += c
+            return n
+
+        chains = lines(self.filter.chains) + lines(self.nat.chains)
+        return chains, lines(self.filter.rules) + lines(self.nat.rules)
+
 
 # --- live state -------------------------------------------------------------------
 
