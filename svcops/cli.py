@@ -284,7 +284,7 @@ def _print_plan(compiled, changes, nodes, lock_path) -> None:
     print(f"Nodes ({len(nodes)}):")
     for n in nodes:
         ipt = n["iptables"]
-        addr = f" static {n['address']} on {n['interface']}" if n["interfacesFile"] else ""
+        addr = f"; static {n['address']} on {n['interface']}" if n["interfacesFile"] else ""
         print(
             f"  {n['node']} ({n['sshHost']}): {n['servicePorts']} service ports, "
             f"{n['endpoints']} endpoints ({n['localEndpoints']} local); "
