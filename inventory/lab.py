@@ -15,7 +15,7 @@ Each node's host data (written by `svcops lab up`):
   `lab up`), ssh_strict_host_key_checking "yes" (pyinfra would otherwise accept new keys)
   svcops_address    the node's address (192.168.36.10+K)
   svcops_interface  eth0 (the node's veth)
-  svcops_labels     {"svcops.io/lab": "true"}
+  svcops_labels     {"kubernetes.io/hostname": "nodeK", "svcops.io/lab": "true"}
   svcops_workloads  [{name: web-nodeK, labels: {app: web}, ports: [{name: http, port: 80}]}]:
                     the demo backend every node runs
   svcops_site       the example site, examples/walkthrough (absolute path)

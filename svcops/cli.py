@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="print only this part, raw (no section headers), ready for a pipe",
     )
     _add_site(p)
+
+    from .lab.cli import register as register_lab
+
+    register_lab(sub)
     return parser
 
 
@@ -339,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_ERROR
     try:
+        if getattr(args, "func", None):  # subcommands that carry their own handler (lab)
+            return args.func(args)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("svcops: interrupted", file=sys.stderr)

@@ -69,6 +69,19 @@ def test_inventory_data_uses_only_keys_pyinfra_ssh_knows():
     assert data["svcops_workloads"][0]["ports"] == [{"name": "http", "port": 80}]
 
 
+def test_inventory_data_is_valid_svcops_host_data():
+    import json
+
+    import jsonschema
+
+    schema = json.loads((ROOT / "schemas" / "hostdata.schema.json").read_text())
+    for host in plan.lab_hosts(3)[1:]:
+        data = plan.inventory_data(host, plan.LabPaths("/run/svcops-lab"))
+        svcops_keys = {k: v for k, v in data.items() if k.startswith("svcops_")}
+        jsonschema.validate({**svcops_keys, "svcops_site": "/x/examples/walkthrough"}, schema)
+        assert svcops_keys["svcops_labels"]["kubernetes.io/hostname"] == host.name
+
+
 def test_boot_script_drops_namespace_mounts_before_anything_else_is_mounted():
     host = plan.lab_hosts(1)[1]
     script = plan.boot_script(host, plan.LabPaths("/run/svcops-lab"), backend_script="/b.py")

@@ -231,7 +231,7 @@ def inventory_data(host: LabHost, paths: LabPaths) -> dict:
         "ssh_look_for_keys": False,
         "svcops_address": host.address,
         "svcops_interface": host.interface,
-        "svcops_labels": {"svcops.io/lab": "true"},
+        "svcops_labels": {"kubernetes.io/hostname": host.name, "svcops.io/lab": "true"},
         "svcops_workloads": [
             {
                 "name": workload_name(host),

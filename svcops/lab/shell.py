@@ -265,7 +265,7 @@ def up(n: int, say: Say = _noop) -> dict[str, Any]:
             remove = [h for h in recorded if h not in keep]
         create = [h for h in desired if h.name not in {k.name for k in keep}]
 
-        if not create and not remove:
+        if not create and not remove and state.get("status") == "up":
             say(f"lab: already up with {n} node{'s' if n != 1 else ''} and the client; nothing to do")
             return {**state, "changed": False}
 
