@@ -253,7 +253,7 @@ _YAML_WORDS = {"yes", "no", "on", "off", "true", "false", "null"}
 
 
 def _key(key: str) -> str:
-    plain = _PLAIN_KEY.match(key) and (
+    plain = _PLAIN_KEY.fullmatch(key) and (
         "/" in key or (key[0].isalpha() and key.lower() not in _YAML_WORDS)
     )
     if plain:

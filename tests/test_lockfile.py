@@ -23,7 +23,7 @@ node_port_key = st.builds(lambda s, p, proto: f"{s}:{p}/{proto}", service_key, p
 # or numbers, addresses, names with spaces or quotes.
 node_name = st.one_of(
     st.from_regex(r"[a-z][a-z0-9.-]{0,10}", fullmatch=True),
-    st.sampled_from(["yes", "no", "on", "null", "true", "1", "0x1f", "1e3", "10.0.0.1", "12:30", "~"]),
+    st.sampled_from(["yes", "no", "on", "null", "true", "1", "0x1f", "1e3", "10.0.0.1", "12:30", "~", "A\n"]),
     st.text(min_size=1, max_size=12),
 )
 
