@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-packages=(iptables nftables ipset ipvsadm iproute2 conntrack openssh-server openssh-client
+packages=(iptables nftables ipset ipvsadm iproute2 iputils-arping conntrack openssh-server openssh-client
           curl python3 python3-venv python3-pip)
 missing=()
 for p in "${packages[@]}"; do

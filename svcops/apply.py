@@ -1,0 +1,363 @@
+"""`svcops apply`: push a site to its nodes through pyinfra's Python API.
+
+    svcops apply -i inventory/lab.py -y                 # every node, in parallel
+    svcops apply -i inventory/lab.py --dry              # per-node diff, changes nothing
+    svcops apply -i inventory/lab.py --serial 5 --fail-percent 20 -y   # rolling batches
+
+What happens, in order:
+1. the inventory is loaded with pyinfra's own loader, the site is compiled for all of its
+   hosts and new allocations are written to svcops.lock (as `svcops plan` does);
+2. the hosts `--limit` selects are split into batches of `--serial` (one batch without);
+3. each batch is one pyinfra run: connect (strict host-key checking unless the inventory
+   says otherwise), add the svcops operations (`svcops.deploy.node_operations`) for each
+   host, run them with pyinfra's progress output, disconnect;
+4. after each batch the share of failed nodes so far is compared with `--fail-percent`:
+   above it, the remaining batches are not started;
+5. each node's result is reported; the exit status is 1 if any node failed or was not
+   reached.
+
+The pure helpers (`select_hosts`, `batches`, `over_fail_percent`) are tested on their
+own; `run` is the shell. gevent must be monkey-patched before pyinfra is imported
+(`svcops.cli` does it): connecting to 60 hosts takes 0.6 s instead of 4.8 s.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, TextIO
+
+__all__ = [
+    "NodeResult",
+    "select_hosts",
+    "batches",
+    "over_fail_percent",
+    "run",
+    "ApplyOptions",
+]
+
+
+# --- pure helpers ----------------------------------------------------------------------
+
+
+def select_hosts(names: Sequence[str], limit: str | None) -> tuple[list[str], list[str]]:
+    """The hosts `--limit` selects, in inventory order, and the patterns matching none.
+
+    `limit`: comma-separated host names or shell-style globs ("node1,node[23]", "web-*").
+    """
+    if not limit:
+        return list(names), []
+    patterns = [p.strip() for p in limit.split(",") if p.strip()]
+    chosen = {n for p in patterns for n in names if fnmatch.fnmatchcase(n, p)}
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    return [n for n in names if n in chosen], unmatched
+
+
+def batches(names: Sequence[str], serial: int | None) -> list[list[str]]:
+    """Rolling batches of at most `serial` hosts (one batch when serial is None or 0)."""
+    if not serial or serial <= 0:
+        return [list(names)] if names else []
+    return [list(names[i : i + serial]) for i in range(0, len(names), serial)]
+
+
+def over_fail_percent(failed: int, done: int, fail_percent: float) -> bool:
+    """Whether the failed share of the nodes done so far passes `fail_percent`."""
+    return done > 0 and failed * 100.0 / done > fail_percent
+
+
+@dataclass
+class NodeResult:
+    node: str
+    status: str  # changed | unchanged | failed | unreachable | skipped
+    details: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("changed", "unchanged")
+
+
+@dataclass
+class ApplyOptions:
+    inventory: str
+    site: str | None = None
+    dry: bool = False
+    limit: str | None = None
+    serial: int | None = None
+    fail_percent: float = 0.0
+    yes: bool = False
+    json: bool = False
+    rollback_after: int | None = None
+
+
+# --- the shell ---------------------------------------------------------------------------
+
+
+class ApplyError(Exception):
+    pass
+
+
+def _setup_output() -> None:
+    import logging
+
+    import click
+    from pyinfra.api.output import set_echo, set_formatter
+    from pyinfra_cli.log import setup_logging
+
+    set_formatter(click.style)
+    set_echo(click.echo)
+    from pyinfra import logger
+
+    if not logger.handlers:
+        setup_logging(logging.INFO)
+
+
+def _make_state(inventory_path: str, names: Sequence[str]):
+    """A fresh pyinfra State and Inventory for one run, limited to `names`."""
+    from pyinfra.api import Config, State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    state = State(check_for_changes=False)
+    with ctx_state.use(state):
+        inventory = make_inventory(inventory_path, cwd=os.getcwd())
+    for h in inventory:
+        # pyinfra's default is accept-new (and it overrides ssh_config): svcops checks
+        # host keys strictly unless the inventory explicitly says otherwise.
+        if "ssh_strict_host_key_checking" not in h.data.dict():
+            h.data.ssh_strict_host_key_checking = "yes"
+    config = Config()
+    config.FAIL_PERCENT = None  # svcops decides between batches (--fail-percent)
+    config.CONNECT_TIMEOUT = 10
+    wanted = set(names)
+    state.init(inventory, config, initial_limit=[h for h in inventory if h.name in wanted])
+    return state, inventory
+
+
+def _connect(state) -> None:
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.state import StateStage
+    from pyinfra.context import ctx_config, ctx_inventory, ctx_state
+
+    from .operations import set_nodelay
+
+    state.set_stage(StateStage.Connect)
+    with ctx_state.use(state), ctx_inventory.use(state.inventory), ctx_config.use(state.config):
+        try:
+            connect_all(state)
+        except PyinfraError:
+            pass  # every host failed to connect: reported per node
+    for h in state.activated_hosts:
+        if h.connected:
+            set_nodelay(h)
+
+
+def _disconnect(state) -> None:
+    from pyinfra.api.connect import disconnect_all
+
+    try:
+        disconnect_all(state)
+    except Exception:
+        pass
+
+
+def _gather(state, plan) -> dict:
+    """Facts of every connected host, in parallel; name -> NodeDiff (or an error text)."""
+    import gevent
+    from pyinfra.context import ctx_host, ctx_state
+
+    from .facts import SvcopsIptables, SvcopsNodeState
+    from .nodediff import node_diff
+
+    hosts = [h for h in state.inventory if h in state.active_hosts]
+
+    def one(h):
+        with ctx_state.use(state), ctx_host.use(h):
+            live = h.get_fact(SvcopsIptables)
+            node_state = h.get_fact(SvcopsNodeState)
+        if live is None or node_state is None:
+            return "could not read the node's state (see above)"
+        session = h.data.get("ssh_hostname") or h.name
+        return node_diff(plan.node(h.name), live, node_state, session)
+
+    greenlets = {state.pool.spawn(one, h): h for h in hosts}
+    gevent.joinall(list(greenlets))
+    out = {}
+    for g, h in greenlets.items():
+        out[h.name] = g.value if g.successful() else f"could not read facts: {g.exception}"
+    return out
+
+
+def _dry(opts: ApplyOptions, plan, names: list[str], out: TextIO) -> tuple[dict, list[str]]:
+    """Connect, read facts, return (name -> NodeDiff or error text, unreachable names)."""
+    state, _ = _make_state(opts.inventory, names)
+    try:
+        _connect(state)
+        diffs = _gather(state, plan)
+    finally:
+        _disconnect(state)
+    unreachable = [n for n in names if n not in diffs]
+    return diffs, unreachable
+
+
+def _print_diffs(diffs: dict, unreachable: list[str], names: list[str], out: TextIO) -> None:
+    print("\nsvcops: what apply would change, per node:", file=out)
+    for n in names:
+        d = diffs.get(n)
+        if d is None:
+            print(f"  {n}: UNREACHABLE (see above)", file=out)
+        elif isinstance(d, str):
+            print(f"  {n}: {d}", file=out)
+        else:
+            lines = d.lines()
+            print(f"  {n}: {lines[0]}", file=out)
+            for line in lines[1:]:
+                print(f"      {line}", file=out)
+
+
+def _run_batch(opts: ApplyOptions, plan, names: list[str]) -> dict[str, NodeResult]:
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.operations import run_ops
+    from pyinfra.api.state import StateStage
+    from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
+
+    from .deploy import node_operations
+
+    state, inventory = _make_state(opts.inventory, names)
+    results: dict[str, NodeResult] = {}
+    metas: dict[str, list] = {}
+    try:
+        _connect(state)
+        state.set_stage(StateStage.Prepare)
+        with ctx_state.use(state), ctx_inventory.use(inventory), ctx_config.use(state.config):
+            for h in inventory:
+                if h in state.active_hosts:
+                    with ctx_host.use(h):
+                        metas[h.name] = node_operations(plan.node(h.name), opts.rollback_after)
+            state.set_stage(StateStage.Execute)
+            try:
+                run_ops(state)
+            except PyinfraError:
+                pass  # "No hosts remaining!": every host failed; reported per node
+    finally:
+        state.set_stage(StateStage.Disconnect)
+        _disconnect(state)
+    for n in names:
+        h = inventory.get_host(n)
+        if n not in metas:
+            results[n] = NodeResult(n, "unreachable", ["could not connect (see above)"])
+            continue
+        done = [(label, m) for label, m in metas[n] if m.is_complete()]
+        failed = [label for label, m in done if m.did_error()] or (
+            ["not run"] if h in state.failed_hosts else []
+        )
+        if failed or h in state.failed_hosts:
+            results[n] = NodeResult(n, "failed", [f"failed: {failed[0]}"])
+            continue
+        changed = [label for label, m in done if m.did_change()]
+        results[n] = NodeResult(n, "changed" if changed else "unchanged", changed)
+    return results
+
+
+def run(opts: ApplyOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr, ask: Callable[[str], str] = input) -> int:
+    """The `svcops apply` command; returns the exit status (0 ok, 1 any failure)."""
+    from pyinfra.api.state import State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    from .deploy import SiteError, compile_from_hosts
+    from .inventory import common_data
+
+    interactive = sys.stdin.isatty()
+    if not opts.dry and not opts.yes and not interactive:
+        print(
+            "svcops apply: refusing to change nodes without confirmation: pass -y (stdin is not a terminal)",
+            file=err,
+        )
+        return 1
+    if not os.path.isfile(opts.inventory):
+        print(f"{opts.inventory}: inventory file not found", file=err)
+        return 1
+    _setup_output()
+    start = time.monotonic()
+    try:
+        with ctx_state.use(State()):
+            inventory = make_inventory(opts.inventory, cwd=os.getcwd())
+    except Exception as e:
+        cause = getattr(e, "exception", None) or e
+        print(f"{opts.inventory}: cannot load the inventory: {type(cause).__name__}: {cause}", file=err)
+        return 1
+    hosts = [(h.name, h.data.dict()) for h in inventory]
+    if not hosts:
+        print(f"{opts.inventory}: the inventory has no hosts", file=err)
+        return 1
+    site_root = opts.site or common_data(hosts).get("svcops_site") or "."
+    try:
+        plan = compile_from_hosts(site_root, hosts, opts.inventory)
+    except SiteError as e:
+        print(str(e), file=err)
+        return 1
+    for d in plan.diagnostics:
+        print(d, file=err)
+    if plan.lock_written:
+        print(f"svcops: allocations recorded in {os.path.join(site_root, 'svcops.lock')}", file=err)
+    names, unmatched = select_hosts([n for n, _ in hosts], opts.limit)
+    for p in unmatched:
+        print(f"svcops apply: --limit {p!r} matches no host of {opts.inventory}", file=err)
+    if not names:
+        print("svcops apply: no host selected; nothing to do", file=err)
+        return 1
+    names = [n for n in names if n in plan.compiled.outputs]
+
+    if opts.dry or not opts.yes:
+        diffs, unreachable = _dry(opts, plan, names, out)
+        if opts.json and opts.dry:
+            import json
+
+            doc = {
+                n: (diffs[n].as_json() if not isinstance(diffs.get(n), (str, type(None))) else {"node": n, "error": diffs.get(n) or "unreachable"})
+                for n in names
+            }
+            json.dump(doc, out, indent=2, sort_keys=True)
+            print(file=out)
+        else:
+            _print_diffs(diffs, unreachable, names, out)
+        if opts.dry:
+            return 1 if unreachable or any(isinstance(d, str) for d in diffs.values()) else 0
+        answer = ask(f"\nApply to {len(names)} node{'s' if len(names) != 1 else ''}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("svcops apply: not applied", file=err)
+            return 1
+
+    results: dict[str, NodeResult] = {}
+    done = failed = 0
+    groups = batches(names, opts.serial)
+    stopped = False
+    for i, group in enumerate(groups):
+        if stopped:
+            for n in group:
+                results[n] = NodeResult(n, "skipped", ["not started: too many failures in earlier batches"])
+            continue
+        if len(groups) > 1:
+            print(f"\nsvcops: batch {i + 1}/{len(groups)}: {', '.join(group)}", file=err)
+        batch = _run_batch(opts, plan, group)
+        results.update(batch)
+        done += len(group)
+        failed += sum(1 for r in batch.values() if not r.ok)
+        if i + 1 < len(groups) and over_fail_percent(failed, done, opts.fail_percent):
+            print(
+                f"svcops apply: {failed} of {done} nodes failed (more than --fail-percent {opts.fail_percent:g}%): stopping",
+                file=err,
+            )
+            stopped = True
+    elapsed = time.monotonic() - start
+    print(f"\nsvcops apply: results ({elapsed:.1f} s):", file=out)
+    for n in names:
+        r = results[n]
+        detail = f" ({', '.join(r.details)})" if r.details else ""
+        print(f"  {n}: {r.status}{detail}", file=out)
+    bad = [r for r in results.values() if not r.ok]
+    return 1 if bad else 0

@@ -1,0 +1,190 @@
+"""The svcops deploy: everything a node gets, as pyinfra operations, for any deploy.py.
+
+    # deploy.py (this is all of deploys/services.py)
+    from svcops.deploy import services
+    services()
+
+    pyinfra -y inventory/lab.py deploys/services.py
+
+`services()` compiles the site named by ``svcops_site`` in the inventory's data (or
+its `site` argument) once per process, for the whole inventory (Local traffic
+policies and load-balancer announcements depend on every node, not only the ones
+``--limit`` selects), writes allocations to the site's ``svcops.lock`` as ``svcops
+plan`` does, and then, for the current host, runs:
+
+    svcops | iptables rules            one atomic iptables-restore, rolled back if SSH breaks
+    svcops | load-balancer addresses   the addresses this node announces (gratuitous ARP)
+    svcops | static address            ip addr replace, never removing the session's address
+    svcops | ip forwarding             net.ipv4.ip_forward=1
+    svcops | persisted files           boot payload, restore script, unit, sysctl, ifupdown file
+
+`svcops apply` runs the same operations through pyinfra's API.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import PyinfraError
+
+from .announce import Announcement, announcements
+from .diagnostics import Diagnostic, has_errors, sort_key
+from .node_files import NodeFiles, node_files
+from .pipeline import Compiled, NodeOutput
+
+__all__ = ["SiteError", "SitePlan", "NodePlan", "plan_site", "compiled_site", "services", "LOCK_NAME"]
+
+LOCK_NAME = "svcops.lock"
+
+
+class SiteError(PyinfraError):
+    """The site (or the inventory's svcops data) has errors: nothing was pushed."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """Everything one node gets: rendered output, announced addresses, persisted files."""
+
+    output: NodeOutput
+    announced: tuple[Announcement, ...]
+    files: NodeFiles
+
+    @property
+    def prefixlen(self) -> int | None:
+        """The static address's prefix length (from the ifupdown file), if any."""
+        for line in self.output.interfaces.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "address" and "/" in parts[1]:
+                return int(parts[1].split("/", 1)[1])
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SitePlan:
+    compiled: Compiled
+    announced: Mapping[str, tuple[Announcement, ...]]
+    diagnostics: tuple[Diagnostic, ...] = ()
+    lock_written: bool = False
+
+    def node(self, name: str) -> NodePlan:
+        out = self.compiled.outputs[name]
+        ann = self.announced.get(name, ())
+        return NodePlan(out, ann, node_files(out.iptables, out.interfaces, ann))
+
+
+def plan_site(compiled: Compiled) -> SitePlan:
+    """Pure: the announcements of a compiled site, ready for per-node plans."""
+    return SitePlan(compiled, announcements(compiled.ports, compiled.nodes))
+
+
+def _format(diags) -> str:
+    return "\n".join(str(d) for d in sorted(diags, key=sort_key))
+
+
+def compile_from_hosts(
+    site_root: str, hosts: list[tuple[str, Mapping]], source: str, write: bool = True
+) -> SitePlan:
+    """Load the site and its lock, compile it for `hosts` (name, data), and record
+    new allocations in the lock (when `write`). Raises SiteError with every problem."""
+    from .inventory import nodes_from_hosts
+    from .load import load_site
+    from .lockfile import read_lock, write_lock
+    from .pipeline import compile_site
+
+    diags: list[Diagnostic] = []
+    nodes, node_diags = nodes_from_hosts(hosts, source)
+    diags += node_diags
+    if not Path(site_root).is_dir():
+        raise SiteError(f"{site_root}: site folder not found")
+    site, site_diags = load_site(site_root)
+    diags += site_diags
+    lock_path = Path(site_root) / LOCK_NAME
+    lock, lock_diags = read_lock(lock_path)
+    diags += lock_diags
+    if site is None or lock is None or has_errors(diags):
+        raise SiteError("svcops: the site has errors; nothing was pushed\n" + _format(diags))
+    compiled, more = compile_site(site, nodes, lock, LOCK_NAME)
+    diags += more
+    if compiled is None:
+        raise SiteError("svcops: the site has errors; nothing was pushed\n" + _format(diags))
+    written = write_lock(lock_path, compiled.allocations) if write else False
+    plan = plan_site(compiled)
+    return SitePlan(plan.compiled, plan.announced, tuple(diags), written)
+
+
+_CACHE: dict[tuple, SitePlan] = {}
+_LOCK = threading.Lock()
+
+
+def compiled_site(site: str | None = None, inventory=None) -> SitePlan:
+    """The site compiled for the whole current pyinfra inventory, once per process.
+
+    site: the site folder (default: ``svcops_site`` from the current host's data).
+    """
+    from pyinfra import context
+
+    inv = inventory if inventory is not None else context.inventory
+    root = site or host.data.get("svcops_site")
+    if not root:
+        raise SiteError("svcops: no site: set svcops_site in the inventory's data or pass site=")
+    root = os.path.abspath(root)
+    hosts = [(h.name, h.data.dict()) for h in inv]
+    key = (root, tuple(name for name, _ in hosts))
+    with _LOCK:
+        plan = _CACHE.get(key)
+        if plan is None:
+            plan = compile_from_hosts(root, hosts, "inventory")
+            for d in plan.diagnostics:
+                logger.warning(f"svcops: {d}")
+            if plan.lock_written:
+                logger.info(f"svcops: allocations recorded in {os.path.join(root, LOCK_NAME)}")
+            _CACHE[key] = plan
+    return plan
+
+
+def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ssh: bool = True) -> list[tuple[str, object]]:
+    """Add the svcops operations for the current host (inside a pyinfra deploy or state);
+    returns (label, OperationMeta) for each."""
+    from . import operations as ops
+
+    kwargs = {} if rollback_after is None else {"rollback_after": rollback_after}
+    out = plan.output
+    metas: list[tuple[str, object]] = []
+    metas.append(
+        ("iptables rules", ops.iptables_rules(name="svcops | iptables rules", rules=out.iptables, verify_ssh=verify_ssh, **kwargs))
+    )
+    metas.append(("load-balancer addresses", ops.lb_addresses(name="svcops | load-balancer addresses", announced=plan.announced)))
+    # Always added (a no-op without an address): every host gets the same operations in
+    # the same order, which is how pyinfra's API lines operations up across hosts.
+    metas.append(
+        (
+            "static address",
+            ops.static_address(
+                name="svcops | static address",
+                address=out.address if plan.prefixlen is not None else None,
+                prefixlen=plan.prefixlen or 32,
+                interface=out.node.interface,
+            ),
+        )
+    )
+    metas.append(("ip forwarding", ops.ip_forward(name="svcops | ip forwarding")))
+    metas.append(("persisted files", ops.persisted_files(name="svcops | persisted files", files=plan.files)))
+    return metas
+
+
+@deploy("svcops")
+def services(site: str | None = None, rollback_after: int | None = None, verify_ssh: bool = True):
+    """Push the site's services to the current host (see the module's docstring)."""
+    from .operations import set_nodelay
+
+    plan = compiled_site(site)
+    if host.name not in plan.compiled.outputs:
+        raise SiteError(f"svcops: host {host.name} is not a node of the site (its host data has errors?)")
+    set_nodelay(host)
+    node_operations(plan.node(host.name), rollback_after, verify_ssh)

@@ -1,0 +1,195 @@
+"""The files svcops keeps on a node, and the texts of its small node-side scripts.
+
+Pure: every function returns text; the operations (`svcops.operations`) write it.
+
+Boot persistence, the Debian way: a systemd unit, ``svcops-rules.service``, modelled
+on netfilter-persistent's (oneshot, ``DefaultDependencies=no``, ordered
+``Before=network-pre.target``, so the rules are in place before any interface comes
+up), runs ``/etc/svcops/restore``, an idempotent shell script:
+
+    iptables-restore --noflush /etc/svcops/rules.v4    svcops's chains and their rules
+    iptables -C ... || iptables -I ... 1 ...           each jump, inserted only if missing
+    ip addr replace <LB address>/32 dev <if> ...        the load-balancer addresses it announces
+
+The unit is enabled by creating its ``multi-user.target.wants`` symlink directly
+(what ``systemctl enable`` does), so enabling works where systemd is not running, as
+in a container or the lab. Every file lives under ``/etc`` (``/etc/svcops``,
+``/etc/systemd/system``, ``/etc/sysctl.d``, ``/etc/network/interfaces.d``): that is
+what a node's configuration management owns, and in the lab each node has its own
+``/etc``. The dead-man switch's files are in ``/run/svcops`` (tmpfs: gone at reboot,
+as a pending rollback should be).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass, replace
+from typing import Mapping, Sequence
+
+from .announce import Announcement
+from .render.iptables import IptablesRules, Jump, restore_payload
+
+__all__ = [
+    "ETC_DIR",
+    "RULES_FILE",
+    "RESTORE_SCRIPT",
+    "ANNOUNCE_FILE",
+    "UNIT_NAME",
+    "UNIT_FILE",
+    "UNIT_LINK",
+    "SYSCTL_FILE",
+    "INTERFACES_FILE",
+    "RUN_DIR",
+    "MANAGED_FILES",
+    "NodeFiles",
+    "node_files",
+    "boot_payload",
+    "restore_script",
+    "announce_file",
+    "unit_text",
+    "SYSCTL_TEXT",
+    "deadman_script",
+    "sha256_text",
+]
+
+ETC_DIR = "/etc/svcops"
+RULES_FILE = f"{ETC_DIR}/rules.v4"
+RESTORE_SCRIPT = f"{ETC_DIR}/restore"
+ANNOUNCE_FILE = f"{ETC_DIR}/announce"
+UNIT_NAME = "svcops-rules.service"
+UNIT_FILE = f"/etc/systemd/system/{UNIT_NAME}"
+UNIT_LINK = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
+SYSCTL_FILE = "/etc/sysctl.d/90-svcops.conf"
+INTERFACES_FILE = "/etc/network/interfaces.d/svcops"
+RUN_DIR = "/run/svcops"
+
+# Every regular file svcops writes on a node (the fact reports their sha256).
+MANAGED_FILES = (RULES_FILE, RESTORE_SCRIPT, ANNOUNCE_FILE, UNIT_FILE, SYSCTL_FILE, INTERFACES_FILE)
+
+_HEADER = "# Written by svcops; do not edit: svcops rewrites it (change the site instead).\n"
+
+SYSCTL_TEXT = (
+    "# svcops: nodes forward service traffic to endpoints on other nodes.\n"
+    + _HEADER
+    + "net.ipv4.ip_forward = 1\n"
+)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def boot_payload(rules: IptablesRules) -> str:
+    """svcops's chains and rules for `iptables-restore --noflush`, without the jumps
+    (the restore script inserts those only where missing, so running it twice is
+    harmless)."""
+    return restore_payload(replace(rules, jumps=()))
+
+
+def _ensure_jump(j: Jump) -> str:
+    # The spec is iptables-save text ("-m comment --comment \"...\" -j X"): its quoting
+    # is the shell's, so it goes into the script as it is.
+    return f"ensure {j.table} {j.chain} {j.spec}\n"
+
+
+def announce_file(announced: Sequence[Announcement]) -> str:
+    """The record of the load-balancer addresses this node announces: "ADDRESS DEV [LABEL]"."""
+    lines = [f"{a.address} {a.interface}" + (f" {a.label}" if a.label else "") for a in announced]
+    return "".join(line + "\n" for line in lines)
+
+
+def restore_script(jumps: Sequence[Jump]) -> str:
+    """The boot script: idempotent, safe to run at any time."""
+    out = [
+        "#!/bin/sh\n",
+        "# svcops: restore svcops's iptables rules and load-balancer addresses (run by\n",
+        f"# {UNIT_NAME} at boot, before the network comes up). Idempotent.\n",
+        _HEADER,
+        "set -e\n",
+        f"iptables-restore -w 5 --noflush {RULES_FILE}\n",
+        "ensure() {\n",
+        '    t=$1; c=$2; shift 2\n',
+        '    iptables -w 5 -t "$t" -C "$c" "$@" 2>/dev/null || iptables -w 5 -t "$t" -I "$c" 1 "$@"\n',
+        "}\n",
+        "# svcops's jumps, each inserted at the top of its built-in chain if it is missing\n",
+        "# (inserted bottom-up, so they end up in this order).\n",
+    ]
+    by_chain: dict[tuple[str, str], list[Jump]] = {}
+    for j in jumps:
+        by_chain.setdefault((j.table, j.chain), []).append(j)
+    for group in by_chain.values():
+        out.extend(_ensure_jump(j) for j in reversed(group))
+    out += [
+        "# load-balancer addresses this node announces\n",
+        f"if [ -s {ANNOUNCE_FILE} ]; then\n",
+        "    while read -r ip dev label; do\n",
+        '        ip addr replace "$ip/32" dev "$dev" ${label:+label "$label"} || true\n',
+        f"    done < {ANNOUNCE_FILE}\n",
+        "fi\n",
+    ]
+    return "".join(out)
+
+
+def unit_text() -> str:
+    """svcops-rules.service: netfilter-persistent's ordering, running the restore script."""
+    return (
+        "[Unit]\n"
+        "Description=svcops service rules (iptables) and load-balancer addresses\n"
+        f"Documentation=file:{RESTORE_SCRIPT}\n"
+        "DefaultDependencies=no\n"
+        "Wants=network-pre.target systemd-modules-load.service local-fs.target\n"
+        "Before=network-pre.target shutdown.target\n"
+        "After=systemd-modules-load.service local-fs.target\n"
+        "Conflicts=shutdown.target\n"
+        "\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        "RemainAfterExit=yes\n"
+        f"ExecStart=/bin/sh {RESTORE_SCRIPT}\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFiles:
+    """Path -> content of every file svcops writes on one node, and the unit's symlink."""
+
+    files: Mapping[str, str]
+    link: tuple[str, str] = (UNIT_LINK, UNIT_FILE)  # (symlink, target)
+    modes: Mapping[str, str] | None = None  # path -> chmod mode, when not 644
+
+
+def node_files(rules: IptablesRules, interfaces: str, announced: Sequence[Announcement]) -> NodeFiles:
+    """Everything persisted on a node: boot rules, boot script and unit, sysctl, its
+    static-address file (when the site manages node addresses) and its announced
+    addresses."""
+    files = {
+        RULES_FILE: boot_payload(rules),
+        RESTORE_SCRIPT: restore_script(rules.jumps),
+        ANNOUNCE_FILE: announce_file(announced),
+        UNIT_FILE: unit_text(),
+        SYSCTL_FILE: SYSCTL_TEXT,
+    }
+    if interfaces:
+        files[INTERFACES_FILE] = interfaces
+    return NodeFiles(files, modes={RESTORE_SCRIPT: "755"})
+
+
+def deadman_script(token: str, seconds: int) -> str:
+    """The dead-man switch: after `seconds`, undo the apply unless the controller has
+    disarmed it by renaming ``armed.TOKEN`` (an atomic rename: exactly one of the
+    controller's disarm and this script's firing wins)."""
+    d, t = RUN_DIR, shlex.quote(token)
+    return (
+        "#!/bin/sh\n"
+        "# svcops dead-man switch: restores the previous svcops rules unless disarmed.\n"
+        f"echo $$ > {d}/pid.{t}\n"
+        f"sleep {int(seconds)}\n"
+        f"if mv {d}/armed.{t} {d}/fired.{t} 2>/dev/null; then\n"
+        f"    iptables-restore -w 5 --noflush {d}/rollback.{t} && echo rolled-back >> {d}/fired.{t}\n"
+        "fi\n"
+        f"rm -f {d}/pid.{t}\n"
+    )

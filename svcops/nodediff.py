@@ -1,0 +1,112 @@
+"""What an apply would change on one node, from its live facts: `svcops apply --dry`.
+
+Pure: the node's plan (`svcops.deploy.NodePlan`) and its facts in, a `NodeDiff` out.
+The same decisions the operations take (`svcops.operations`), so a dry run shows what
+a real run does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .announce import address_label
+from .facts import NodeState
+from .node_files import sha256_text
+from .render.iptables import LiveTables
+from .render.rollback import TablesDiff, diff_tables
+
+__all__ = ["NodeDiff", "node_diff"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDiff:
+    node: str
+    rules: TablesDiff
+    addresses_added: tuple[str, ...] = ()  # "192.168.36.252/32 on eth0"
+    addresses_removed: tuple[str, ...] = ()
+    files_written: tuple[str, ...] = ()
+    ip_forward: bool = False  # would be turned on
+
+    @property
+    def empty(self) -> bool:
+        return self.rules.empty and not (
+            self.addresses_added or self.addresses_removed or self.files_written or self.ip_forward
+        )
+
+    def lines(self) -> list[str]:
+        """Human-readable, one change a line (["in sync"] when nothing changes)."""
+        if self.empty:
+            return ["in sync"]
+        out = []
+        if not self.rules.empty:
+            out.append(f"iptables: {self.rules.summary()}")
+            for name, d in self.rules.tables.items():
+                out += [f"  {name}: + {c}" for c in d.added]
+                out += [f"  {name}: - {c}" for c in d.removed]
+                out += [f"  {name}: ~ {c}" for c in d.changed]
+                out += [f"  {name}: + jump {j}" for j in d.jumps_added]
+                out += [f"  {name}: - jump {j}" for j in d.jumps_removed]
+        out += [f"address: + {a}" for a in self.addresses_added]
+        out += [f"address: - {a}" for a in self.addresses_removed]
+        if self.ip_forward:
+            out.append("sysctl: net.ipv4.ip_forward 0 -> 1")
+        out += [f"file: {f}" for f in self.files_written]
+        return out
+
+    def as_json(self) -> dict:
+        return {
+            "node": self.node,
+            "inSync": self.empty,
+            "iptables": {
+                name: {
+                    "chainsAdded": list(d.added),
+                    "chainsRemoved": list(d.removed),
+                    "chainsChanged": list(d.changed),
+                    "rulesBefore": d.rules_before,
+                    "rulesAfter": d.rules_after,
+                    "jumpsAdded": list(d.jumps_added),
+                    "jumpsRemoved": list(d.jumps_removed),
+                }
+                for name, d in self.rules.tables.items()
+            },
+            "addressesAdded": list(self.addresses_added),
+            "addressesRemoved": list(self.addresses_removed),
+            "filesWritten": list(self.files_written),
+            "ipForward": self.ip_forward,
+        }
+
+
+def node_diff(plan, live: LiveTables, state: NodeState, session_address: str | None = None) -> NodeDiff:
+    """What applying `plan` (a NodePlan) would change on a node whose facts are
+    `live` (SvcopsIptables) and `state` (SvcopsNodeState)."""
+    out = plan.output
+    added: list[str] = []
+    removed: list[str] = []
+    wanted = {(a.address, a.interface) for a in plan.announced}
+    for a in plan.announced:
+        if not state.has_address(a.address, a.interface):
+            added.append(f"{a.address}/32 on {a.interface}")
+    recorded = set(state.announced)
+    for addr in state.addresses:
+        if (addr.address, addr.interface) in wanted or addr.prefixlen != 32 or addr.address == session_address:
+            continue
+        if addr.label == address_label(addr.interface) or addr.address in recorded:
+            removed.append(f"{addr.address}/32 on {addr.interface}")
+    prefix = plan.prefixlen
+    if out.address and prefix is not None:
+        if not any(
+            a.address == out.address and a.prefixlen == prefix and a.interface == out.node.interface
+            for a in state.addresses
+        ):
+            added.append(f"{out.address}/{prefix} on {out.node.interface}")
+    files = [p for p, text in plan.files.files.items() if state.files.get(p) != sha256_text(text)]
+    if state.unit_link != plan.files.link[1]:
+        files.append(plan.files.link[0] + " -> " + plan.files.link[1])
+    return NodeDiff(
+        out.node.name,
+        diff_tables(out.iptables, live),
+        tuple(added),
+        tuple(removed),
+        tuple(files),
+        state.ip_forward != "1",
+    )

@@ -1,0 +1,96 @@
+#!/bin/busybox sh
+# The guest's /init: load the modules, check every golden payload with the real
+# parsers (each scenario in its own network namespace), then apply the proof site's
+# payloads on this "node1", start backends and a client, send requests, and report.
+# Every line meant for the host starts with "SVCOPS ". Then power off.
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /bin
+/bin/busybox --install -s /bin
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# busybox sh runs its own applets before PATH: iproute2 is called by its full path.
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mkdir -p /run/netns /var/run
+ln -s /run/netns /var/run/netns 2>/dev/null
+
+say() { echo "SVCOPS $*"; }
+finish() { say "DONE"; sync; poweroff -f; sleep 5; echo o > /proc/sysrq-trigger; }
+
+say "BOOTED kernel=$(uname -r)"
+while read -r m; do
+    insmod "/modules/$m" 2>/tmp/insmod.err || say "MODULE-FAIL $m $(head -c 200 /tmp/insmod.err)"
+done < /modules/order
+say "MODULES loaded=$(wc -l < /modules/order)"
+
+# --- every golden scenario through ipset's, iptables-restore's and ipvsadm-restore's parsers
+for d in /payload/golden/*; do
+    n=$(basename "$d")
+    ns="g-$n"
+    /usr/sbin/ip netns add "$ns"
+    # IPVS takes a real server only if it is routable: give the namespace a default route.
+    /usr/sbin/ip netns exec "$ns" sh -c '/usr/sbin/ip link set lo up; /usr/sbin/ip link add eth0 type dummy; /usr/sbin/ip link set eth0 up; /usr/sbin/ip route add default dev eth0'
+    /usr/sbin/ip netns exec "$ns" sh -c "ipset restore < $d/ipset && iptables-restore --noflush < /payload/iptables && sh /usr/sbin/ipvsadm-restore < $d/ipvsadm" > /tmp/err 2>&1
+    rc=$?
+    say "GOLDEN $n rc=$rc"
+    sed "s/^/SVCOPS ERR $n /" /tmp/err
+    /usr/sbin/ip netns exec "$ns" sh /usr/sbin/ipvsadm-save -n | sed "s/^/SVCOPS IPVS $n /"
+    /usr/sbin/ip netns del "$ns"
+done
+
+# --- the proof: this guest is node1 (10.0.0.11) of tests/qemu/harness.py's site
+P=/payload/proof
+for kv in $(cat $P/sysctls); do sysctl -q -w "$kv" || say "SYSCTL-FAIL $kv"; done
+/usr/sbin/ip link set lo up
+/usr/sbin/ip link add svcops-ipvs0 type dummy
+for a in $(cat $P/addresses); do /usr/sbin/ip addr add "$a" dev svcops-ipvs0; done
+ipset restore < $P/ipset || say "APPLY-FAIL ipset"
+iptables-restore --noflush < $P/iptables || say "APPLY-FAIL iptables"
+ipvsadm -R < $P/ipvsadm || say "APPLY-FAIL ipvsadm"
+ipvsadm -S -n | sed "s/^/SVCOPS PROOF-IPVS /"
+
+mkdir -p /www/web-1 /www/web-2
+echo web-1 > /www/web-1/index.html
+echo web-2 > /www/web-2/index.html
+/usr/sbin/ip netns add client
+/usr/sbin/ip netns add be2
+/usr/sbin/ip link add c0 type veth peer name eth0 netns client
+/usr/sbin/ip addr add 10.0.0.11/24 dev c0
+/usr/sbin/ip link set c0 up
+/usr/sbin/ip netns exec client sh -c '/usr/sbin/ip link set lo up; /usr/sbin/ip addr add 10.0.0.100/24 dev eth0; /usr/sbin/ip link set eth0 up; /usr/sbin/ip route add default via 10.0.0.11'
+/usr/sbin/ip link add b0 type veth peer name eth0 netns be2
+/usr/sbin/ip addr add 10.244.2.1/24 dev b0
+/usr/sbin/ip link set b0 up
+/usr/sbin/ip netns exec be2 sh -c '/usr/sbin/ip link set lo up; /usr/sbin/ip addr add 10.244.2.7/24 dev eth0; /usr/sbin/ip link set eth0 up; /usr/sbin/ip route add default via 10.244.2.1'
+httpd -p 10.0.0.11:80 -h /www/web-1
+/usr/sbin/ip netns exec be2 httpd -p 10.244.2.7:8080 -h /www/web-2
+sleep 1
+
+# probe LABEL COUNT WHERE ADDRESS PORT: an HTTP GET with nc (the static busybox's wget
+# needs NSS for its port lookup); WHERE is "node" (this namespace) or a namespace.
+# Prints the body's last line, or nc's error.
+cat > /tmp/get <<'GET'
+#!/bin/sh
+printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 "$1" "$2" 2>&1 | tail -n 1
+GET
+chmod +x /tmp/get
+probe() {
+    label=$1; count=$2; where=$3; addr=$4; port=$5
+    i=0
+    while [ $i -lt "$count" ]; do
+        i=$((i + 1))
+        if [ "$where" = node ]; then
+            out=$(/tmp/get "$addr" "$port")
+        else
+            out=$(/usr/sbin/ip netns exec "$where" /tmp/get "$addr" "$port")
+        fi
+        say "PROBE $label $i ${out:-<nothing>}"
+    done
+}
+while read -r label count where addr port; do
+    [ -n "$label" ] && probe "$label" "$count" "$where" "$addr" "$port"
+done < $P/probes
+ipvsadm -L -n --stats | sed "s/^/SVCOPS STATS /"
+ipvsadm -L -n -c | sed "s/^/SVCOPS CONNS /"
+finish
