@@ -1,4 +1,6 @@
-"""An example pyinfra inventory: the seed's three nodes, each running one nginx backend.
+"""An example pyinfra inventory: three nodes, each running one nginx backend (the seed's
+my-deploy). The addresses are those `svcops lab up` gives its nodes, so the example
+site's svcops.lock fits both this inventory and inventory/lab.py.
 
 svcops reads each host's data (see README, "Host data"):
   svcops_address    the node's static address (inside nodeNetwork.cidr)
@@ -27,7 +29,7 @@ def _node(name: str, address: str) -> tuple[str, dict]:
 
 
 nodes = [
-    _node("node1", "192.168.36.79"),
-    _node("node2", "192.168.36.80"),
-    _node("node3", "192.168.36.82"),
+    _node("node1", "192.168.36.11"),
+    _node("node2", "192.168.36.12"),
+    _node("node3", "192.168.36.13"),
 ]

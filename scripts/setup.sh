@@ -11,7 +11,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 packages=(iptables nftables ipset ipvsadm iproute2 iputils-arping conntrack openssh-server openssh-client
-          curl python3 python3-venv python3-pip)
+          curl python3 python3-venv python3-pip
+          qemu-system-x86 busybox-static cpio)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -74,7 +74,7 @@ def test_plan_writes_lock_once_and_then_reports_no_change(capsys, site):
     assert lock["nodePorts"]["default/nginx-nodeport:30080/TCP"] == 30001
     assert "default/docs" not in lock["clusterIPs"]  # ExternalName: DNS only
     assert set(lock["nodeAddresses"]) == {"node1", "node2", "node3"}
-    assert "+ clusterIP" in out and "node1 (192.168.36.79)" in out
+    assert "+ clusterIP" in out and "node1 (192.168.36.11)" in out
 
     text = (site / "svcops.lock").read_text()
     code, out, err = run(capsys, "plan", "-i", INVENTORY, "--detailed-exitcode", str(site))
@@ -118,7 +118,7 @@ def test_render_prints_payload_and_interfaces_without_writing_the_lock(capsys, s
     assert "*nat" in out and "COMMIT" in out
     assert "-d 10.1.11.83/32" in out  # the seed's cluster IP
     assert "--dport 30001" in out  # the seed's node port
-    assert "address 192.168.36.80/24" in out and "gateway 192.168.36.1" in out
+    assert "address 192.168.36.12/24" in out and "gateway 192.168.36.1" in out
 
 
 def test_render_unknown_node_is_an_error_naming_the_known_ones(capsys, site):

@@ -139,9 +139,9 @@ def test_example_inventory_loads_through_pyinfra():
     nodes, diags, data = load_inventory(str(EXAMPLE_INVENTORY))
     assert diags == []
     assert [(n.name, n.ssh_host, n.address) for n in nodes] == [
-        ("node1", "192.168.36.79", "192.168.36.79"),
-        ("node2", "192.168.36.80", "192.168.36.80"),
-        ("node3", "192.168.36.82", "192.168.36.82"),
+        ("node1", "192.168.36.11", "192.168.36.11"),
+        ("node2", "192.168.36.12", "192.168.36.12"),
+        ("node3", "192.168.36.13", "192.168.36.13"),
     ]
     assert [w.name for w in nodes[0].workloads] == ["my-deploy-node1"]
     # What every host shares, alike; per-host values (addresses) are not "common".

@@ -320,6 +320,16 @@ def test_ipvsadm_update_edits_only_what_changed_and_only_svcops_servers():
     assert ipvsadm_update(new[node], "") == new[node].ipvsadm  # a fresh node gets it all
 
 
+def test_ipvsadm_update_deletes_a_deleted_services_server_by_the_dummy_interfaces_addresses():
+    ports, node = resolved("cluster-ip")
+    gone = replace(ports[0], service=replace(ports[0].service, name="old"), cluster_ip="10.96.0.99")
+    old = render_nodes(F.CLUSTER, [*ports, gone], NODES)[node]
+    new = render_nodes(F.CLUSTER, ports, NODES)[node]
+    assert "10.96.0.99" in old.addresses and "10.96.0.99" not in new.addresses
+    assert ipvsadm_update(new, old.ipvsadm) == ""  # not known to be svcops's: left alone
+    assert ipvsadm_update(new, old.ipvsadm, [f"{a}/32" for a in old.addresses]) == "-D -t 10.96.0.99:80\n"
+
+
 def test_switching_from_iptables_mode_removes_its_chains_and_jumps():
     ports, node = resolved("source-ranges")
     before = ipt.restore_payload(ipt.render_nodes(F.CLUSTER, ports, ["node1"])["node1"])

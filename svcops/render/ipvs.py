@@ -154,7 +154,6 @@ SETS: tuple[IpsetDef, ...] = (
     LOAD_BALANCER_FW, LB_SOURCE_CIDR, NODE_PORT_TCP, NODE_PORT_LOCAL_TCP, NODE_PORT_UDP,
     NODE_PORT_LOCAL_UDP, NODE_PORT_SCTP, NODE_PORT_LOCAL_SCTP, NO_ENDPOINTS, NO_LOCAL_ENDPOINTS, IPVS_IPS,
 )  # fmt: skip
-_SET_INDEX = {s.name: i for i, s in enumerate(SETS)}
 (_LOOP, _CIP, _EIP, _EIPL, _LB, _LBL, _LBFW, _LBSRC, _NPT, _NPLT, _NPU, _NPLU, _NPS, _NPLS, _NOEP, _NOLEP, _VIPS) = range(
     len(SETS)
 )
@@ -645,16 +644,23 @@ def parse_ipvsadm_save(text: str) -> dict[str, tuple[str, dict[str, str]]]:
     return out
 
 
-def ipvsadm_update(rules: IpvsRules, live: str, owned: Callable[[str, int], bool] | None = None) -> str:
+def ipvsadm_update(
+    rules: IpvsRules,
+    live: str,
+    live_addresses: Iterable[str] = (),
+    owned: Callable[[str, int], bool] | None = None,
+) -> str:
     """``ipvsadm -R`` input that takes a node from `live` (its ``ipvsadm-save -n``) to `rules`.
 
-    Virtual servers svcops does not render are deleted only when `owned(address, port)`
-    says they are svcops's; by default those on an address of the dummy interface or a
-    node address (what svcops serves). Existing virtual and real servers are edited in
-    place (``-E``/``-e``), so established connections survive a change.
+    A virtual server svcops does not render is deleted only if it is svcops's: by
+    default, when its address is on the dummy interface now (`live_addresses`: pass
+    what ``ip -4 -o addr show svcops-ipvs0`` lists, so that a deleted service's server
+    goes too), will be (`rules.addresses`), or is one of the node's addresses (node
+    ports); `owned(address, port)` replaces that test. Existing virtual and real servers
+    are edited in place (``-E``/``-e``), so established connections survive a change.
     """
     if owned is None:
-        mine = set(rules.addresses) | set(rules.node_addresses)
+        mine = set(rules.addresses) | set(rules.node_addresses) | {a.split("/", 1)[0] for a in live_addresses}
 
         def owned(addr: str, port: int) -> bool:
             return addr in mine

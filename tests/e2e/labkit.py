@@ -1,4 +1,4 @@
-"""The end-to-end helpers and fixture: one 3-node lab for the whole session, brought down at the end
+"""The end-to-end helpers and fixture: one 3-node lab per test module, brought down at the end
 (even when tests fail), and helpers that act as a user would: `svcops apply`, curl from
 the client or a node, ssh, iptables-save.
 
@@ -47,7 +47,9 @@ def run(argv: list[str], timeout: float = 180, check: bool = False, input: str |
     return r
 
 
-@pytest.fixture(scope="session")
+# Module scope: the lab goes down when the module ends, so tests/test_lab.py (which
+# refuses to touch a lab it did not make) runs on its own lab afterwards.
+@pytest.fixture(scope="module")
 def lab():
     why = _can_run_lab()
     if why:

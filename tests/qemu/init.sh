@@ -50,9 +50,12 @@ iptables-restore --noflush < $P/iptables || say "APPLY-FAIL iptables"
 ipvsadm -R < $P/ipvsadm || say "APPLY-FAIL ipvsadm"
 ipvsadm -S -n | sed "s/^/SVCOPS PROOF-IPVS /"
 
-mkdir -p /www/web-1 /www/web-2
-echo web-1 > /www/web-1/index.html
-echo web-2 > /www/web-2/index.html
+# Each backend answers with its name and the client address it sees (a CGI script).
+for b in web-1 web-2; do
+    mkdir -p /www/$b/cgi-bin
+    printf '#!/bin/sh\nprintf "Content-Type: text/plain\\r\\n\\r\\n%s %%s\\n" "$REMOTE_ADDR"\n' $b > /www/$b/cgi-bin/who
+    chmod +x /www/$b/cgi-bin/who
+done
 /usr/sbin/ip netns add client
 /usr/sbin/ip netns add be2
 /usr/sbin/ip link add c0 type veth peer name eth0 netns client
@@ -69,10 +72,10 @@ sleep 1
 
 # probe LABEL COUNT WHERE ADDRESS PORT: an HTTP GET with nc (the static busybox's wget
 # needs NSS for its port lookup); WHERE is "node" (this namespace) or a namespace.
-# Prints the body's last line, or nc's error.
+# Prints the body's last line ("web-1 <client address seen>"), or nc's error.
 cat > /tmp/get <<'GET'
 #!/bin/sh
-printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 "$1" "$2" 2>&1 | tail -n 1
+printf 'GET /cgi-bin/who HTTP/1.0\r\n\r\n' | nc -w 2 "$1" "$2" 2>&1 | tail -n 1
 GET
 chmod +x /tmp/get
 probe() {
