@@ -209,6 +209,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_site(p)
 
+    p = sub.add_parser(
+        "explain",
+        help="say where a packet to IP:PORT goes on a node, and why",
+        description=(
+            "Work out, from the site and the inventory, where a new connection to IP:PORT[/PROTO]\n"
+            "goes on NODE: which service address it is (cluster IP, external IP, load-balancer IP,\n"
+            "node port), which traffic policy applies, and the verdict: the endpoints it may reach\n"
+            "with each one's share, or refused (no endpoints), or dropped (Local policy without a\n"
+            "local endpoint; a source outside loadBalancerSourceRanges). Writes nothing."
+        ),
+        epilog=(
+            "examples:\n"
+            "  svcops explain -i inventory/lab.py --node node1 10.1.11.83:8000 examples/walkthrough\n"
+            "  svcops explain -i inventory/lab.py --node node2 192.168.36.12:30001 examples/walkthrough\n"
+            "  svcops explain -i inventory/lab.py --node node1 --from 203.0.113.9 192.168.36.252:80 examples/walkthrough\n"
+            "  svcops explain -i inventory/lab.py --node node1 --json 10.96.0.10:53/udp site\n\n"
+            "exit status: 0 explained (whatever the verdict), 1 errors"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_inventory(p, required=True)
+    p.add_argument("--node", required=True, help="the node's name in the inventory")
+    p.add_argument("--from", dest="source", metavar="IP", help="the client's address (decides source ranges; a node's own address means the node itself sends it)")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.add_argument("target", metavar="IP:PORT[/PROTO]", help="the destination, e.g. 10.96.0.10:53/udp (default protocol TCP)")
+    _add_site(p)
+
     from .lab.cli import register as register_lab
 
     register_lab(sub)
@@ -424,7 +451,36 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return run(opts)
 
 
-COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "render": cmd_render, "apply": cmd_apply}
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain, parse_target
+
+    try:
+        ip, port, proto = parse_target(args.target)
+        if args.source:
+            parse_target(f"{args.source}:1")
+    except ValueError as e:
+        print(f"svcops explain: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    compiled, lock, lock_path, diags = _compile(args)
+    if compiled is not None and args.node not in compiled.outputs:
+        known = ", ".join(sorted(compiled.outputs)) or "none"
+        diags.append(Diagnostic(args.inventory, None, "--node", f"no node {args.node!r} in the inventory (nodes: {known})"))
+        compiled = None
+    _print_diags([d for d in diags if d.is_error])
+    if compiled is None:
+        return EXIT_ERROR
+    out = compiled.outputs[args.node]
+    addresses = tuple(dict.fromkeys(a for a in (out.address, out.node.ssh_host) if a))
+    answer = explain(compiled.ports, args.node, addresses, ip, port, proto, args.source)
+    if args.json:
+        json.dump(answer.to_json(), sys.stdout, indent=2)
+        print()
+    else:
+        sys.stdout.write(answer.text())
+    return EXIT_OK
+
+
+COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "render": cmd_render, "apply": cmd_apply, "explain": cmd_explain}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

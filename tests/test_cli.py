@@ -143,7 +143,7 @@ def test_usage_errors_exit_1_not_2(capsys):
 
 
 def test_help_teaches_with_examples(capsys):
-    for cmd in ("validate", "plan", "render"):
+    for cmd in ("validate", "plan", "render", "explain"):
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0
@@ -156,3 +156,19 @@ def test_console_script_is_installed():
     res = subprocess.run([str(exe), "validate", str(EXAMPLE)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "valid" in res.stdout
+
+
+def test_explain_names_the_service_and_every_backend(capsys, site):
+    code, out, err = run(capsys, "explain", "-i", INVENTORY, "--node", "node2", "192.168.36.12:30001", str(site))
+    assert code == 0, err
+    assert "node port of default/nginx-nodeport:http" in out
+    for backend in ("192.168.36.11:80", "192.168.36.12:80", "192.168.36.13:80"):
+        assert f"-> {backend}" in out
+    assert not (site / "svcops.lock").exists()  # explain writes nothing
+    code, out, err = run(capsys, "explain", "-i", INVENTORY, "--node", "node2", "--json", "10.1.11.83:8000", str(site))
+    assert code == 0 and json.loads(out)["verdict"] == "forward"
+
+
+def test_explain_bad_target_is_an_error(capsys, site):
+    code, out, err = run(capsys, "explain", "-i", INVENTORY, "--node", "node2", "10.1.11.83", str(site))
+    assert code == 1 and "expected IP:PORT" in err
