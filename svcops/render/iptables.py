@@ -42,13 +42,12 @@ once per distinct set of local endpoints (usually: none, or one node's), and an
 
 from __future__ import annotations
 
-import functools
-import gc
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import netaddr
 
+from ..gcpause import gc_paused
 from ..model import Cluster, Endpoint, ResolvedPort
 from . import chains as C
 
@@ -572,24 +571,8 @@ def _render(p: _Port, local: tuple[int, ...] | None, cluster_chains: bool, out: 
         p.write_chain(p.svl, local_eps, not p.uses_cluster, decl, rules)
 
 
-def _gc_paused(fn):
-    """Run `fn` with the cyclic garbage collector paused: rendering builds hundreds of
-    thousands of acyclic strings, and each collection would walk the whole heap."""
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if enabled:
-                gc.enable()
-
-    return wrapper
-
-
-@_gc_paused
+@gc_paused()
 def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequence[str]) -> dict[str, IptablesRules]:
     """svcops's iptables rules for every node, sharing everything that can be shared.
 

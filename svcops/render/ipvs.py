@@ -64,14 +64,13 @@ template joined with each node's addresses only when a payload is asked for.
 
 from __future__ import annotations
 
-import functools
-import gc
 import socket
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
 import netaddr
 
+from ..gcpause import gc_paused
 from ..model import SCHEDULER_ANNOTATION, Cluster, Endpoint, ResolvedPort
 from . import chains as C
 from .iptables import IptablesRules, Jump, TableRules, restore_payload
@@ -509,21 +508,6 @@ def _render(p: _Port, local: tuple[int, ...] | None, node_port_range: tuple[int,
             _add(miss_t, f"{_NODE},{sp}:{np}")
 
 
-def _gc_paused(fn):
-    """Run `fn` with the cyclic collector paused: rendering builds many acyclic strings."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if enabled:
-                gc.enable()
-
-    return wrapper
-
 
 def _joined(o: _Out) -> tuple[str, str, list[str], list[str]]:
     return "".join(o.ipvs), "".join(o.ipvs_t), ["".join(x) for x in o.sets], ["".join(x) for x in o.sets_t]
@@ -538,7 +522,7 @@ def _node_addresses(addrs: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-@_gc_paused
+@gc_paused()
 def render_nodes(
     cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequence[tuple[str, Sequence[str]]]
 ) -> dict[str, IpvsRules]:

@@ -59,13 +59,13 @@ only Local-policy units are rendered per distinct set of local endpoints.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Iterable, Sequence
 
 import netaddr
 
+from ..gcpause import gc_paused
 from ..model import Cluster, Endpoint, ResolvedPort
 from . import chains as C
 from .nft_live import LIVE_COMMANDS, MAP_NAMES, TABLE, NftLive, parse_nft_list, unit_of_name
@@ -473,13 +473,8 @@ def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequenc
     changes the rules today; kept for the same signature as the other renderers.
     """
     del cluster
-    enabled = gc.isenabled()
-    gc.disable()  # hundreds of thousands of acyclic strings: no cycle to collect
-    try:
+    with gc_paused():
         return _render_nodes(ports, nodes)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _render_nodes(ports: Sequence[ResolvedPort], nodes: Sequence[str]) -> dict[str, NftRules]:
