@@ -28,12 +28,11 @@ first, so a service costs about the size of its answer, not of the inventory.
 
 from __future__ import annotations
 
-import gc
 import socket
-from contextlib import contextmanager
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from .diagnostics import Diagnostic, error, warning
+from .gcpause import gc_paused
 from .model import (
     Allocations,
     Endpoint,
@@ -47,7 +46,7 @@ from .model import (
     node_port_key,
 )
 
-__all__ = ["resolve", "local_endpoints", "endpoint_sort_key"]
+__all__ = ["resolve", "local_endpoints", "endpoint_sort_key", "HeadlessEndpoints", "headless_endpoints"]
 
 # How many lacking workloads a named-targetPort warning lists before "and N more".
 _MAX_NAMED = 5
@@ -65,21 +64,6 @@ def _ip_bytes(ip: str) -> bytes:
         return b"\xff\xff" + ip.encode()
 
 
-@contextmanager
-def _gc_paused():
-    """Pause the cyclic garbage collector while building many acyclic objects.
-
-    Resolving creates ~100,000 endpoints next to ~100,000 workloads; every few
-    hundred allocations the collector would otherwise walk that whole heap again,
-    which costs more than the work itself. Nothing built here forms a cycle.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def local_endpoints(port: ResolvedPort, node: str) -> tuple[Endpoint, ...]:
@@ -174,7 +158,7 @@ def resolve(
     targetPort, Endpoints ignored because the service has a selector) and, only if the
     allocations are incomplete (a bug upstream), errors.
     """
-    with _gc_paused():
+    with gc_paused():
         return _resolve(site, nodes, allocations)
 
 
@@ -322,3 +306,62 @@ def _manual_endpoints(m: ManualEndpoints, port: ServicePort, index: _WorkloadInd
 def _matching_ports(specs: Iterable, port: ServicePort) -> list:
     """An Endpoints port belongs to the service port with the same name and protocol."""
     return [s for s in specs if s.name == port.name and s.protocol == port.protocol]
+
+
+# --- headless services: DNS only ----------------------------------------------------
+
+
+class HeadlessEndpoints(NamedTuple):
+    """The endpoints of one headless service, for its DNS records (`svcops.dns`).
+
+    addresses: every endpoint address once, in numeric order (the A records); for a
+               service without ports, the addresses of what it selects (or of its
+               Endpoints object), as Kubernetes lists them
+    ports:     one ResolvedPort per service port (cluster_ip "None", no node port):
+               the SRV records, with each endpoint's own port
+    """
+
+    addresses: tuple[str, ...]
+    ports: tuple[ResolvedPort, ...]
+
+
+def headless_endpoints(
+    site: Site, nodes: Sequence[Node], allocations: Allocations
+) -> dict[str, HeadlessEndpoints]:
+    """"ns/name" -> its endpoints, for every headless service of the site.
+
+    The same matching as `resolve` (selector and named targetPorts, or a hand-written
+    Endpoints object); its warnings are `resolve`'s business and are not repeated.
+    Costs nothing when the site has no headless service.
+    """
+    headless = [s for s in site.services if s.headless and s.type != "ExternalName"]
+    if not headless:
+        return {}
+    with gc_paused():
+        label_keys = {k for svc in headless if svc.selector for k in svc.selector}
+        index = _WorkloadIndex(nodes, allocations, label_keys)
+        manual = {m.key: m for m in site.endpoints}
+        out: dict[str, HeadlessEndpoints] = {}
+        ignored: list[Diagnostic] = []
+        for svc in sorted(headless, key=_service_order):
+            selected = index.select(svc.selector) if svc.selector else None
+            ports: list[ResolvedPort] = []
+            for i, port in enumerate(svc.ports):
+                if selected is not None:
+                    endpoints = _selected_endpoints(svc, i, port, selected, index, ignored)
+                elif svc.key in manual:
+                    endpoints = _manual_endpoints(manual[svc.key], port, index)
+                else:
+                    endpoints = ()
+                ports.append(ResolvedPort(svc, port, "None", None, None, endpoints))
+            if svc.ports:
+                ips = {e.ip for rp in ports for e in rp.endpoints}
+            elif selected is not None:
+                ips = {index.addresses[i] for i in selected}
+            elif svc.key in manual:
+                ips = {a.ip for sub in manual[svc.key].subsets for a in sub.addresses}
+            else:
+                ips = set()
+            addresses = tuple(sorted(ips, key=_ip_bytes))
+            out[svc.key] = HeadlessEndpoints(addresses, tuple(ports))
+        return out
