@@ -169,7 +169,7 @@ def _gather(state, plan) -> dict:
     import gevent
     from pyinfra.context import ctx_host, ctx_state
 
-    from .facts import SvcopsIptables, SvcopsNodeState
+    from .facts import SvcopsIptables, SvcopsIpvs, SvcopsNftables, SvcopsNodeState
     from .nodediff import node_diff
 
     hosts = [h for h in state.inventory if h in state.active_hosts]
@@ -178,10 +178,12 @@ def _gather(state, plan) -> dict:
         with ctx_state.use(state), ctx_host.use(h):
             live = h.get_fact(SvcopsIptables)
             node_state = h.get_fact(SvcopsNodeState)
-        if live is None or node_state is None:
+            nft = h.get_fact(SvcopsNftables)
+            ipvs = h.get_fact(SvcopsIpvs)
+        if live is None or node_state is None or nft is None or ipvs is None:
             return "could not read the node's state (see above)"
         session = h.data.get("ssh_hostname") or h.name
-        return node_diff(plan.node(h.name), live, node_state, session)
+        return node_diff(plan.node(h.name), live, node_state, session, nft, ipvs)
 
     greenlets = {state.pool.spawn(one, h): h for h in hosts}
     gevent.joinall(list(greenlets))

@@ -22,6 +22,10 @@ EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 LOCK_NAME = "svcops.lock"
 
+# What `svcops render --only` can print, and the mode a part belongs to (None: any mode).
+RENDER_PARTS = ("iptables", "nftables", "ipset", "ipvsadm", "addresses", "sysctls", "interfaces")
+_PART_MODE = {"nftables": "nftables", "ipset": "ipvs", "ipvsadm": "ipvs", "addresses": "ipvs", "sysctls": "ipvs"}
+
 MAIN_HELP = """\
 svcops gives plain Debian machines what Kubernetes Services give pods: stable
 cluster IPs, node ports, load-balancer addresses and service DNS names in front of
@@ -144,24 +148,37 @@ def build_parser() -> argparse.ArgumentParser:
         "render",
         help="print exactly what one node gets",
         description=(
-            "Print the exact iptables-restore payload (for a node without svcops's rules yet) and\n"
-            "the ifupdown file that NODE gets. Does not write svcops.lock: allocations that the lock\n"
-            "lacks are made in memory, with a warning to run `svcops plan`."
+            "Print the exact payloads that NODE gets in the site's proxy mode (or --mode), each\n"
+            "as it would be loaded on a node without svcops's rules yet, and its ifupdown file:\n\n"
+            "  iptables   iptables-restore --noflush input\n"
+            "  nftables   nft -f input: the whole table ip svcops in one transaction\n"
+            "  ipvs       sysctls, the addresses of the dummy interface svcops-ipvs0, ipset restore\n"
+            "             input, iptables-restore --noflush input, ipvsadm -R input\n\n"
+            "Does not write svcops.lock: allocations that the lock lacks are made in memory, with a\n"
+            "warning to run `svcops plan`."
         ),
         epilog=(
             "examples:\n"
             "  svcops render -i inventory/example.py --node node1 examples/walkthrough\n"
             "  svcops render -i inventory/example.py --node node1 --only iptables examples/walkthrough > rules\n"
-            "  iptables-restore --test --noflush < rules"
+            "  iptables-restore --test --noflush < rules\n"
+            "  svcops render -i inventory/example.py --node node1 --mode nftables --only nftables examples/walkthrough | nft -c -f -\n"
+            "  svcops render -i inventory/example.py --node node1 --mode ipvs examples/walkthrough"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_inventory(p, required=True)
     p.add_argument("--node", required=True, help="the node's name in the inventory")
     p.add_argument(
+        "--mode",
+        choices=("iptables", "nftables", "ipvs"),
+        help="render for this proxy mode instead of the site's proxyMode",
+    )
+    p.add_argument(
         "--only",
-        choices=("iptables", "interfaces"),
-        help="print only this part, raw (no section headers), ready for a pipe",
+        choices=RENDER_PARTS,
+        help="print only this part, raw (no section headers), ready for a pipe; nftables implies "
+        "--mode nftables, ipset/ipvsadm/addresses/sysctls imply --mode ipvs",
     )
     _add_site(p)
 
@@ -296,13 +313,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _compile(args: argparse.Namespace):
+def _compile(args: argparse.Namespace, mode: str | None = None):
     from .pipeline import compile_site
 
     site, nodes, lock, lock_path, site_root, diags = _load(args, need_inventory=True)
     if site is None or lock is None or has_errors(diags):
         return None, lock, lock_path, diags
-    compiled, more = compile_site(site, nodes, lock, LOCK_NAME)
+    compiled, more = compile_site(site, nodes, lock, LOCK_NAME, mode=mode)
     return compiled, lock, lock_path, diags + more
 
 
@@ -329,6 +346,9 @@ def _node_summary(compiled, name: str, endpoints: int, local: int, memo: dict[in
         "endpoints": endpoints,
         "localEndpoints": local,
         "iptables": {"chains": chains, "rules": rules + len(out.iptables.jumps)},
+        "proxyMode": out.mode,
+        **({"nftables": {"units": len(out.nftables.units), "chains": sum(len(u.chains) for u in out.nftables.units)}} if out.nftables else {}),
+        **({"ipvs": {"virtualServers": sum(1 for ln in out.ipvs.ipvsadm.splitlines() if ln.startswith("-A ")), "addresses": len(out.ipvs.addresses)}} if out.ipvs else {}),
         "interfacesFile": bool(out.interfaces),
     }
 
@@ -381,20 +401,56 @@ def _print_plan(compiled, changes, nodes, lock_path) -> None:
     for n in nodes:
         ipt = n["iptables"]
         addr = f"; static {n['address']} on {n['interface']}" if n["interfacesFile"] else ""
+        if "nftables" in n:
+            rules = f"nftables {n['nftables']['units']} service ports, {n['nftables']['chains']} chains"
+        elif "ipvs" in n:
+            rules = f"ipvs {n['ipvs']['virtualServers']} virtual servers, {n['ipvs']['addresses']} addresses"
+        else:
+            rules = f"iptables {ipt['chains']} chains, {ipt['rules']} rules"
         print(
             f"  {n['node']} ({n['sshHost']}): {n['servicePorts']} service ports, "
-            f"{n['endpoints']} endpoints ({n['localEndpoints']} local); "
-            f"iptables {ipt['chains']} chains, {ipt['rules']} rules{addr}"
+            f"{n['endpoints']} endpoints ({n['localEndpoints']} local); {rules}{addr}"
         )
     print()
     print("See what a node gets: svcops render -i INVENTORY --node NODE SITE")
 
 
-def cmd_render(args: argparse.Namespace) -> int:
-    from .pipeline import allocation_changes
+def render_sections(out, node: str) -> list[tuple[str, str, str]]:
+    """(part, heading, text) of everything `node` gets, in the order it is applied."""
+    from .render import ipvs as R_ipvs
+    from .render import nftables as R_nft
     from .render.iptables import restore_payload
 
-    compiled, lock, lock_path, diags = _compile(args)
+    iface = out.interfaces
+    iface_text = ("interfaces", f"/etc/network/interfaces.d/svcops for {node}", iface)
+    if out.mode == "nftables":
+        return [
+            ("nftables", f"nft -f payload for {node} (table {R_nft.TABLE}, the whole table in one transaction)", R_nft.full_payload(out.nftables)),
+            iface_text,
+        ]
+    if out.mode == "ipvs":
+        rules = out.ipvs
+        return [
+            ("sysctls", f"sysctl settings for {node}", "".join(f"{k} = {v}\n" for k, v in R_ipvs.SYSCTLS.items())),
+            ("addresses", f"addresses of the dummy interface {R_ipvs.DUMMY_INTERFACE} on {node} (each a /32)", "".join(a + "\n" for a in rules.addresses)),
+            ("ipset", f"ipset restore payload for {node}", rules.ipset),
+            ("iptables", f"iptables-restore --noflush payload for {node}", rules.iptables),
+            ("ipvsadm", f"ipvsadm -R payload for {node} (virtual and real servers)", rules.ipvsadm),
+            iface_text,
+        ]
+    return [("iptables", f"iptables-restore --noflush payload for {node}", restore_payload(out.iptables)), iface_text]
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .pipeline import allocation_changes
+
+    mode = args.mode
+    implied = _PART_MODE.get(args.only or "")
+    if implied and mode and mode != implied:
+        print(f"svcops render: --only {args.only} is part of {implied} mode, not of --mode {mode}", file=sys.stderr)
+        return EXIT_ERROR
+    mode = mode or implied
+    compiled, lock, lock_path, diags = _compile(args, mode)
     if compiled is not None and args.node not in compiled.outputs:
         known = ", ".join(sorted(compiled.outputs)) or "none"
         diags.append(
@@ -411,17 +467,24 @@ def cmd_render(args: argparse.Namespace) -> int:
     if compiled is None:
         return EXIT_ERROR
     out = compiled.outputs[args.node]
-    payload = restore_payload(out.iptables)
-    if args.only == "iptables":
-        sys.stdout.write(payload)
-    elif args.only == "interfaces":
-        sys.stdout.write(out.interfaces)
-    else:
-        print(f"# ==> iptables-restore --noflush payload for {args.node} <==")
-        sys.stdout.write(payload)
-        print()
-        print(f"# ==> /etc/network/interfaces.d/svcops for {args.node} <==")
-        sys.stdout.write(out.interfaces or "# (no static address: svcops.yaml has no nodeNetwork)\n")
+    sections = render_sections(out, args.node)
+    if args.only:
+        part = next((text for name, _, text in sections if name == args.only), None)
+        if part is None:
+            # The iptables part in nftables mode: svcops has no iptables rules there.
+            from .render.iptables import restore_payload
+
+            part = restore_payload(out.iptables) if args.only == "iptables" else ""
+        sys.stdout.write(part)
+        return EXIT_OK
+    print(f"# svcops render: node {args.node}, proxy mode {out.mode}")
+    for i, (name, heading, text) in enumerate(sections):
+        if i:
+            print()
+        print(f"# ==> {heading} <==")
+        if name == "interfaces" and not text:
+            text = "# (no static address: svcops.yaml has no nodeNetwork)\n"
+        sys.stdout.write(text)
     return EXIT_OK
 
 

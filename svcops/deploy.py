@@ -13,10 +13,22 @@ policies and load-balancer announcements depend on every node, not only the ones
 plan`` does, and then, for the current host, runs:
 
     svcops | iptables rules            one atomic iptables-restore, rolled back if SSH breaks
+    svcops | nftables table            table ip svcops: chunked cold start, small updates
+    svcops | ipvs                      IPVS mode (its first operation) / its removal
     svcops | load-balancer addresses   the addresses this node announces (gratuitous ARP)
     svcops | static address            ip addr replace, never removing the session's address
     svcops | ip forwarding             net.ipv4.ip_forward=1
     svcops | persisted files           boot payload, restore script, unit, sysctl, ifupdown file
+    svcops | service dns               pdns-recursor for the cluster domain, resolv.conf (svcops.dns_ops)
+
+The rule operations follow the site's proxy mode; the other modes' operations remove
+what they left (switching a site's mode and applying leaves nothing of the old one):
+
+    iptables   iptables rules, nftables table (none), ipvs (none)
+    nftables   nftables table, iptables rules (none: old chains go), ipvs (none)
+    ipvs       ipvs (sets, iptables chains, virtual servers), nftables table (none)
+
+New rules go in before the old mode's are removed, so service traffic never stops.
 
 `svcops apply` runs the same operations through pyinfra's API.
 """
@@ -54,6 +66,8 @@ class NodePlan:
     output: NodeOutput
     announced: tuple[Announcement, ...]
     files: NodeFiles
+    dns_zone: object = None  # svcops.dns.Zone: the cluster domain's records (None: no DNS operation)
+    udp_ports: Mapping | None = None  # the node's UDP service ports, for conntrack cleanup (iptables mode)
 
     @property
     def prefixlen(self) -> int | None:
@@ -75,7 +89,12 @@ class SitePlan:
     def node(self, name: str) -> NodePlan:
         out = self.compiled.outputs[name]
         ann = self.announced.get(name, ())
-        return NodePlan(out, ann, node_files(out.iptables, out.interfaces, ann))
+        from .conntrack_ops import node_udp_ports
+        from .dns_ops import site_zone
+
+        udp = node_udp_ports(self.compiled, name) if out.mode == "iptables" else None
+        files = node_files(out.iptables, out.interfaces, ann, out.mode, out.nftables, out.ipvs)
+        return NodePlan(out, ann, files, site_zone(self.compiled), udp)
 
 
 def plan_site(compiled: Compiled) -> SitePlan:
@@ -156,9 +175,29 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
     kwargs = {} if rollback_after is None else {"rollback_after": rollback_after}
     out = plan.output
     metas: list[tuple[str, object]] = []
-    metas.append(
-        ("iptables rules", ops.iptables_rules(name="svcops | iptables rules", rules=out.iptables, verify_ssh=verify_ssh, **kwargs))
-    )
+
+    def iptables():
+        metas.append(
+            ("iptables rules", ops.iptables_rules(name="svcops | iptables rules", rules=out.iptables, verify_ssh=verify_ssh, udp_ports=plan.udp_ports, **kwargs))
+        )
+
+    def nftables(rules):
+        metas.append(
+            ("nftables table", ops.nftables_rules(name="svcops | nftables table", rules=rules, verify_ssh=verify_ssh, **kwargs))
+        )
+
+    if out.mode == "ipvs":
+        # First: a node that cannot do IPVS fails here, before anything changed.
+        metas.append(("ipvs", ops.ipvs_rules(name="svcops | ipvs", rules=out.ipvs, verify_ssh=verify_ssh, **kwargs)))
+        nftables(None)
+    else:
+        if out.mode == "nftables":
+            nftables(out.nftables)
+            iptables()
+        else:
+            iptables()
+            nftables(None)
+        metas.append(("ipvs", ops.ipvs_absent(name="svcops | ipvs (none)", node_addresses=out.node_addresses)))
     metas.append(("load-balancer addresses", ops.lb_addresses(name="svcops | load-balancer addresses", announced=plan.announced)))
     # Always added (a no-op without an address): every host gets the same operations in
     # the same order, which is how pyinfra's API lines operations up across hosts.
@@ -175,6 +214,9 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
     )
     metas.append(("ip forwarding", ops.ip_forward(name="svcops | ip forwarding")))
     metas.append(("persisted files", ops.persisted_files(name="svcops | persisted files", files=plan.files)))
+    from .dns_ops import dns_server
+
+    metas.append(("service dns", dns_server(name="svcops | service dns", zone=plan.dns_zone)))
     return metas
 
 

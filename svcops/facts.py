@@ -8,6 +8,12 @@ from them:
                      nat: one ``iptables-save -t filter; iptables-save -t nat``
     SvcopsNodeState  sha256 of every file svcops persists, the boot unit's symlink,
                      net.ipv4.ip_forward, and the node's IPv4 addresses (with labels)
+    SvcopsNftables   svcops's nftables table (chains, sets, map elements with their
+                     digests; `svcops.render.nftables.LIVE_COMMANDS`, not the slow
+                     `nft list table`) and the fingerprint of its boot file
+    SvcopsIpvs       whether the node can do IPVS (module ip_vs, dummy interfaces,
+                     ipvsadm, ipset), svcops's dummy interface and its addresses,
+                     svcops's ipsets and ``ipvsadm-save -n``; it never loads a module
 
 Use them in your own deploy like any pyinfra fact::
 
@@ -29,10 +35,31 @@ from typing import Mapping
 
 from pyinfra.api import FactBase
 
-from .node_files import ANNOUNCE_FILE, MANAGED_FILES, UNIT_LINK
+from .node_files import ANNOUNCE_FILE, MANAGED_FILES, NFT_FILE, UNIT_LINK
 from .render.iptables import LiveTables, parse_iptables_save
+from .ipvs_apply import IpvsLive
+from .render.ipvs import DUMMY_INTERFACE
+from .render.nftables import LIVE_COMMANDS, NftLive, parse_nft_list
 
-__all__ = ["SvcopsIptables", "SvcopsNodeState", "NodeState", "Address", "parse_node_state"]
+__all__ = [
+    "SvcopsIptables",
+    "SvcopsNodeState",
+    "SvcopsNftables",
+    "SvcopsIpvs",
+    "NodeState",
+    "NftState",
+    "IpvsState",
+    "Address",
+    "parse_node_state",
+    "parse_nft_state",
+    "parse_ipvs_state",
+    "NO_IPTABLES",
+]
+
+# SvcopsIptables on a node without iptables at all (a pure nftables node): nothing of
+# svcops's can be there, which is fine unless the mode needs iptables.
+NO_IPTABLES = LiveTables({})
+_NO_IPTABLES_MARK = "# svcops: iptables-save not found"
 
 
 class SvcopsIptables(FactBase):
@@ -49,10 +76,10 @@ class SvcopsIptables(FactBase):
     """
 
     def command(self) -> str:
-        return "iptables-save -t filter && iptables-save -t nat"
-
-    def requires_command(self) -> str:
-        return "iptables-save"
+        return (
+            f"if ! command -v iptables-save >/dev/null; then echo '{_NO_IPTABLES_MARK}'; exit 0; fi; "
+            "iptables-save -t filter && iptables-save -t nat"
+        )
 
     @staticmethod
     def default() -> LiveTables | None:
@@ -61,6 +88,8 @@ class SvcopsIptables(FactBase):
         return None
 
     def process(self, output: list[str]) -> LiveTables:
+        if output and output[0] == _NO_IPTABLES_MARK:
+            return NO_IPTABLES
         return parse_iptables_save("\n".join(output))
 
 
@@ -153,3 +182,180 @@ class SvcopsNodeState(FactBase):
 
     def process(self, output: list[str]) -> NodeState:
         return parse_node_state(output)
+
+
+# --- nftables ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NftState:
+    """What `SvcopsNftables` reports.
+
+    available:   nft is installed
+    live:        svcops's table (NftLive(exists=False) when there is none)
+    boot_state:  the fingerprint on the first line of /etc/svcops/rules.nft ("" if none)
+    """
+
+    available: bool = True
+    live: NftLive = field(default_factory=NftLive)
+    boot_state: str = ""
+
+
+_NFT_MISSING = "svcops-nft missing"
+_NFT_BOOT = "svcops-nft boot "
+
+
+def _nft_command() -> str:
+    chains, sets, *maps = (" ".join(c) for c in LIVE_COMMANDS)
+    return (
+        f"if ! command -v nft >/dev/null; then echo '{_NFT_MISSING}'; exit 0; fi; "
+        f"echo \"{_NFT_BOOT}$(head -n 1 {NFT_FILE} 2>/dev/null)\"; "
+        f"{chains} || exit 1; {sets} || exit 1; "
+        # A map (or the table) that is not there is no error: the node is clean.
+        + "".join(f"{m} 2>/dev/null; " for m in maps)
+        + "true"
+    )
+
+
+def parse_nft_state(lines: list[str]) -> NftState:
+    """Parse `SvcopsNftables`'s output (pure)."""
+    from .nft_apply import STATE_PREFIX
+
+    if lines and lines[0].strip() == _NFT_MISSING:
+        return NftState(available=False)
+    boot = ""
+    rest = lines
+    if lines and lines[0].startswith(_NFT_BOOT):
+        first = lines[0][len(_NFT_BOOT) :].strip()
+        if first.startswith(STATE_PREFIX.strip()):
+            boot = first[len(STATE_PREFIX.strip()) :].strip()
+        rest = lines[1:]
+    return NftState(True, parse_nft_list("\n".join(rest)), boot)
+
+
+class SvcopsNftables(FactBase):
+    """
+    svcops's nftables table ``ip svcops`` as an ``NftState``: its chains, affinity
+    sets and map elements, whose comments carry each service port's digest (read with
+    the cheap listings of `svcops.render.nftables.LIVE_COMMANDS`: about a second on a
+    10,000-service table, where ``nft list table`` takes tens), and the fingerprint
+    of the boot file ``/etc/svcops/rules.nft``. No other table is kept.
+
+    .. code:: python
+
+        state = host.get_fact(SvcopsNftables)
+        state.live.exists, sorted(state.live.units())[:3]
+    """
+
+    def command(self) -> str:
+        return _nft_command()
+
+    @staticmethod
+    def default() -> NftState | None:
+        return None  # nft failed: the operations refuse to guess
+
+    def process(self, output: list[str]) -> NftState:
+        return parse_nft_state(output)
+
+
+# --- IPVS ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IpvsState:
+    """What `SvcopsIpvs` reports.
+
+    missing:  what the node lacks for IPVS mode ("kernel module ip_vs ...", "ipvsadm ...")
+    live:     svcops's IPVS footprint (`svcops.ipvs_apply.IpvsLive`)
+    """
+
+    missing: tuple[str, ...] = ()
+    live: IpvsLive = field(default_factory=IpvsLive)
+
+    @property
+    def present(self) -> bool:
+        """Whether anything of svcops's IPVS mode is on the node."""
+        from .render.ipvs import parse_ipvsadm_save
+
+        live = self.live
+        return live.link or bool(live.sets) or bool(parse_ipvsadm_save(live.ipvsadm))
+
+
+_IPVS_MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh", "ip_vs_sed", "ip_vs_nq", "nf_conntrack", "dummy")
+
+
+def _ipvs_command() -> str:
+    from .render.ipvs import SYSCTLS
+
+    d = shlex.quote(DUMMY_INTERFACE)
+    keys = " ".join(SYSCTLS)
+    # A module counts when loaded or built in (/sys/module) or when modprobe would find
+    # it (-n: dry run; a fact never loads a module).
+    return (
+        'm() { [ -d "/sys/module/$1" ] || modprobe -n -q "$1" 2>/dev/null; }; '
+        'c() { command -v "$1" >/dev/null 2>&1; }; '
+        'm ip_vs || echo "missing kernel module ip_vs (IP Virtual Server)"; '
+        'm dummy || echo "missing kernel module dummy (dummy interfaces)"; '
+        'c ipvsadm || echo "missing ipvsadm (Debian package ipvsadm)"; '
+        'c ipset || echo "missing ipset (Debian package ipset)"; '
+        'c modprobe || echo "missing modprobe (Debian package kmod)"; '
+        f'for k in {" ".join(_IPVS_MODULES)}; do [ -d "/sys/module/$k" ] && echo "module $k"; done; '
+        f'for k in {keys}; do v=$(sysctl -n "$k" 2>/dev/null) && echo "sysctl $k $v"; done; '
+        f"if ip link show {d} >/dev/null 2>&1; then echo link; "
+        f"ip -4 -o addr show dev {d} | awk '{{print \"addr \" $4}}'; fi; "
+        "if [ -d /sys/module/ip_set ] && c ipset; then ipset save | grep -E '^(create|add) SVCOPS-' | sed 's/^/ipset /'; fi; "
+        "if [ -e /proc/net/ip_vs ] && c ipvsadm; then ipvsadm-save -n | sed 's/^/vs /'; fi; true"
+    )
+
+
+def parse_ipvs_state(lines: list[str]) -> IpvsState:
+    """Parse `SvcopsIpvs`'s output (pure)."""
+    from .ipvs_apply import parse_ipset_save
+
+    missing: list[str] = []
+    link = False
+    addresses: list[str] = []
+    ipset: list[str] = []
+    vs: list[str] = []
+    sysctls: dict[str, str] = {}
+    modules: set[str] = set()
+    for line in lines:
+        key, _, rest = line.partition(" ")
+        if key == "missing":
+            missing.append(rest.strip())
+        elif key == "module":
+            modules.add(rest.strip())
+        elif key == "sysctl":
+            k, _, v = rest.partition(" ")
+            sysctls[k] = v.strip()
+        elif key == "link":
+            link = True
+        elif key == "addr":
+            addresses.append(rest.strip().split("/", 1)[0])
+        elif key == "ipset":
+            ipset.append(rest)
+        elif key == "vs":
+            vs.append(rest)
+    sets, members = parse_ipset_save("\n".join(ipset))
+    live = IpvsLive(link, tuple(addresses), sets, members, "".join(v + "\n" for v in vs), sysctls, frozenset(modules))
+    return IpvsState(tuple(missing), live)
+
+
+class SvcopsIpvs(FactBase):
+    """
+    svcops's IPVS footprint as an ``IpvsState``: what the node lacks for IPVS mode
+    (module ip_vs or dummy, ipvsadm, ipset), the modules loaded, the IPVS sysctls, the
+    dummy interface ``svcops-ipvs0`` and its addresses, the ``SVCOPS-`` ipsets with
+    their members (``ipset save``) and ``ipvsadm-save -n``. Reading it loads no kernel
+    module.
+    """
+
+    def command(self) -> str:
+        return _ipvs_command()
+
+    @staticmethod
+    def default() -> IpvsState | None:
+        return None
+
+    def process(self, output: list[str]) -> IpvsState:
+        return parse_ipvs_state(output)

@@ -11,6 +11,18 @@ up), runs ``/etc/svcops/restore``, an idempotent shell script:
     iptables -C ... || iptables -I ... 1 ...           each jump, inserted only if missing
     ip addr replace <LB address>/32 dev <if> ...        the load-balancer addresses it announces
 
+That is iptables mode. The script and the files follow the site's proxy mode:
+
+    nftables   /etc/svcops/rules.nft, loaded one transaction at a time (a chunked
+               file, `svcops.nft_apply`): the whole table ip svcops, replacing any
+               svcops table there; iptables is not used at all
+    ipvs       modules (ip_vs, its schedulers, dummy), the IPVS sysctls, the dummy
+               interface svcops-ipvs0 with /etc/svcops/ipvs-addresses, ipset restore of
+               /etc/svcops/ipset, the iptables part as above, and ipvsadm -R of
+               /etc/svcops/ipvsadm when IPVS holds no virtual server yet
+
+The files of the other modes are removed when a site changes mode (`MODE_FILES`).
+
 The unit is enabled by creating its ``multi-user.target.wants`` symlink directly
 (what ``systemctl enable`` does), so enabling works where systemd is not running, as
 in a container or the lab. Every file lives under ``/etc`` (``/etc/svcops``,
@@ -51,12 +63,23 @@ __all__ = [
     "SYSCTL_TEXT",
     "deadman_script",
     "sha256_text",
+    "NFT_FILE",
+    "IPSET_FILE",
+    "IPVSADM_FILE",
+    "IPVS_ADDRESSES_FILE",
+    "MODE_FILES",
+    "sysctl_text",
+    "ipvs_modules",
 ]
 
 ETC_DIR = "/etc/svcops"
 RULES_FILE = f"{ETC_DIR}/rules.v4"
 RESTORE_SCRIPT = f"{ETC_DIR}/restore"
 ANNOUNCE_FILE = f"{ETC_DIR}/announce"
+NFT_FILE = f"{ETC_DIR}/rules.nft"
+IPSET_FILE = f"{ETC_DIR}/ipset"
+IPVSADM_FILE = f"{ETC_DIR}/ipvsadm"
+IPVS_ADDRESSES_FILE = f"{ETC_DIR}/ipvs-addresses"
 UNIT_NAME = "svcops-rules.service"
 UNIT_FILE = f"/etc/systemd/system/{UNIT_NAME}"
 UNIT_LINK = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
@@ -65,7 +88,16 @@ INTERFACES_FILE = "/etc/network/interfaces.d/svcops"
 RUN_DIR = "/run/svcops"
 
 # Every regular file svcops writes on a node (the fact reports their sha256).
-MANAGED_FILES = (RULES_FILE, RESTORE_SCRIPT, ANNOUNCE_FILE, UNIT_FILE, SYSCTL_FILE, INTERFACES_FILE)
+MANAGED_FILES = (
+    RULES_FILE, RESTORE_SCRIPT, ANNOUNCE_FILE, UNIT_FILE, SYSCTL_FILE, INTERFACES_FILE,
+    NFT_FILE, IPSET_FILE, IPVSADM_FILE, IPVS_ADDRESSES_FILE,
+)  # fmt: skip
+# The rule files of each proxy mode: a file of another mode is removed from a node.
+MODE_FILES = {
+    "iptables": (RULES_FILE,),
+    "nftables": (NFT_FILE,),
+    "ipvs": (RULES_FILE, IPSET_FILE, IPVSADM_FILE, IPVS_ADDRESSES_FILE),
+}
 
 _HEADER = "# Written by svcops; do not edit: svcops rewrites it (change the site instead).\n"
 
@@ -74,6 +106,21 @@ SYSCTL_TEXT = (
     + _HEADER
     + "net.ipv4.ip_forward = 1\n"
 )
+
+
+def sysctl_text(mode: str = "iptables") -> str:
+    """/etc/sysctl.d/90-svcops.conf: forwarding, and in IPVS mode kube-proxy's IPVS
+    settings (the net.ipv4.vs keys exist once ip_vs is loaded: the restore script loads
+    it and applies this file again)."""
+    if mode != "ipvs":
+        return SYSCTL_TEXT
+    from .render.ipvs import SYSCTLS
+
+    return (
+        "# svcops: nodes forward service traffic to endpoints on other nodes; IPVS mode's settings.\n"
+        + _HEADER
+        + "".join(f"{k} = {v}\n" for k, v in SYSCTLS.items())
+    )
 
 
 def sha256_text(text: str) -> str:
@@ -99,14 +146,19 @@ def announce_file(announced: Sequence[Announcement]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def restore_script(jumps: Sequence[Jump]) -> str:
-    """The boot script: idempotent, safe to run at any time."""
+def ipvs_modules(ipvsadm: str) -> tuple[str, ...]:
+    """The kernel modules IPVS mode needs: ip_vs, the schedulers `ipvsadm` uses (rr
+    always, the default), conntrack, dummy."""
+    schedulers = {"rr"}
+    for line in ipvsadm.splitlines():
+        parts = line.split()
+        if parts[:1] == ["-A"] and "-s" in parts:
+            schedulers.add(parts[parts.index("-s") + 1])
+    return ("ip_vs", *(f"ip_vs_{s}" for s in sorted(schedulers)), "nf_conntrack", "dummy")
+
+
+def _iptables_part(jumps: Sequence[Jump]) -> list[str]:
     out = [
-        "#!/bin/sh\n",
-        "# svcops: restore svcops's iptables rules and load-balancer addresses (run by\n",
-        f"# {UNIT_NAME} at boot, before the network comes up). Idempotent.\n",
-        _HEADER,
-        "set -e\n",
         f"iptables-restore -w 5 --noflush {RULES_FILE}\n",
         "ensure() {\n",
         '    t=$1; c=$2; shift 2\n',
@@ -120,6 +172,56 @@ def restore_script(jumps: Sequence[Jump]) -> str:
         by_chain.setdefault((j.table, j.chain), []).append(j)
     for group in by_chain.values():
         out.extend(_ensure_jump(j) for j in reversed(group))
+    return out
+
+
+def _nft_part() -> list[str]:
+    from .nft_apply import LOADER
+
+    return [
+        "# svcops's table ip svcops, one transaction at a time (the first replaces any svcops\n",
+        "# table there; no other table is touched)\n",
+        LOADER,
+        f"svcops_nft_load {NFT_FILE}\n",
+    ]
+
+
+def _ipvs_part(jumps: Sequence[Jump], modules: Sequence[str]) -> list[str]:
+    from .render.ipvs import DUMMY_INTERFACE as D
+
+    return [
+        "# IPVS: modules (built in is as good), then the settings that need them\n",
+        f"for m in {' '.join(modules)}; do\n",
+        '    modprobe -q "$m" 2>/dev/null || [ -d "/sys/module/$m" ] || echo "svcops: cannot load module $m" >&2\n',
+        "done\n",
+        f"sysctl -q -p {SYSCTL_FILE} || true\n",
+        f"# the dummy interface holding the virtual addresses (left down, like kube-ipvs0)\n",
+        f"ip link show {D} >/dev/null 2>&1 || ip link add {D} type dummy\n",
+        f"while read -r a; do [ -n \"$a\" ] && ip addr replace \"$a/32\" dev {D}; done < {IPVS_ADDRESSES_FILE}\n",
+        f"ipset restore < {IPSET_FILE}\n",
+        *_iptables_part(jumps),
+        "# virtual servers: at boot IPVS is empty; a node already serving keeps what it has\n",
+        "# (svcops apply keeps it in sync)\n",
+        f'if [ -z "$(ipvsadm-save -n)" ]; then ipvsadm -R < {IPVSADM_FILE}; fi\n',
+    ]
+
+
+def restore_script(jumps: Sequence[Jump], mode: str = "iptables", modules: Sequence[str] = ()) -> str:
+    """The boot script: idempotent, safe to run at any time."""
+    what = {"iptables": "iptables rules", "nftables": "nftables table", "ipvs": "IPVS rules"}[mode]
+    out = [
+        "#!/bin/sh\n",
+        f"# svcops: restore svcops's {what} and load-balancer addresses (run by\n",
+        f"# {UNIT_NAME} at boot, before the network comes up). Idempotent.\n",
+        _HEADER,
+        "set -e\n",
+    ]
+    if mode == "nftables":
+        out += _nft_part()
+    elif mode == "ipvs":
+        out += _ipvs_part(jumps, modules or ipvs_modules(""))
+    else:
+        out += _iptables_part(jumps)
     out += [
         "# load-balancer addresses this node announces\n",
         f"if [ -s {ANNOUNCE_FILE} ]; then\n",
@@ -135,7 +237,7 @@ def unit_text() -> str:
     """svcops-rules.service: netfilter-persistent's ordering, running the restore script."""
     return (
         "[Unit]\n"
-        "Description=svcops service rules (iptables) and load-balancer addresses\n"
+        "Description=svcops service rules and load-balancer addresses\n"
         f"Documentation=file:{RESTORE_SCRIPT}\n"
         "DefaultDependencies=no\n"
         "Wants=network-pre.target systemd-modules-load.service local-fs.target\n"
@@ -160,36 +262,65 @@ class NodeFiles:
     files: Mapping[str, str]
     link: tuple[str, str] = (UNIT_LINK, UNIT_FILE)  # (symlink, target)
     modes: Mapping[str, str] | None = None  # path -> chmod mode, when not 644
+    remove: tuple[str, ...] = ()  # files of another proxy mode, removed if present
 
 
-def node_files(rules: IptablesRules, interfaces: str, announced: Sequence[Announcement]) -> NodeFiles:
+def node_files(
+    rules: IptablesRules,
+    interfaces: str,
+    announced: Sequence[Announcement],
+    mode: str = "iptables",
+    nftables=None,
+    ipvs=None,
+) -> NodeFiles:
     """Everything persisted on a node: boot rules, boot script and unit, sysctl, its
     static-address file (when the site manages node addresses) and its announced
-    addresses."""
-    files = {
-        RULES_FILE: boot_payload(rules),
-        RESTORE_SCRIPT: restore_script(rules.jumps),
-        ANNOUNCE_FILE: announce_file(announced),
-        UNIT_FILE: unit_text(),
-        SYSCTL_FILE: SYSCTL_TEXT,
-    }
+    addresses. `mode` picks the rule files: `nftables` (NftRules) in nftables mode,
+    `ipvs` (IpvsRules) in IPVS mode (its iptables part is `rules`)."""
+    files: dict[str, str] = {}
+    modules: tuple[str, ...] = ()
+    if mode == "nftables":
+        from .nft_apply import boot_file
+
+        files[NFT_FILE] = boot_file(nftables)
+    elif mode == "ipvs":
+        modules = ipvs_modules(ipvs.ipvsadm)
+        files[RULES_FILE] = boot_payload(rules)
+        files[IPSET_FILE] = ipvs.ipset
+        files[IPVSADM_FILE] = ipvs.ipvsadm
+        files[IPVS_ADDRESSES_FILE] = "".join(a + "\n" for a in ipvs.addresses)
+    else:
+        files[RULES_FILE] = boot_payload(rules)
+    files.update(
+        {
+            RESTORE_SCRIPT: restore_script(rules.jumps, mode, modules),
+            ANNOUNCE_FILE: announce_file(announced),
+            UNIT_FILE: unit_text(),
+            SYSCTL_FILE: sysctl_text(mode),
+        }
+    )
     if interfaces:
         files[INTERFACES_FILE] = interfaces
-    return NodeFiles(files, modes={RESTORE_SCRIPT: "755"})
+    stale = tuple(f for m, fs in MODE_FILES.items() if m != mode for f in fs if f not in files)
+    return NodeFiles(files, modes={RESTORE_SCRIPT: "755"}, remove=tuple(dict.fromkeys(stale)))
 
 
-def deadman_script(token: str, seconds: int) -> str:
+def deadman_script(token: str, seconds: int, undo: str | None = None) -> str:
     """The dead-man switch: after `seconds`, undo the apply unless the controller has
     disarmed it by renaming ``armed.TOKEN`` (an atomic rename: exactly one of the
-    controller's disarm and this script's firing wins)."""
+    controller's disarm and this script's firing wins).
+
+    undo: the shell command that undoes the apply (default: iptables-restore of
+    ``rollback.TOKEN``, iptables mode's rollback payload)."""
     d, t = RUN_DIR, shlex.quote(token)
+    undo = undo or f"iptables-restore -w 5 --noflush {d}/rollback.{t}"
     return (
         "#!/bin/sh\n"
         "# svcops dead-man switch: restores the previous svcops rules unless disarmed.\n"
         f"echo $$ > {d}/pid.{t}\n"
         f"sleep {int(seconds)}\n"
         f"if mv {d}/armed.{t} {d}/fired.{t} 2>/dev/null; then\n"
-        f"    iptables-restore -w 5 --noflush {d}/rollback.{t} && echo rolled-back >> {d}/fired.{t}\n"
+        f"    {undo} && echo rolled-back >> {d}/fired.{t}\n"
         "fi\n"
         f"rm -f {d}/pid.{t}\n"
     )

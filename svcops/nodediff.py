@@ -26,11 +26,14 @@ class NodeDiff:
     addresses_removed: tuple[str, ...] = ()
     files_written: tuple[str, ...] = ()
     ip_forward: bool = False  # would be turned on
+    modes: tuple[str, ...] = ()  # nftables / IPVS changes, one line each
+    files_removed: tuple[str, ...] = ()  # rule files of a proxy mode the site left
 
     @property
     def empty(self) -> bool:
         return self.rules.empty and not (
             self.addresses_added or self.addresses_removed or self.files_written or self.ip_forward
+            or self.modes or self.files_removed
         )
 
     def lines(self) -> list[str]:
@@ -46,11 +49,13 @@ class NodeDiff:
                 out += [f"  {name}: ~ {c}" for c in d.changed]
                 out += [f"  {name}: + jump {j}" for j in d.jumps_added]
                 out += [f"  {name}: - jump {j}" for j in d.jumps_removed]
+        out += list(self.modes)
         out += [f"address: + {a}" for a in self.addresses_added]
         out += [f"address: - {a}" for a in self.addresses_removed]
         if self.ip_forward:
             out.append("sysctl: net.ipv4.ip_forward 0 -> 1")
         out += [f"file: {f}" for f in self.files_written]
+        out += [f"file: - {f}" for f in self.files_removed]
         return out
 
     def as_json(self) -> dict:
@@ -73,12 +78,55 @@ class NodeDiff:
             "addressesRemoved": list(self.addresses_removed),
             "filesWritten": list(self.files_written),
             "ipForward": self.ip_forward,
+            "proxyMode": list(self.modes),
+            "filesRemoved": list(self.files_removed),
         }
 
 
-def node_diff(plan, live: LiveTables, state: NodeState, session_address: str | None = None) -> NodeDiff:
+def mode_changes(out, nft=None, ipvs=None, iptables: LiveTables | None = None) -> list[str]:
+    """The nftables / IPVS lines of the diff, from the SvcopsNftables and SvcopsIpvs
+    facts (None: not read)."""
+    from .ipvs_apply import ipvs_plan, ipvs_removal
+    from .nft_apply import DELETE_TABLE, transactions
+    from .node_files import ipvs_modules
+
+    lines: list[str] = []
+    if nft is not None:
+        want = out.nftables if out.mode == "nftables" else None
+        if not nft.available:
+            if want is not None:
+                lines.append("nftables: nft is not installed on the node (apply fails)")
+        else:
+            txs = transactions(want, nft.live)
+            if txs == [DELETE_TABLE]:
+                lines.append("nftables: - table ip svcops")
+            elif txs:
+                units = nft.live.units()
+                ids = {u.id for u in want.units}
+                added = sum(1 for u in want.units if u.id not in units)
+                changed = sum(1 for u in want.units if u.id in units and units[u.id] != u.digest)
+                removed = sum(1 for uid in units if uid not in ids)
+                what = "cold start" if not nft.live.exists else f"service ports +{added} ~{changed} -{removed}"
+                lines.append(f"nftables: {what}, {len(txs)} transaction{'s' if len(txs) != 1 else ''}")
+    if ipvs is not None:
+        if out.mode == "ipvs":
+            if ipvs.missing:
+                lines.append("ipvs: the node cannot do IPVS (apply fails): " + "; ".join(ipvs.missing))
+            elif iptables is not None:
+                lines += ipvs_plan(out.ipvs, ipvs.live, iptables, ipvs_modules(out.ipvs.ipvsadm)).summary()
+        else:
+            removal = ipvs_removal(ipvs.live, out.node_addresses)
+            if not removal.empty:
+                lines.append("ipvs: - svcops's sets, virtual servers and dummy interface")
+    return lines
+
+
+def node_diff(
+    plan, live: LiveTables, state: NodeState, session_address: str | None = None, nft=None, ipvs=None
+) -> NodeDiff:
     """What applying `plan` (a NodePlan) would change on a node whose facts are
-    `live` (SvcopsIptables) and `state` (SvcopsNodeState)."""
+    `live` (SvcopsIptables), `state` (SvcopsNodeState) and, when read, `nft`
+    (SvcopsNftables) and `ipvs` (SvcopsIpvs)."""
     out = plan.output
     added: list[str] = []
     removed: list[str] = []
@@ -109,4 +157,6 @@ def node_diff(plan, live: LiveTables, state: NodeState, session_address: str | N
         tuple(removed),
         tuple(files),
         state.ip_forward != "1",
+        tuple(mode_changes(out, nft, ipvs, live)),
+        tuple(p for p in plan.files.remove if p in state.files),
     )

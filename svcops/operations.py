@@ -17,6 +17,15 @@ or all of them at once, for the site named by ``svcops_site`` in the inventory's
     from svcops.deploy import services
     services()
 
+The rule operations, one per proxy mode (`svcops.deploy.node_operations` picks them
+from the site's ``proxyMode``; the others then remove what their mode left):
+
+    iptables_rules   svcops's SVCOPS- chains and jumps (in every mode: empty in
+                     nftables mode, IPVS mode's few chains in IPVS mode)
+    nftables_rules   table ip svcops (rules=None: no such table)
+    ipvs_rules       IPVS mode: sets, chains, dummy interface, virtual servers
+    ipvs_absent      no svcops IPVS state (the other modes)
+
 Why one payload and not ``iptables.rule``: pyinfra's own ``iptables.rule`` runs one
 ``iptables-save`` and one ``iptables`` per rule (1,000 rules took 94 s); svcops uploads
 one payload and runs one atomic ``iptables-restore --noflush`` (0.6 s for the same).
@@ -33,18 +42,25 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from .announce import Announcement, address_label
-from .facts import SvcopsIptables, SvcopsNodeState
+from .conntrack_ops import cleanup_commands
+from .facts import NO_IPTABLES, SvcopsIptables, SvcopsIpvs, SvcopsNftables, SvcopsNodeState
 from .node_files import (
+    NFT_FILE,
     RUN_DIR,
     NodeFiles,
     deadman_script,
+    ipvs_modules,
     sha256_text,
 )
 from .render.iptables import IptablesRules, restore_payload
+from .render.ipvs import DUMMY_INTERFACE as DUMMY
 from .render.rollback import in_sync, rollback_payload
 
 __all__ = [
     "iptables_rules",
+    "nftables_rules",
+    "ipvs_rules",
+    "ipvs_absent",
     "persisted_files",
     "ip_forward",
     "static_address",
@@ -81,9 +97,14 @@ def iptables_rules(
     rules: IptablesRules,
     rollback_after: int = DEFAULT_ROLLBACK_AFTER,
     verify_ssh: bool = True,
+    udp_ports=None,
 ):
     """
     Give the node exactly svcops's ``rules``: one atomic ``iptables-restore --noflush``.
+
+    + udp_ports: the node's UDP service ports (`svcops.conntrack_ops.node_udp_ports`):
+      after a restore, the conntrack entries of UDP flows still pointing at endpoints
+      that are gone are deleted (`svcops.conntrack_ops`); None: no cleanup
 
     + rules: the node's ``IptablesRules`` (``compile_site(...).outputs[node].iptables``)
     + rollback_after: seconds after which the node undoes the apply by itself unless
@@ -117,6 +138,12 @@ def iptables_rules(
     if live is None:
         yield _fail("the node's iptables (iptables-save)")
         return
+    if live is NO_IPTABLES:
+        if not (rules.jumps or rules.filter.chains or rules.nat.chains):
+            host.noop("iptables is not installed: svcops has no iptables rules here")
+            return
+        yield StringCommand("echo 'svcops: iptables-save not found (install iptables); nothing changed' >&2; exit 1")
+        return
     if in_sync(rules, live):
         host.noop("svcops rules are in sync")
         return
@@ -127,6 +154,7 @@ def iptables_rules(
     restore = f"iptables-restore -w 5 --noflush {apply_path}"
     if not verify_ssh:
         yield StringCommand(f"{restore} && rm -f {apply_path}")
+        yield from cleanup_commands(live, udp_ports)
         return
     yield StringCommand(f"cat > {d}/rollback.{token}", _stdin=rollback_payload(live, rules))
     yield StringCommand(f"cat > {d}/deadman.{token}", _stdin=deadman_script(token, rollback_after))
@@ -137,6 +165,8 @@ def iptables_rules(
         f"{_kill_deadman(token)}; exit 1; fi"
     )
     yield FunctionCommand(_verify_and_disarm, (token,), {})
+    # After the new rules (and SSH) stand: flows deleted earlier would be re-made by the old rules.
+    yield from cleanup_commands(live, udp_ports)
 
 
 def _kill_deadman(token: str) -> str:
@@ -147,7 +177,11 @@ def _kill_deadman(token: str) -> str:
 
 def _cleanup(token: str) -> str:
     d = RUN_DIR
-    return f"rm -f {d}/apply.{token} {d}/rollback.{token} {d}/deadman.{token} {d}/pid.{token} {d}/disarmed.{token} {d}/cancelled.{token}"
+    return (
+        f"rm -f {d}/apply.{token} {d}/rollback.{token} {d}/deadman.{token} {d}/pid.{token} {d}/disarmed.{token} "
+        f"{d}/cancelled.{token} {d}/run.{token} {d}/undo.{token} {d}/lib.{token} {d}/ipset.{token} {d}/ipvsadm.{token} "
+        f"{d}/undo-ipvsadm.{token}"
+    )
 
 
 def disarm_command(token: str) -> str:
@@ -161,17 +195,19 @@ def disarm_command(token: str) -> str:
     )
 
 
-def rollback_now_command(token: str) -> str:
-    """Run through the old connection when the fresh one failed: roll back at once."""
+def rollback_now_command(token: str, undo: str | None = None) -> str:
+    """Run through the old connection when the fresh one failed: roll back at once.
+    undo: the shell command that undoes the apply (default: iptables mode's)."""
     d = RUN_DIR
+    undo = undo or f"iptables-restore -w 5 --noflush {d}/rollback.{token}"
     return (
         f"if mv {d}/armed.{token} {d}/fired.{token}; then "
-        f"iptables-restore -w 5 --noflush {d}/rollback.{token} && echo rolled-back >> {d}/fired.{token}; fi; "
+        f"{undo} && echo rolled-back >> {d}/fired.{token}; fi; "
         f"{_kill_deadman(token)}"
     )
 
 
-def _verify_and_disarm(state, host, token: str) -> bool:
+def _verify_and_disarm(state, host, token: str, undo: str | None = None) -> bool:
     """FunctionCommand body, on the controller: a fresh login disarms the switch; if
     the login fails, roll back now through the old connection and fail the node."""
     ok, why = run_on_fresh_connection(host, disarm_command(token))
@@ -183,7 +219,7 @@ def _verify_and_disarm(state, host, token: str) -> bool:
         log_func=logger.error,
     )
     try:
-        status, _ = host.run_shell_command(StringCommand(rollback_now_command(token)))
+        status, _ = host.run_shell_command(StringCommand(rollback_now_command(token, undo)))
         if status:
             host.log_styled("svcops: previous rules restored", fg="yellow", log_func=logger.warning)
     except Exception as e:  # the old connection may be gone too: the node rolls back by itself
@@ -245,6 +281,192 @@ def set_nodelay(host) -> None:
     set_nodelay_client(getattr(getattr(host, "connector", None), "client", None))
 
 
+def _guarded(token: str, run: str, undo: str, rollback_after: int, verify_ssh: bool):
+    """The commands of an SSH-safe apply whose files are already in RUN_DIR: `run` (a
+    shell script that changes the node, and on failure leaves it as it was and exits
+    non-zero) and `undo` (a shell script that gives back the previous state).
+
+    As in `iptables_rules`: a dead-man switch armed before `run`, a fresh login after
+    it that disarms the switch, or else a rollback through the open connection."""
+    d = RUN_DIR
+    yield StringCommand(f"cat > {d}/run.{token}", _stdin=run)
+    yield StringCommand(f"cat > {d}/undo.{token}", _stdin=undo)
+    if not verify_ssh:
+        yield StringCommand(f"sh {d}/run.{token}; rc=$?; {_cleanup(token)}; exit $rc")
+        return
+    undo_cmd = f"sh {d}/undo.{token}"
+    yield StringCommand(f"cat > {d}/deadman.{token}", _stdin=deadman_script(token, rollback_after, undo_cmd))
+    yield StringCommand(
+        f": > {d}/armed.{token} && setsid -f sh {d}/deadman.{token} >/dev/null 2>&1 < /dev/null && "
+        f"if sh {d}/run.{token}; then :; else mv -f {d}/armed.{token} {d}/cancelled.{token}; "
+        f"{_kill_deadman(token)}; exit 1; fi"
+    )
+    yield FunctionCommand(_verify_and_disarm, (token,), {"undo": undo_cmd})
+
+
+# --- nftables ----------------------------------------------------------------------------
+
+
+@operation()
+def nftables_rules(
+    rules=None,
+    rollback_after: int = DEFAULT_ROLLBACK_AFTER,
+    verify_ssh: bool = True,
+    chunk: int = 1000,
+):
+    """
+    Give the node exactly svcops's nftables table ``ip svcops`` for ``rules``, or no
+    such table at all when ``rules`` is None (the site is in another proxy mode).
+
+    + rules: the node's ``NftRules`` (``compile_site(...).outputs[node].nftables``), or None
+    + rollback_after, verify_ssh: as for `iptables_rules`
+    + chunk: service ports per transaction on a cold start
+
+    The decision comes from the live table (`svcops.facts.SvcopsNftables`): a node in
+    sync gets no command; a clean node gets the skeleton and then the service ports in
+    chunks (a 10,000-service table in one transaction takes the kernel ~56 s, in chunks
+    ~12.5 s); a live one only the service ports whose digest differs (a one-service
+    change is one small transaction). Only ``table ip svcops`` is ever named: no other
+    table (iptables-nft's, docker's, a firewall's) is touched.
+
+    SSH safety as in iptables mode. The rollback is the previous table: the boot file
+    ``/etc/svcops/rules.nft`` when its fingerprint says it holds exactly the live table,
+    else the live table's listing, or the table's deletion when there was none. A
+    transaction that fails after earlier ones succeeded rolls back at once.
+    """
+    from .nft_apply import LOADER, ROLLBACK_FROM_LISTING, chunked, live_fingerprint, removal, transactions
+
+    state = host.get_fact(SvcopsNftables)
+    if state is None:
+        yield _fail("the node's nftables table (nft list)")
+        return
+    if not state.available:
+        if rules is None:
+            host.noop("nft is not installed: no svcops table to remove")
+            return
+        yield StringCommand("echo 'svcops: nftables mode needs nft (Debian package nftables) on the node; nothing changed' >&2; exit 1")
+        return
+    txs = transactions(rules, state.live, chunk)
+    if not txs:
+        host.noop("the svcops table is in sync" if rules is not None else "no svcops table")
+        return
+    token = secrets.token_hex(6)
+    d = RUN_DIR
+    lib = f"{d}/lib.{token}"
+    yield StringCommand(f"mkdir -p {d} && chmod 700 {d} && cat > {d}/apply.{token}", _stdin=chunked(txs))
+    yield StringCommand(f"cat > {lib}", _stdin=LOADER)
+    if not state.live.exists:
+        yield StringCommand(f"cat > {d}/rollback.{token}", _stdin=removal())
+    elif state.boot_state and state.boot_state == live_fingerprint(state.live):
+        yield StringCommand(f"cp {NFT_FILE} {d}/rollback.{token}")
+    else:
+        yield StringCommand(f"{{ {ROLLBACK_FROM_LISTING}; }} > {d}/rollback.{token}")
+    run = (
+        f". {lib}\n"
+        f"svcops_nft_load {d}/apply.{token}; rc=$?\n"
+        '[ "$rc" = 0 ] && exit 0\n'
+        'echo "svcops: nft transaction $rc failed" >&2\n'
+        # Transaction 1 failing changed nothing; a later one leaves earlier ones applied.
+        f'if [ "$rc" -gt 1 ]; then svcops_nft_load {d}/rollback.{token} || echo "svcops: the rollback failed too" >&2; fi\n'
+        "exit 1\n"
+    )
+    undo = f". {lib}\nsvcops_nft_load {d}/rollback.{token}\n"
+    yield from _guarded(token, run, undo, rollback_after, verify_ssh)
+
+
+# --- IPVS --------------------------------------------------------------------------------
+
+
+@operation()
+def ipvs_rules(
+    rules,
+    rollback_after: int = DEFAULT_ROLLBACK_AFTER,
+    verify_ssh: bool = True,
+):
+    """
+    Give the node svcops's IPVS mode for ``rules`` (``IpvsRules``): modules and
+    sysctls, the dummy interface ``svcops-ipvs0`` and its virtual addresses, svcops's
+    ipsets, its few iptables chains and jumps, and the virtual and real servers
+    (`svcops.ipvs_apply`: kube-proxy's order, each step only when it differs).
+
+    A node that cannot do IPVS (no module ip_vs or dummy, no ipvsadm or ipset) fails
+    with what it lacks, and nothing is changed: run this operation first.
+
+    SSH safety as in iptables mode: the dead-man switch's rollback restores the
+    previous iptables chains and virtual servers.
+    """
+    from .ipvs_apply import ipvs_plan
+
+    state = host.get_fact(SvcopsIpvs)
+    live = host.get_fact(SvcopsIptables)
+    if state is None or live is None:
+        yield _fail("the node's IPVS and iptables state")
+        return
+    problems = list(state.missing) + (["missing iptables (Debian package iptables)"] if live is NO_IPTABLES else [])
+    if problems:
+        msg = "svcops: IPVS mode cannot run on this node: " + "; ".join(problems) + "; nothing changed"
+        yield StringCommand(f"echo {shlex.quote(msg)} >&2; exit 1")
+        return
+    plan = ipvs_plan(rules, state.live, live, ipvs_modules(rules.ipvsadm))
+    if plan.empty:
+        host.noop("svcops's IPVS rules are in sync")
+        return
+    token = secrets.token_hex(6)
+    d = RUN_DIR
+    yield StringCommand(f"mkdir -p {d} && chmod 700 {d}")
+    run = ["set -e\n"]
+    undo = []
+    if plan.prepare:
+        run.append(plan.prepare + "\n")
+    if plan.ipset:
+        yield StringCommand(f"cat > {d}/ipset.{token}", _stdin=plan.ipset)
+        run.append(f"ipset restore < {d}/ipset.{token}\n")
+    if plan.iptables:
+        yield StringCommand(f"cat > {d}/apply.{token}", _stdin=plan.iptables)
+        yield StringCommand(f"cat > {d}/rollback.{token}", _stdin=plan.undo_iptables)
+        run.append(f"iptables-restore -w 5 --noflush {d}/apply.{token}\n")
+        undo.append(f"iptables-restore -w 5 --noflush {d}/rollback.{token}\n")
+    if plan.ipvsadm:
+        yield StringCommand(f"cat > {d}/ipvsadm.{token}", _stdin=plan.ipvsadm)
+        yield StringCommand(f"cat > {d}/undo-ipvsadm.{token}", _stdin=plan.undo_ipvsadm)
+        if plan.iptables:
+            # The virtual servers failed after the chains changed: put the chains back.
+            run.append(f"ipvsadm -R < {d}/ipvsadm.{token} || {{ iptables-restore -w 5 --noflush {d}/rollback.{token}; exit 1; }}\n")
+        else:
+            run.append(f"ipvsadm -R < {d}/ipvsadm.{token}\n")
+        undo.insert(0, f"ipvsadm -R < {d}/undo-ipvsadm.{token}\n")
+    if plan.finish:
+        run.append(plan.finish + "\n")
+    yield from _guarded(token, "".join(run), "".join(undo) or "true\n", rollback_after, verify_ssh)
+
+
+@operation()
+def ipvs_absent(node_addresses: Sequence[str] = ()):
+    """
+    Remove svcops's IPVS footprint, if any (the site is in another proxy mode): its
+    ipsets, its virtual servers and the dummy interface ``svcops-ipvs0``. Run it after
+    `iptables_rules` has replaced svcops's IPVS-mode chains (they use the sets).
+
+    + node_addresses: the node's own addresses (its node-port virtual servers are svcops's)
+    """
+    from .ipvs_apply import ipvs_removal
+
+    state = host.get_fact(SvcopsIpvs)
+    if state is None:
+        yield _fail("the node's IPVS state")
+        return
+    removal = ipvs_removal(state.live, node_addresses)
+    if removal.empty:
+        host.noop("no svcops IPVS state")
+        return
+    if removal.ipset:
+        yield StringCommand("ipset restore", _stdin=removal.ipset)
+    if removal.ipvsadm:
+        yield StringCommand("ipvsadm -R", _stdin=removal.ipvsadm)
+    if removal.link:
+        yield StringCommand(f"ip link del {shlex.quote(DUMMY)}")
+
+
 # --- files, sysctl, addresses ------------------------------------------------------------
 
 
@@ -267,6 +489,10 @@ def persisted_files(files: NodeFiles):
     for path, text in files.files.items():
         if state.files.get(path) != sha256_text(text):
             yield _write_file(path, text, modes.get(path, "644"))
+    gone = [p for p in files.remove if p in state.files]
+    if gone:
+        # Rule files of the proxy mode the site left.
+        yield StringCommand("rm -f " + " ".join(shlex.quote(p) for p in gone))
     link, target = files.link
     if state.unit_link != target:
         yield StringCommand(f"mkdir -p {shlex.quote(link.rsplit('/', 1)[0])} && ln -sfn {shlex.quote(target)} {shlex.quote(link)}")

@@ -1,6 +1,16 @@
 """The core pipeline: a loaded site and its nodes in, what every node gets out.
 
-    allocate -> resolve endpoints -> render per node
+    allocate -> resolve endpoints -> render per node, for the proxy mode
+
+The mode is the site's ``proxyMode`` (or the one asked for): every node's
+`NodeOutput` holds that mode's rules, and its ``iptables`` field is always svcops's
+*iptables footprint* in that mode, so the iptables operation, `svcops plan` and the
+dry-run diff work for every mode alike:
+
+    mode       NodeOutput.iptables                      its own rules
+    iptables   the kube-proxy-style chains and jumps    -
+    ipvs       the few SVCOPS- chains IPVS mode keeps   .ipvs  (IpvsRules)
+    nftables   nothing (empty: a node's old chains go)  .nftables (NftRules)
 
 Pure: no files, no SSH, no clock. The CLI (and the pyinfra operations) call
 `compile_site` and then do the I/O with what it returns.
@@ -15,8 +25,21 @@ from .allocate import allocate
 from .diagnostics import Diagnostic, has_errors
 from .endpoints import resolve
 from .model import Allocations, Node, ResolvedPort, Site
+from .render import iptables as render_iptables
+from .render import ipvs as render_ipvs
+from .render import nftables as render_nftables
 from .render.ifupdown import render_interfaces
-from .render.iptables import IptablesRules, render_nodes
+from .render.iptables import IptablesRules, TableRules
+from .render.ipvs import IpvsRules
+from .render.nftables import NftRules
+
+MODES = ("iptables", "nftables", "ipvs")
+
+
+def no_iptables_rules(node: str) -> IptablesRules:
+    """svcops's iptables footprint in nftables mode: no chain and no jump at all
+    (applied to a live node, it removes what iptables mode left there)."""
+    return IptablesRules(node, TableRules([], []), TableRules([], []), ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +48,16 @@ class NodeOutput:
 
     node: Node
     address: str | None  # its static address (explicit or allocated), if any
-    iptables: IptablesRules
+    iptables: IptablesRules  # svcops's iptables footprint in this mode (see above)
     interfaces: str  # the ifupdown file; "" when the site manages no node addresses
+    mode: str = "iptables"  # the proxy mode these rules are for
+    nftables: NftRules | None = None  # nftables mode: the table's units
+    ipvs: IpvsRules | None = None  # IPVS mode: sets, virtual servers, dummy addresses
+
+    @property
+    def node_addresses(self) -> tuple[str, ...]:
+        """The node's own addresses as the site knows them (static, then SSH host)."""
+        return node_addresses(self.node, self.address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +67,54 @@ class Compiled:
     allocations: Allocations
     ports: tuple[ResolvedPort, ...]
     outputs: Mapping[str, NodeOutput]
+    mode: str = "iptables"
+
+
+def node_addresses(node: Node, address: str | None) -> tuple[str, ...]:
+    """A node's addresses known to the site: its static one and its SSH host (IPVS
+    mode makes a node-port virtual server on each; names that are not addresses are
+    left out by the renderer)."""
+    return tuple(dict.fromkeys(a for a in (address, node.ssh_host) if a))
+
+
+def render_outputs(
+    site: Site, nodes: Sequence[Node], allocations: Allocations, ports: Sequence[ResolvedPort], mode: str
+) -> dict[str, NodeOutput]:
+    """Every node's output in `mode` (one of MODES), from resolved ports."""
+    if mode not in MODES:
+        raise ValueError(f"unknown proxy mode {mode!r} (one of {', '.join(MODES)})")
+    names = [n.name for n in nodes]
+    addresses = {n.name: allocations.node_addresses.get(n.name) for n in nodes}
+    ipt: Mapping[str, IptablesRules] = {}
+    nft: Mapping[str, NftRules] = {}
+    ipvs: Mapping[str, IpvsRules] = {}
+    if mode == "iptables":
+        ipt = render_iptables.render_nodes(site.cluster, ports, names)
+    elif mode == "nftables":
+        nft = render_nftables.render_nodes(site.cluster, ports, names)
+    else:
+        ipvs = render_ipvs.render_nodes(
+            site.cluster, ports, [(n.name, node_addresses(n, addresses[n.name])) for n in nodes]
+        )
+    outputs = {}
+    for node in nodes:
+        name = node.name
+        if mode == "iptables":
+            iptables = ipt[name]
+        elif mode == "ipvs":
+            iptables = ipvs[name].iptables_rules
+        else:
+            iptables = no_iptables_rules(name)
+        outputs[name] = NodeOutput(
+            node=node,
+            address=addresses[name],
+            iptables=iptables,
+            interfaces=render_interfaces(node, site.cluster, addresses[name]),
+            mode=mode,
+            nftables=nft.get(name),
+            ipvs=ipvs.get(name),
+        )
+    return outputs
 
 
 def compile_site(
@@ -43,8 +122,12 @@ def compile_site(
     nodes: Sequence[Node],
     previous: Allocations,
     lock_file: str = "svcops.lock",
+    mode: str | None = None,
 ) -> tuple[Compiled | None, list[Diagnostic]]:
-    """Allocate, resolve and render; None (with the errors) when anything is wrong."""
+    """Allocate, resolve and render; None (with the errors) when anything is wrong.
+
+    mode: the proxy mode to render for (default: the site's ``proxyMode``).
+    """
     allocations, diags = allocate(site.cluster, site.services, nodes, previous, lock_file)
     if has_errors(diags):
         return None, diags
@@ -52,17 +135,9 @@ def compile_site(
     diags += resolve_diags
     if has_errors(diags):
         return None, diags
-    rules = render_nodes(site.cluster, ports, [n.name for n in nodes])
-    outputs = {}
-    for node in nodes:
-        address = allocations.node_addresses.get(node.name)
-        outputs[node.name] = NodeOutput(
-            node=node,
-            address=address,
-            iptables=rules[node.name],
-            interfaces=render_interfaces(node, site.cluster, address),
-        )
-    return Compiled(site, tuple(nodes), allocations, ports, outputs), diags
+    mode = mode or site.cluster.proxy_mode
+    outputs = render_outputs(site, nodes, allocations, ports, mode)
+    return Compiled(site, tuple(nodes), allocations, tuple(ports), outputs, mode), diags
 
 
 @dataclass(frozen=True, slots=True)

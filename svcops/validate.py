@@ -596,6 +596,10 @@ def check_site(entries: Iterable[Entry], view: ClusterView | None) -> tuple[tupl
     cluster_ips: dict[str, Entry] = {}
     lb_ips: dict[str, Entry] = {}
     node_ports: dict[tuple, tuple[Entry, int]] = {}
+    # (address, port, protocol) -> (entry, path of the address): an external IP or a
+    # load-balancer IP serves one service per port (IPVS has one virtual server there,
+    # nftables one map element; iptables would silently pick the first rule).
+    front_ports: dict[tuple, tuple[Entry, tuple]] = {}
     entries = list(entries)
 
     for e in entries:
@@ -620,6 +624,19 @@ def check_site(entries: Iterable[Entry], view: ClusterView | None) -> tuple[tupl
                 diags.append(o.error(("spec", "loadBalancerIP"), f"{s.load_balancer_ip} is already taken by service {other.value.key} ({other.obj.where('spec', 'loadBalancerIP')})"))
             else:
                 lb_ips[s.load_balancer_ip] = e
+        fronts = [(ip, ("spec", "externalIPs", i)) for i, ip in enumerate(s.external_ips)]
+        if s.load_balancer_ip is not None and s.type == "LoadBalancer":
+            fronts.append((s.load_balancer_ip, ("spec", "loadBalancerIP")))
+        for ip, path in fronts:
+            for p in s.ports:
+                k = (ip, p.port, p.protocol)
+                other = front_ports.get(k)
+                if other is None:
+                    front_ports[k] = (e, path)
+                elif other[0] is not e:
+                    oe, opath = other
+                    diags.append(o.error(path, f"{ip} port {p.port}/{p.protocol} is already served by service {oe.value.key} ({oe.obj.where(*opath)}): one service per address and port"))
+                    break
         if s.has_node_ports:
             seen_here = set()
             for i, p in enumerate(s.ports):

@@ -114,3 +114,30 @@ def test_no_endpoints_and_other_ports_are_refused(report):
     for label in ("client-no-endpoints", "client-other-port"):
         got = answers(report, label)
         assert all("Connection refused" in a for a in got), (label, got)
+
+
+# --- svcops's apply steps in the same kernel: an update, then leaving IPVS mode ---------------
+
+
+def test_an_update_applied_as_svcops_apply_does_gives_exactly_the_new_render(report):
+    assert not [f for f in report.apply_failures if "update" in f], report.apply_failures
+    _, ports, cluster = harness.update_site()
+    new = render_nodes(cluster, ports, [(harness.PROOF_NODE, (harness.PROOF_NODE_ADDRESS,))])[harness.PROOF_NODE]
+    assert parse_ipvsadm_save(report.update_ipvs) == parse_ipvsadm_save(new.ipvsadm)
+    assert parse_ipvsadm_save(report.update_ipvs)["-t 10.96.0.11:80"][0] == "-s rr -p 300"
+
+
+def test_after_the_update_the_new_service_answers_and_the_removed_one_is_gone(report):
+    assert backends(report.update_probes["added"]) == {"web-1", "web-2"}
+    assert backends(report.update_probes["lonely-gone"]) == set()
+    # web's node port is now Local: only node1's own backend, with the client's address.
+    local = report.update_probes["web-local-node-port"]
+    assert backends(local) == {"web-1"} and seen_clients(local, "web-1") == {"10.0.0.100"}
+
+
+def test_leaving_ipvs_mode_leaves_nothing_of_it(report):
+    assert not [f for f in report.apply_failures if "removal" in f], report.apply_failures
+    assert parse_ipvsadm_save(report.removed.get("ipvs", "")) == {}
+    assert not any(n.startswith("SVCOPS-") for n in report.removed.get("sets", "").split())
+    assert "svcops-ipvs0" not in report.removed.get("links", "")
+    assert report.removed.get("iptables", "") == ""

@@ -99,14 +99,33 @@ def curl_rc(host: str, url: str, max_time: float = 2) -> int:
     return int(line.rsplit("rc=", 1)[1])
 
 
-def make_site(tmp: Path, services: dict[str, str], with_walkthrough: bool = True, lock_from_walkthrough: bool = True) -> Path:
+# The proxy mode make_site writes into svcops.yaml (tests/e2e/test_apply_lab.py runs its
+# scenarios once per mode: its module-scoped `proxy_mode` fixture sets this).
+MODE = {"proxyMode": "iptables"}
+
+
+def set_proxy_mode(site: Path, mode: str) -> None:
+    """Write `proxyMode: mode` into the site's svcops.yaml."""
+    path = site / "svcops.yaml"
+    text = re.sub(r"(?m)^proxyMode:.*\n", "", path.read_text())
+    path.write_text(text + f"proxyMode: {mode}\n")
+
+
+def make_site(
+    tmp: Path,
+    services: dict[str, str],
+    with_walkthrough: bool = True,
+    lock_from_walkthrough: bool = True,
+    mode: str | None = None,
+) -> Path:
     """A site folder: the walkthrough's svcops.yaml (and its services unless told not to)
-    plus `services` (file name -> YAML text)."""
+    plus `services` (file name -> YAML text), in `mode` (default: MODE's)."""
     site = tmp / "site"
     if site.exists():
         shutil.rmtree(site)
     (site / "services").mkdir(parents=True)
     shutil.copy(WALKTHROUGH / "svcops.yaml", site / "svcops.yaml")
+    set_proxy_mode(site, mode or MODE["proxyMode"])
     if lock_from_walkthrough:
         shutil.copy(WALKTHROUGH / "svcops.lock", site / "svcops.lock")
     if with_walkthrough:
@@ -147,3 +166,32 @@ def ssh_ok(host: str) -> bool:
         timeout=30,
     )
     return r.returncode == 0
+
+
+def nft_table(host: str) -> str:
+    """`nft list table ip svcops` ("" when there is none), without the ageing of
+    affinity entries ("expires ..."), which changes by itself."""
+    r = lab_exec(host, "nft", "list", "table", "ip", "svcops")
+    return re.sub(r" expires [0-9a-z]+", "", r.stdout) if r.returncode == 0 else ""
+
+
+def nft_ruleset_without_svcops(host: str) -> str:
+    """Every nftables table but svcops's and iptables-nft's (iptables_save shows those),
+    as `nft list ruleset` prints them (without packet counts, which traffic moves)."""
+    out, keep = [], True
+    skip = {"table ip svcops", "table ip filter", "table ip nat", "table ip mangle", "table ip raw", "table ip security"}
+    text = re.sub(r"counter packets \d+ bytes \d+", "counter", sh(host, "nft list ruleset"))
+    for line in text.splitlines():
+        if line.startswith("table "):
+            keep = line.rstrip(" {") not in skip
+        if keep:
+            out.append(line)
+    return "\n".join(out)
+
+
+def svcops_rules(host: str) -> str:
+    """svcops's rules on `host` in the current mode: its iptables chains and jumps, or
+    its nftables table."""
+    if MODE["proxyMode"] == "nftables":
+        return nft_table(host)
+    return "\n".join(ln for ln in iptables_save(host).splitlines() if "SVCOPS-" in ln)

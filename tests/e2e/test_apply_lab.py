@@ -1,14 +1,20 @@
 """End to end: `svcops apply` (and the pyinfra path) against a real 3-node lab, checked
-with real traffic from the client and the nodes (issue 3's scenarios).
+with real traffic from the client and the nodes (issue 3's scenarios), in iptables
+mode and in nftables mode (issue 4): every scenario runs once per proxy mode.
 
 Every test applies the site it needs first, so each stands on its own; they share the
-one lab of the session (tests/e2e/conftest.py).
+one lab of the module (tests/e2e/labkit.py). The mode is a module-scoped parameter, so
+pytest runs all iptables-mode scenarios, then all nftables-mode ones, on the same lab
+(the first nftables apply is itself a switch from iptables mode).
 """
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+import labkit
 from labkit import (
     ADDRESS,
     CLIENT,
@@ -23,14 +29,27 @@ from labkit import (
     foreign_lines,
     iptables_save,
     make_site,
+    nft_ruleset_without_svcops,
+    nft_table,
     results,
     run,
     sh,
     ssh_ok,
+    svcops_rules,
 )
 from svcops.render.chains import port_hash
 
-pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("lab")]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("lab", "proxy_mode")]
+
+
+@pytest.fixture(scope="module", params=["iptables", "nftables"])
+def proxy_mode(request, lab):
+    """The proxy mode of every site this module's tests make (see labkit.make_site)."""
+    labkit.MODE["proxyMode"] = request.param
+    try:
+        yield request.param
+    finally:
+        labkit.MODE["proxyMode"] = "iptables"
 
 CLUSTER_IP = "10.1.11.83"  # the walkthrough's my-deploy, port 8000
 NODE_PORT = 30001  # the walkthrough's nginx-nodeport
@@ -68,17 +87,23 @@ def test_02_node_port_on_every_node_from_the_client(walkthrough):
     assert seen == ALL
 
 
-def test_09_second_apply_changes_nothing_and_runs_no_restore(walkthrough):
+def test_09_second_apply_changes_nothing_and_runs_no_restore(walkthrough, proxy_mode):
     # Traffic first, so svcops's rules carry packet counters: a restore would reset them.
     curl("node1", f"http://{CLUSTER_IP}:8000/", 5)
     def service_rules() -> list[str]:
+        if proxy_mode == "nftables":
+            # Rule handles: a rewritten chain gets new ones.
+            return sh("node1", "nft -a list table ip svcops").splitlines()
         # The services' own chains: no traffic reaches them while apply runs (SSH does
         # reach the jumps in INPUT, so those counters move anyway).
         text = iptables_save("node1", counters=True)
         return [ln for ln in text.splitlines() if "-A SVCOPS-SVC-" in ln or "-A SVCOPS-SEP-" in ln]
 
     before = service_rules()
-    assert [ln for ln in before if not ln.startswith("[0:0]")], "expected packet counters on the service's rules"
+    if proxy_mode == "iptables":
+        assert [ln for ln in before if not ln.startswith("[0:0]")], "expected packet counters on the service's rules"
+    else:
+        assert any("# handle" in ln and "dnat to" in ln for ln in before), before[:20]
     r = apply(walkthrough)
     assert results(r) == {n: "unchanged" for n in NODES}, r.stdout
     assert "iptables rules" not in r.stdout.split("results")[-1]
@@ -102,30 +127,59 @@ COMMIT
 """
 
 
-def test_10_foreign_rules_stay_byte_identical(tmp_path, walkthrough):
+# A foreign nftables table (a firewall's), next to svcops's.
+FOREIGN_NFT = """\
+table inet filter-theirs {
+	set blocked {
+		type ipv4_addr
+		elements = { 203.0.113.9 }
+	}
+
+	chain input {
+		type filter hook input priority filter; policy accept;
+		ip saddr @blocked drop
+		tcp dport 2222 counter packets 0 bytes 0 reject
+	}
+}
+"""
+
+
+def test_10_foreign_rules_stay_byte_identical(tmp_path, walkthrough, proxy_mode):
     node = "node2"
     sh(node, f"cat > /tmp/foreign.v4 <<'EOF'\n{FOREIGN}EOF\niptables-restore --noflush /tmp/foreign.v4")
+    sh(node, f"cat > /tmp/foreign.nft <<'EOF'\n{FOREIGN_NFT}EOF\nnft -f /tmp/foreign.nft")
     try:
         theirs = foreign_lines(iptables_save(node))
+        theirs_nft = nft_ruleset_without_svcops(node)
         assert "-A DOCKER-USER -s 203.0.113.0/24 -j DROP" in theirs
+        assert "table inet filter-theirs" in theirs_nft
         extra = make_site(tmp_path / "more", {"extra.yaml": service("extra", "  selector: {app: web}\n  ports: [{name: http, port: 81, targetPort: http}]\n")})
         apply(extra)
         assert foreign_lines(iptables_save(node)) == theirs
+        assert nft_ruleset_without_svcops(node) == theirs_nft
         empty = make_site(tmp_path / "empty", {}, with_walkthrough=False)
         apply(empty)
         after = iptables_save(node)
         assert foreign_lines(after) == theirs
+        assert nft_ruleset_without_svcops(node) == theirs_nft
         assert "SVCOPS-SVC-" not in after  # every service's chains are gone
+        table = nft_table(node)
+        # No service port's chain is left (kube-proxy-style names: kind-HASH8-ns/name/...).
+        assert not re.search(r"chain (service|endpoint)-[A-Z2-7]{8}-", table)  # in either mode
+        if proxy_mode == "nftables":
+            assert "chain services" in table  # the skeleton stays, empty
     finally:
         sh(node, "iptables -D INPUT -j ufw-before-input; iptables -D FORWARD -j DOCKER-USER; "
            "iptables -F DOCKER-USER; iptables -X DOCKER-USER; iptables -F ufw-before-input; iptables -X ufw-before-input; "
            "iptables -t nat -D PREROUTING -m addrtype --dst-type LOCAL -j DOCKER; iptables -t nat -X DOCKER; "
-           "iptables -t nat -D POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE", check=False)
+           "iptables -t nat -D POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE; "
+           "nft delete table inet filter-theirs", check=False)
 
 
 def test_12_ssh_survives_and_a_rule_that_cuts_ssh_is_rolled_back(tmp_path, walkthrough):
     assert all(ssh_ok(n) for n in NODES)
     before = iptables_save("node1")
+    before_nft = sorted(nft_table("node1").splitlines())
     # externalIPs with node1's own address on port 22: new SSH connections to node1 would
     # be sent to the web backends.
     cutting = make_site(
@@ -138,6 +192,7 @@ def test_12_ssh_survives_and_a_rule_that_cuts_ssh_is_rolled_back(tmp_path, walkt
     assert status["node1"] == "failed", r.stdout
     assert "rolling back" in r.stderr
     assert iptables_save("node1") == before  # the previous rules are back
+    assert sorted(nft_table("node1").splitlines()) == before_nft
     assert ssh_ok("node1")
     # node1 still serves the walkthrough.
     assert backends(curl("node1", f"http://{CLUSTER_IP}:8000/", 6))
@@ -213,33 +268,44 @@ def test_07_a_service_without_endpoints_is_refused_at_once(tmp_path):
     assert curl_rc("client", f"http://{ADDRESS['node2']}:{NODE_PORT}/") == 0  # the others still work
 
 
-def test_08_a_removed_service_stops_answering_and_its_chains_go(tmp_path):
+def test_08_a_removed_service_stops_answering_and_its_chains_go(tmp_path, proxy_mode):
     extra = service("gone", "  clusterIP: 10.1.200.8\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n")
     site = make_site(tmp_path, {"gone.yaml": extra})
     apply(site)
-    chain = "SVCOPS-SVC-" + port_hash("default/gone:http", "TCP")
+    # iptables mode: its SVCOPS-SVC- chain; nftables mode: its chains, all named after it.
+    chain = "SVCOPS-SVC-" + port_hash("default/gone:http", "TCP") if proxy_mode == "iptables" else "default/gone/tcp/http"
     assert backends(curl("node1", "http://10.1.200.8/", 3))
-    assert chain in iptables_save("node1")
+    assert chain in svcops_rules("node1")
     (site / "services" / "gone.yaml").unlink()
     apply(site)
     assert curl_rc("node1", "http://10.1.200.8/") != 0
     for n in NODES:
-        assert chain not in iptables_save(n)
+        assert chain not in svcops_rules(n)
+        assert "10.1.200.8" not in svcops_rules(n)
 
 
-def test_11_reboot_drill_restores_the_rules_from_the_boot_unit(walkthrough):
+def test_11_reboot_drill_restores_the_rules_from_the_boot_unit(walkthrough, proxy_mode):
     node = "node3"
     unit = sh(node, "cat /etc/systemd/system/svcops-rules.service")
     assert "Before=network-pre.target" in unit
     assert sh(node, "readlink /etc/systemd/system/multi-user.target.wants/svcops-rules.service").strip() == "/etc/systemd/system/svcops-rules.service"
     exec_start = next(ln.split("=", 1)[1] for ln in unit.splitlines() if ln.startswith("ExecStart="))
-    before = iptables_save(node)
-    sh(node, "iptables -t nat -F && iptables -t nat -X && iptables -F && iptables -X && sysctl -q -w net.ipv4.ip_forward=0")
-    assert "SVCOPS-" not in iptables_save(node)
+    before, before_nft = iptables_save(node), sorted(nft_table(node).splitlines())
+    # A reboot's clean slate: no rules of any kind.
+    sh(node, "iptables -t nat -F && iptables -t nat -X && iptables -F && iptables -X && sysctl -q -w net.ipv4.ip_forward=0; "
+       "nft delete table ip svcops 2>/dev/null; true")
+    assert "SVCOPS-" not in iptables_save(node) and nft_table(node) == ""
     sh(node, "cat /etc/sysctl.d/90-svcops.conf | sysctl -q -p - >/dev/null; " + exec_start)
-    assert iptables_save(node) == before
+    def same() -> None:
+        # (Listing order of map elements may differ; their set may not.)
+        assert sorted(nft_table(node).splitlines()) == before_nft
+        if proxy_mode == "iptables":
+            assert iptables_save(node) == before
+        else:
+            assert "SVCOPS-" not in iptables_save(node)
+    same()
     sh(node, exec_start)  # idempotent: a second run changes nothing
-    assert iptables_save(node) == before
+    same()
     assert sh(node, "sysctl -n net.ipv4.ip_forward").strip() == "1"
     got = backends(curl("client", f"http://{ADDRESS[node]}:{NODE_PORT}/", 30))
     assert set(got) == ALL

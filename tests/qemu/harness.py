@@ -270,6 +270,69 @@ PROBES = (
 )
 
 
+def update_site():
+    """The proof site after a change: `lonely` removed, `sticky`'s timeout changed, a
+    new service added, `web` (NodePort) now with externalTrafficPolicy Local."""
+    sys.path.insert(0, str(TESTS))
+    sys.path.insert(0, str(ROOT))
+    from dataclasses import replace
+
+    import render_fixtures as F
+    from svcops.endpoints import resolve
+
+    services, _, _ = proof_site()
+    by = {s.name: s for s in services}
+    changed = (
+        replace(by["web"], external_traffic_policy="Local"),
+        replace(by["sticky"], affinity_timeout=300),
+        by["closed"],
+        by["local"],
+        by["udp"],
+        F.service("added", F.HTTP),
+    )
+    allocations = F.allocations(services)
+    cips = dict(allocations.cluster_ips)
+    del cips["default/lonely"]
+    cips["default/added"] = "10.96.0.20"
+    allocations = replace(allocations, cluster_ips=cips)
+    ports, _ = resolve(F.site(changed), F.nodes(), allocations)
+    return changed, ports, F.CLUSTER
+
+
+def write_update(dest: Path) -> None:
+    """svcops's IPVS apply steps (`svcops.ipvs_apply.ipvs_plan`) from the proof site's
+    render to `update_site`'s, on a node holding the first; then the steps that leave
+    IPVS mode (`ipvs_removal`, after svcops's iptables chains are gone)."""
+    from svcops.ipvs_apply import applied_state, ipvs_plan, ipvs_removal
+    from svcops.node_files import ipvs_modules
+    from svcops.pipeline import no_iptables_rules
+    from svcops.render.ipvs import render_nodes
+    from svcops.render.iptables import restore_payload
+    from svcops.render.rollback import expected_tables
+
+    _, ports, cluster = proof_site()
+    _, ports2, _ = update_site()
+    node = [(PROOF_NODE, (PROOF_NODE_ADDRESS,))]
+    old = render_nodes(cluster, ports, node)[PROOF_NODE]
+    new = render_nodes(cluster, ports2, node)[PROOF_NODE]
+    live = applied_state(old, ipvs_modules(old.ipvsadm))
+    plan = ipvs_plan(new, live, expected_tables(old.iptables_rules), ipvs_modules(new.ipvsadm))
+    u = dest / "update"
+    u.mkdir()
+    (u / "prepare").write_text(plan.prepare + "\n")
+    (u / "ipset").write_text(plan.ipset)
+    (u / "iptables").write_text(plan.iptables)
+    (u / "ipvsadm").write_text(plan.ipvsadm)
+    (u / "finish").write_text(plan.finish + "\n")
+    after = applied_state(new, ipvs_modules(new.ipvsadm))
+    gone = ipvs_removal(after, new.node_addresses)
+    r = dest / "removal"
+    r.mkdir()
+    (r / "iptables").write_text(restore_payload(no_iptables_rules(PROOF_NODE), expected_tables(new.iptables_rules)))
+    (r / "ipset").write_text(gone.ipset)
+    (r / "ipvsadm").write_text(gone.ipvsadm)
+
+
 def write_payloads(dest: Path) -> None:
     """The golden scenarios' payloads and the proof site's, as the guest's init reads them."""
     sys.path.insert(0, str(ROOT))
@@ -296,6 +359,7 @@ def write_payloads(dest: Path) -> None:
     (p / "ipvsadm").write_text(rules.ipvsadm)
     (p / "sysctls").write_text("".join(f"{k}={v}\n" for k, v in SYSCTLS.items()))
     (p / "probes").write_text("".join(" ".join(map(str, probe)) + "\n" for probe in PROBES))
+    write_update(dest)
 
 
 def golden_sections(text: str) -> dict[str, str]:
@@ -326,6 +390,9 @@ class Report:
     golden_saved: dict[str, str] = field(default_factory=dict)  # ipvsadm-save -n, per scenario
     proof_ipvs: str = ""
     probes: dict[str, list[str]] = field(default_factory=dict)
+    update_ipvs: str = ""  # ipvsadm-save -n after svcops's update steps
+    update_probes: dict[str, list[str]] = field(default_factory=dict)
+    removed: dict[str, str] = field(default_factory=dict)  # what is left after leaving IPVS mode
 
 
 def parse_report(output: str) -> Report:
@@ -355,6 +422,15 @@ def parse_report(output: str) -> Report:
             rep.golden_saved[name] = rep.golden_saved.get(name, "") + msg + "\n"
         elif kind == "PROOF-IPVS":
             rep.proof_ipvs += rest + "\n"
+        elif kind == "UPDATE-IPVS":
+            rep.update_ipvs += rest + "\n"
+        elif kind == "UPDATE-PROBE":
+            label, _, rest2 = rest.partition(" ")
+            _, _, answer = rest2.partition(" ")
+            rep.update_probes.setdefault(label, []).append(answer.strip())
+        elif kind == "REMOVED":
+            what, _, value = rest.partition(" ")
+            rep.removed[what] = rep.removed.get(what, "") + value + "\n"
         elif kind == "PROBE":
             label, _, rest2 = rest.partition(" ")
             _, _, answer = rest2.partition(" ")

@@ -96,4 +96,38 @@ while read -r label count where addr port; do
 done < $P/probes
 ipvsadm -L -n --stats | sed "s/^/SVCOPS STATS /"
 ipvsadm -L -n -c | sed "s/^/SVCOPS CONNS /"
+
+# --- an update, as svcops apply runs it (svcops.ipvs_apply.ipvs_plan): from the proof
+# site to tests/qemu/harness.py's update_site, on this live node
+U=/payload/update
+sh $U/prepare || say "APPLY-FAIL update-prepare"
+ipset restore < $U/ipset || say "APPLY-FAIL update-ipset"
+[ -s $U/iptables ] && { iptables-restore --noflush < $U/iptables || say "APPLY-FAIL update-iptables"; }
+ipvsadm -R < $U/ipvsadm || say "APPLY-FAIL update-ipvsadm"
+sh $U/finish || say "APPLY-FAIL update-finish"
+ipvsadm -S -n | sed "s/^/SVCOPS UPDATE-IPVS /"
+uprobe() {
+    label=$1; count=$2; addr=$3; port=$4
+    i=0
+    while [ $i -lt "$count" ]; do
+        i=$((i + 1))
+        out=$(/usr/sbin/ip netns exec client /tmp/get "$addr" "$port")
+        say "UPDATE-PROBE $label $i ${out:-<nothing>}"
+    done
+}
+uprobe added 6 10.96.0.20 80
+uprobe lonely-gone 2 10.96.0.13 80
+uprobe web-local-node-port 6 10.0.0.11 30080
+
+# --- leaving IPVS mode (svcops.ipvs_apply.ipvs_removal): svcops's chains first, then
+# its sets, virtual servers and the dummy interface
+R=/payload/removal
+iptables-restore --noflush < $R/iptables || say "APPLY-FAIL removal-iptables"
+ipset restore < $R/ipset || say "APPLY-FAIL removal-ipset"
+ipvsadm -R < $R/ipvsadm || say "APPLY-FAIL removal-ipvsadm"
+/usr/sbin/ip link del svcops-ipvs0 || say "APPLY-FAIL removal-link"
+ipvsadm -S -n | sed "s/^/SVCOPS REMOVED ipvs /"
+ipset list -n | sed "s/^/SVCOPS REMOVED sets /"
+/usr/sbin/ip -o link show | sed "s/^/SVCOPS REMOVED links /"
+iptables-save | grep SVCOPS | sed "s/^/SVCOPS REMOVED iptables /"
 finish

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Apply time on one node, per proxy mode, at 1,000 and 10,000 services: cold and for a
+one-service change.
+
+    sudo .venv/bin/python benchmarks/apply_modes.py [--services 1000,10000] [--endpoints 10]
+                                                    [--modes iptables,nftables] [--single]
+
+Where: directly in throwaway network namespaces on this machine's kernel (not over SSH:
+the lab's SSH round trips add the same few tens of milliseconds to every mode and
+would hide nothing). Each measurement is what `svcops apply`'s rule operation does on
+the node, with svcops's own payloads, timed end to end:
+
+    iptables   read the live state (iptables-save -t filter; -t nat), parse it, decide
+               (in_sync), build restore_payload(rules, live), iptables-restore --noflush
+    nftables   read the live state (LIVE_COMMANDS: nft list chains/sets/maps), parse it,
+               decide (update_payloads: the skeleton and 1,000-service chunks cold, only
+               the changed service ports live), load the transactions with the same shell
+               loader the operation and the boot script use
+
+"cold" is a clean node (a fresh namespace); "change" is the same node afterwards, with
+one service changed (ClientIP affinity turned on for one service): the live state is
+read again and only the difference is applied. --single also times nftables' cold
+load as one transaction (`full_payload`), the way a naive push would do it.
+
+IPVS is not measured here: this machine's kernel has no ip_vs. tests/test_ipvs_qemu.py
+applies IPVS payloads in Debian's kernel under qemu software emulation (TCG), whose
+times say nothing about real hardware.
+
+The synthetic site is benchmarks/sitegen.py's (services x endpoints over 20 nodes);
+the node measured is node1. Prints seconds and the nftables/iptables ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sitegen  # noqa: E402
+
+from svcops.inventory import nodes_from_hosts  # noqa: E402
+from svcops.load import load_site  # noqa: E402
+from svcops.model import Allocations  # noqa: E402
+from svcops.nft_apply import LOADER, chunked, transactions  # noqa: E402
+from svcops.pipeline import compile_site  # noqa: E402
+from svcops.render.iptables import parse_iptables_save, restore_payload  # noqa: E402
+from svcops.render.nftables import LIVE_COMMANDS, full_payload, parse_nft_list  # noqa: E402
+from svcops.render.rollback import in_sync  # noqa: E402
+
+NODE = "node1"
+
+
+class Netns:
+    def __init__(self) -> None:
+        self.name = f"svbench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+    def __enter__(self) -> "Netns":
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], check=True)
+
+    def run(self, argv: list[str], stdin: str | None = None) -> str:
+        r = subprocess.run(["ip", "netns", "exec", self.name, *argv], input=stdin, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: {r.stderr[:2000]}")
+        return r.stdout
+
+
+def compiled(site, nodes, lock, mode):
+    c, diags = compile_site(site, nodes, lock, mode=mode)
+    if c is None:
+        raise SystemExit("\n".join(map(str, diags)))
+    return c
+
+
+def apply_iptables(ns: Netns, rules) -> tuple[float, int]:
+    """(seconds, payload bytes) of one iptables-mode apply."""
+    t = time.perf_counter()
+    live = parse_iptables_save(ns.run(["sh", "-c", "iptables-save -t filter && iptables-save -t nat"]))
+    if in_sync(rules, live):
+        return time.perf_counter() - t, 0
+    payload = restore_payload(rules, live)
+    ns.run(["iptables-restore", "-w", "5", "--noflush"], payload)
+    return time.perf_counter() - t, len(payload)
+
+
+def apply_nftables(ns: Netns, rules, tmp: Path) -> tuple[float, int, int]:
+    """(seconds, payload bytes, transactions) of one nftables-mode apply."""
+    t = time.perf_counter()
+    out = "".join(subprocess.run(["ip", "netns", "exec", ns.name, *c], capture_output=True, text=True).stdout for c in LIVE_COMMANDS)
+    txs = transactions(rules, parse_nft_list(out))
+    if not txs:
+        return time.perf_counter() - t, 0, 0
+    path = tmp / "apply.nft"
+    text = chunked(txs)
+    path.write_text(text)
+    ns.run(["sh", "-c", f"{LOADER}\nsvcops_nft_load {path}"])
+    return time.perf_counter() - t, len(text), len(txs)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--services", default="1000,10000")
+    ap.add_argument("--endpoints", type=int, default=10)
+    ap.add_argument("--nodes", type=int, default=20)
+    ap.add_argument("--modes", default="iptables,nftables")
+    ap.add_argument("--single", action="store_true", help="also time nftables' cold load as one transaction")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 2
+    modes = a.modes.split(",")
+    results: dict[tuple[int, str, str], float] = {}
+    print(f"apply on one node (network namespace, kernel {os.uname().release}), {a.endpoints} endpoints per service")
+    for n in (int(x) for x in a.services.split(",")):
+        with tempfile.TemporaryDirectory(prefix="svbench-") as tmp_dir:
+            tmp = Path(tmp_dir)
+            sitegen.write_site(tmp / "site", n)
+            site, diags = load_site(tmp / "site")
+            assert site is not None, diags
+            nodes, _ = nodes_from_hosts(sitegen.hosts(n, a.endpoints, a.nodes), "bench")
+            lock = Allocations({}, {}, {}, {})
+            # One service changed: ClientIP affinity on the 4th (a ClusterIP service).
+            services = list(site.services)
+            services[3] = replace(services[3], session_affinity="ClientIP")
+            changed_site = replace(site, services=tuple(services))
+            for mode in modes:
+                c = compiled(site, nodes, lock, mode)
+                lock = c.allocations
+                c2 = compiled(changed_site, nodes, lock, mode)
+                with Netns() as ns:
+                    if mode == "iptables":
+                        rules, rules2 = c.outputs[NODE].iptables, c2.outputs[NODE].iptables
+                        cold, size = apply_iptables(ns, rules)
+                        change, csize = apply_iptables(ns, rules2)
+                        again, _ = apply_iptables(ns, rules2)
+                        extra = ""
+                    else:
+                        rules, rules2 = c.outputs[NODE].nftables, c2.outputs[NODE].nftables
+                        cold, size, ntx = apply_nftables(ns, rules, tmp)
+                        change, csize, ctx = apply_nftables(ns, rules2, tmp)
+                        again, _, _ = apply_nftables(ns, rules2, tmp)
+                        extra = f" ({ntx} transactions cold, {ctx} for the change)"
+                results[(n, mode, "cold")] = cold
+                results[(n, mode, "change")] = change
+                results[(n, mode, "in sync")] = again
+                print(
+                    f"  {n:>6} services  {mode:<9} cold {cold:7.2f} s ({size / 1e6:.1f} MB)   "
+                    f"one-service change {change:6.2f} s ({csize / 1e3:.1f} kB)   in sync {again:5.2f} s{extra}"
+                )
+                if mode == "nftables" and a.single:
+                    with Netns() as ns:
+                        payload = full_payload(rules)
+                        t = time.perf_counter()
+                        ns.run(["nft", "-f", "-"], payload)
+                        single = time.perf_counter() - t
+                    results[(n, mode, "single")] = single
+                    print(f"  {n:>6} services  nftables  cold as ONE transaction {single:7.2f} s")
+    if "iptables" in modes and "nftables" in modes:
+        print("ratios nftables / iptables:")
+        for n in (int(x) for x in a.services.split(",")):
+            parts = []
+            for what in ("cold", "change", "in sync"):
+                i, f = results.get((n, "iptables", what)), results.get((n, "nftables", what))
+                if i and f:
+                    parts.append(f"{what} {f / i:.2f}x")
+            print(f"  {n:>6} services: " + ", ".join(parts))
+    if a.single:
+        for n in (int(x) for x in a.services.split(",")):
+            s, c = results.get((n, "nftables", "single")), results.get((n, "nftables", "cold"))
+            if s and c:
+                print(f"  {n:>6} services: nftables cold, one transaction / chunked: {s / c:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
