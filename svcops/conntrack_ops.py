@@ -13,9 +13,11 @@ state is the node's own, read once::
 site's UDP ports are picked out of the resolved ports once per site.
 
 Proxy modes: iptables mode reads the previous state back from the live chains
-(`svcops.conntrack.udp_ports_from_iptables`). nftables and IPVS modes have no reader
-yet; their nodes get no cleanup: a stale UDP flow lasts until its client stops
-sending for the kernel's ``nf_conntrack_udp_timeout_stream`` (120 s).
+(`svcops.conntrack.udp_ports_from_iptables`); nftables mode from the live table
+(`udp_ports_from_nft`: the map elements' comments name each service port, the
+endpoint chains' names its endpoints). IPVS mode has no reader yet: there a stale UDP
+flow lasts until its client stops sending for the kernel's
+``nf_conntrack_udp_timeout_stream`` (120 s).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pyinfra.api import StringCommand
 
 from .conntrack import UdpPort, conntrack_script, stale_conntrack, udp_ports, udp_ports_from_iptables
 
-__all__ = ["node_udp_ports", "cleanup_commands"]
+__all__ = ["node_udp_ports", "cleanup_commands", "udp_ports_from_nft"]
 
 _SITES: dict[int, tuple[object, tuple]] = {}
 _LOCK = threading.Lock()
@@ -54,16 +56,65 @@ def node_udp_ports(compiled, node: str) -> dict[str, UdpPort]:
     return udp_ports(_site_udp(compiled), node)
 
 
+def _port_name(uid: str) -> str:
+    """nftables' unit id "ns/name/udp/port" -> kube-proxy's port name "ns/name:port"."""
+    ns, name, _proto, port = (uid.split("/", 3) + ["", "", ""])[:4]
+    return f"{ns}/{name}:{port}" if port else f"{ns}/{name}"
+
+
+def udp_ports_from_nft(live) -> dict[str, UdpPort]:
+    """name -> UdpPort, read back from a node's live ``table ip svcops``
+    (`svcops.render.nft_live.NftLive`, as `svcops.facts.SvcopsNftables` reads it).
+
+    Addresses from the elements keyed "<ip> . udp . <port>" (service-ips and the
+    no-endpoint maps), node ports from those keyed "udp . <port>", each element's
+    comment naming its service port; endpoints from the endpoint chains' names
+    ("endpoint-<hash>-<ns>/<name>/udp/<port>__<ip>/<port>")."""
+    from .render.nft_live import unit_of_name
+
+    addresses: dict[str, dict[str, None]] = {}
+    node_ports: dict[str, int] = {}
+    endpoints: dict[str, set[str]] = {}
+    for elements in live.maps.values():
+        for key, (_verdict, comment) in elements.items():
+            if not comment:
+                continue
+            uid = comment.rpartition(" ")[0]
+            if "/udp/" not in uid:
+                continue
+            parts = [p.strip() for p in key.split(" . ")]
+            if len(parts) == 3 and parts[1] == "udp":
+                addresses.setdefault(uid, {})[parts[0]] = None
+            elif len(parts) == 2 and parts[0] == "udp" and parts[1].isdigit():
+                node_ports[uid] = int(parts[1])
+    for chain in live.chains:
+        if not chain.startswith("endpoint-") or "__" not in chain:
+            continue
+        uid = unit_of_name(chain)
+        if uid is None or "/udp/" not in uid:
+            continue
+        ip = chain.rsplit("__", 1)[1].rpartition("/")[0]
+        if ip:
+            endpoints.setdefault(uid, set()).add(ip)
+    uids = sorted(set(addresses) | set(node_ports) | set(endpoints))
+    return {
+        _port_name(u): UdpPort(_port_name(u), tuple(addresses.get(u, ())), node_ports.get(u), frozenset(endpoints.get(u, ())))
+        for u in uids
+    }
+
+
 def cleanup_commands(live, new: Mapping[str, UdpPort] | None) -> list[StringCommand]:
     """The command that deletes stale UDP flows once the rules for `new` are in place,
-    given the live tables (`svcops.facts.SvcopsIptables`) read before the restore;
+    given the live state read before the change: the iptables tables
+    (`svcops.facts.SvcopsIptables`) or svcops's nftables table (an ``NftLive``);
     none when nothing is stale or `new` is None (no cleanup asked for).
 
     A node without the ``conntrack`` tool gets a warning on stderr, and the apply
     goes on (the flows then time out by themselves)."""
     if new is None or live is None:
         return []
-    commands = stale_conntrack(udp_ports_from_iptables(live), new)
+    previous = udp_ports_from_nft(live) if hasattr(live, "maps") else udp_ports_from_iptables(live)
+    commands = stale_conntrack(previous, new)
     script = conntrack_script(commands)
     if not script:
         return []

@@ -67,7 +67,7 @@ class NodePlan:
     announced: tuple[Announcement, ...]
     files: NodeFiles
     dns_zone: object = None  # svcops.dns.Zone: the cluster domain's records (None: no DNS operation)
-    udp_ports: Mapping | None = None  # the node's UDP service ports, for conntrack cleanup (iptables mode)
+    udp_ports: Mapping | None = None  # the node's UDP service ports, for conntrack cleanup (iptables, nftables modes)
 
     @property
     def prefixlen(self) -> int | None:
@@ -92,7 +92,7 @@ class SitePlan:
         from .conntrack_ops import node_udp_ports
         from .dns_ops import site_zone
 
-        udp = node_udp_ports(self.compiled, name) if out.mode == "iptables" else None
+        udp = node_udp_ports(self.compiled, name) if out.mode in ("iptables", "nftables") else None
         files = node_files(out.iptables, out.interfaces, ann, out.mode, out.nftables, out.ipvs)
         return NodePlan(out, ann, files, site_zone(self.compiled), udp)
 
@@ -178,12 +178,12 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
 
     def iptables():
         metas.append(
-            ("iptables rules", ops.iptables_rules(name="svcops | iptables rules", rules=out.iptables, verify_ssh=verify_ssh, udp_ports=plan.udp_ports, **kwargs))
+            ("iptables rules", ops.iptables_rules(name="svcops | iptables rules", rules=out.iptables, verify_ssh=verify_ssh, udp_ports=plan.udp_ports if out.mode == "iptables" else None, **kwargs))
         )
 
     def nftables(rules):
         metas.append(
-            ("nftables table", ops.nftables_rules(name="svcops | nftables table", rules=rules, verify_ssh=verify_ssh, **kwargs))
+            ("nftables table", ops.nftables_rules(name="svcops | nftables table", rules=rules, verify_ssh=verify_ssh, udp_ports=plan.udp_ports if rules is not None else None, **kwargs))
         )
 
     if out.mode == "ipvs":

@@ -331,8 +331,8 @@ def _write(path: str, text: str) -> StringCommand:
     p = shlex.quote(path)
     tmp = shlex.quote(path + ".svcops-tmp")
     if not text:
-        return StringCommand(f"mkdir -p {d} && : > {tmp} && chmod 644 {tmp} && mv -f {tmp} {p}")
-    return StringCommand(f"mkdir -p {d} && cat > {tmp} && chmod 644 {tmp} && mv -f {tmp} {p}", _stdin=text)
+        return StringCommand(f"mkdir -p -m 755 {d} && : > {tmp} && chmod 644 {tmp} && mv -f {tmp} {p}")
+    return StringCommand(f"mkdir -p -m 755 {d} && cat > {tmp} && chmod 644 {tmp} && mv -f {tmp} {p}", _stdin=text)
 
 
 def _bash(script: str) -> StringCommand:

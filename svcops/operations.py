@@ -313,10 +313,15 @@ def nftables_rules(
     rollback_after: int = DEFAULT_ROLLBACK_AFTER,
     verify_ssh: bool = True,
     chunk: int = 1000,
+    udp_ports=None,
 ):
     """
     Give the node exactly svcops's nftables table ``ip svcops`` for ``rules``, or no
     such table at all when ``rules`` is None (the site is in another proxy mode).
+
+    + udp_ports: the node's UDP service ports: after the change, conntrack entries of
+      UDP flows still pointing at endpoints that are gone are deleted, as in
+      `iptables_rules` (the previous state is the live table read before)
 
     + rules: the node's ``NftRules`` (``compile_site(...).outputs[node].nftables``), or None
     + rollback_after, verify_ssh: as for `iptables_rules`
@@ -372,6 +377,7 @@ def nftables_rules(
     )
     undo = f". {lib}\nsvcops_nft_load {d}/rollback.{token}\n"
     yield from _guarded(token, run, undo, rollback_after, verify_ssh)
+    yield from cleanup_commands(state.live, udp_ports)
 
 
 # --- IPVS --------------------------------------------------------------------------------

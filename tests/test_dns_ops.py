@@ -22,8 +22,9 @@ import pytest
 
 import render_fixtures as F
 from svcops import dns
-from svcops.dns_ops import DnsState, dns_plan, parse_dns_state, ready_script
-from svcops.dns_ops import _reload_script, _start_script, _state_command
+from svcops import dns_ops
+from svcops.dns_ops import DnsState, SvcopsDns, dns_absent, dns_plan, dns_server, parse_dns_state, ready_script
+from svcops.dns_ops import _reload_script, _state_command
 from svcops.endpoints import headless_endpoints
 from svcops.model import Cluster, ServicePort
 
@@ -246,32 +247,52 @@ def fake_node(tmp_path):
         node.close()
 
 
-def apply_plan(node: FakeNode, z: dns.Zone) -> dict:
-    """What `dns_server` yields, run in order on the node (as pyinfra would); returns
-    the plan and how each step went."""
-    state = node.state()
-    plan = dns_plan(state, z)
-    assert not plan.error, plan.error
-    for path, text in plan.write.items():
-        node.write(path, text)
-    steps = {}
-    if plan.action == "start":
-        steps["start"] = node.bash(_start_script(False))
-    elif plan.action == "reload":
-        steps["reload"] = node.bash(_reload_script())
-    if plan.remove:
-        node.run("rm -f " + " ".join(plan.remove))
-    if plan.resolv is not None:
-        steps["ready"] = node.bash(ready_script(LISTEN, z.domain))
-        if steps["ready"].returncode == 0:
-            node.write(dns.RESOLV_CONF, plan.resolv)
-    return {"plan": plan, **steps}
+class FakeHost:
+    """Enough of a pyinfra host for an operation's generator: facts are read from the
+    fake node, no-ops are recorded."""
+
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+        self.noops: list[str] = []
+
+    def get_fact(self, fact):
+        assert fact is SvcopsDns
+        return self.node.state()
+
+    def noop(self, message: str) -> None:
+        self.noops.append(message)
+
+
+def run_operation(node: FakeNode, op, monkeypatch, **kwargs) -> list[tuple[str, subprocess.CompletedProcess]]:
+    """Run a pyinfra operation's commands on the fake node in order, as pyinfra would
+    (``sh -c`` with the command's stdin), stopping at the first that fails. Returns
+    (command and its stdin, result) of each command run."""
+    fake = FakeHost(node)
+    monkeypatch.setattr(dns_ops, "host", fake)
+    done = []
+    for command in op._inner(**kwargs):
+        text = command.get_raw_value()
+        stdin = command.connector_arguments.get("_stdin")
+        r = node.run(text, stdin=stdin)
+        done.append((text + "\n" + (stdin or ""), r))
+        if r.returncode != 0:
+            break
+    return done
+
+
+def ran(steps, word: str) -> bool:
+    return any(word in text for text, _ in steps)
+
+
+def ok(steps) -> bool:
+    return all(r.returncode == 0 for _, r in steps)
 
 
 @pytest.mark.root
-def test_node_side_scripts_start_check_reload_and_restart_a_real_server(fake_node):
+def test_the_operation_starts_checks_reloads_restarts_and_removes_a_real_server(fake_node, monkeypatch):
     node = fake_node
-    node.write(dns.RESOLV_CONF, f"nameserver {OUTSIDE}\nsearch example.test\n")
+    previous = f"nameserver {OUTSIDE}\nsearch example.test\n"
+    node.write(dns.RESOLV_CONF, previous)
     before = node.state()
     assert before.installed and not before.running
     # Nothing listens yet: the readiness check says so, within its bound.
@@ -281,24 +302,30 @@ def test_node_side_scripts_start_check_reload_and_restart_a_real_server(fake_nod
     assert time.monotonic() - t < 10
 
     first = zone()
-    out = apply_plan(node, first)
-    assert out["start"].returncode == 0, out["start"].stderr
-    assert out["ready"].returncode == 0, out["ready"].stderr
+    steps = run_operation(node, dns_server, monkeypatch, zone=first)
+    assert ok(steps), steps[-1]
+    # The order that leaves no window: files, server, answers, and only then resolv.conf.
+    texts = [t for t, _ in steps]
+    assert [i for i, t in enumerate(texts) if "pdns_recursor --config" in t] == [len(texts) - 3]
+    assert "/dev/udp" in texts[-2] and f"> {dns.RESOLV_CONF}.svcops-tmp" in texts[-1]
     web = F.allocations((F.service("web", HTTP),)).cluster_ips["default/web"]
     getent = node.run("getent hosts web.default.svc.cluster.local; getent hosts web.default; getent ahostsv4 ext.example.test")
     assert getent.stdout.split()[0] == web
     assert web in getent.stdout.split()[2:3]
     assert "203.0.113.9" in getent.stdout  # the outside world, through the forwarder
     assert node.state().running
-    assert dns_plan(node.state(), first).empty  # a second run does nothing
+    pid = node.run(f"cat {dns.SOCKET_DIR}/pdns_recursor-svcops.pid").stdout
+    assert run_operation(node, dns_server, monkeypatch, zone=first) == []  # a second run does nothing
 
-    # Records change: a reload, checked by its output.
+    # Records change: a reload, checked by its output; the same process keeps serving.
     second = zone((F.service("web", HTTP), F.service("api", HTTP)))
-    out = apply_plan(node, second)
-    assert set(out) == {"plan", "reload"} and out["reload"].returncode == 0, out["reload"].stderr
+    steps = run_operation(node, dns_server, monkeypatch, zone=second)
+    assert ok(steps) and ran(steps, "reload-zones") and not ran(steps, "pdns_recursor --config"), steps
+    assert not ran(steps, f"{dns.RESOLV_CONF}.svcops-tmp")
     assert node.ask("api.default.svc.cluster.local")[0] == 0
+    assert node.run(f"cat {dns.SOCKET_DIR}/pdns_recursor-svcops.pid").stdout == pid
 
-    # A broken zone: rec_control exits 0, the script fails, the old records stay.
+    # A broken zone: rec_control exits 0, the operation fails, the old records stay.
     node.write(dns.zone_path("cluster.local"), second.text + "broken line without a type\n")
     r = node.bash(_reload_script())
     assert r.returncode == 1 and "keeps its previous records" in r.stderr
@@ -306,11 +333,19 @@ def test_node_side_scripts_start_check_reload_and_restart_a_real_server(fake_nod
 
     # New settings (another cluster domain): the running instance is replaced.
     third = zone(cluster=Cluster(cluster_domain="corp.example"))
-    out = apply_plan(node, third)
-    assert out["start"].returncode == 0, out["start"].stderr + out["start"].stdout
-    assert out["ready"].returncode == 0
+    steps = run_operation(node, dns_server, monkeypatch, zone=third)
+    assert ok(steps), steps[-1]
     assert node.ask("web.default.svc.corp.example")[1][0][2] == web
     assert node.ask("web.default.svc.cluster.local")[0] != 0  # no longer ours: forwarded, NXDOMAIN
     st = node.state()
     assert st.running and dns.zone_path("cluster.local") not in st.files
-    assert dns_plan(st, third).empty
+    assert "search svc.corp.example corp.example example.test\n" in st.resolv
+    assert run_operation(node, dns_server, monkeypatch, zone=third) == []
+
+    # Taken off: the previous resolv.conf back, the server gone, its files removed.
+    steps = run_operation(node, dns_absent, monkeypatch)
+    assert ok(steps), steps
+    st = node.state()
+    assert st.resolv == previous and not st.running and not st.files
+    assert node.run("getent ahostsv4 ext.example.test").stdout.split()[:1] == ["203.0.113.9"]
+    assert run_operation(node, dns_absent, monkeypatch) == []
