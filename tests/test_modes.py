@@ -11,13 +11,13 @@ import os
 import shutil
 import subprocess
 import uuid
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import render_fixtures as F
+from netns import netns
 from svcops.cli import main
 from svcops.deploy import plan_site
 from svcops.facts import parse_ipvs_state, parse_nft_state
@@ -42,13 +42,12 @@ from svcops.node_files import (
     RULES_FILE,
     SYSCTL_FILE,
     ipvs_modules,
-    node_files,
 )
 from svcops.nodediff import mode_changes
 from svcops.pipeline import compile_site
 from svcops.render.iptables import JUMPS, parse_iptables_save, restore_payload
 from svcops.render.ipvs import DUMMY_INTERFACE, IPVS_JUMPS, SETS, SYSCTLS, parse_ipvsadm_save
-from svcops.render.nftables import LIVE_COMMANDS, NftLive, parse_nft_list
+from svcops.render.nftables import LIVE_COMMANDS, NftLive
 from svcops.render.rollback import expected_tables, in_sync
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,18 +149,6 @@ def test_render_only_a_part_of_another_mode_implies_it_or_is_an_error(capsys, si
 
 
 root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="needs root and nft")
-
-
-@contextmanager
-def netns():
-    name = f"svmode-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=True)
 
 
 def ns_sh(ns: str, script: str, check: bool = True) -> subprocess.CompletedProcess:

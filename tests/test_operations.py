@@ -9,19 +9,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import uuid
-from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
 
 import render_fixtures as F
+from netns import netns, ns_run, iptables_saved as saved
 from svcops.announce import address_label, announcements, choose
 from svcops.apply import batches, over_fail_percent, select_hosts
 from svcops.deploy import plan_site
 from svcops.endpoints import resolve
 from svcops.facts import Address, NodeState, parse_node_state
-from svcops.model import Endpoint, Node, ResolvedPort, Service, ServicePort
+from svcops.model import Endpoint, ResolvedPort, Service, ServicePort
 from svcops.node_files import (
     RULES_FILE,
     SYSCTL_FILE,
@@ -177,28 +176,6 @@ def test_rollback_names_no_foreign_chain():
 
 def _have_iptables() -> bool:
     return os.geteuid() == 0 and all(shutil.which(b) for b in ("ip", "iptables-restore", "iptables-save"))
-
-
-@contextmanager
-def netns():
-    name = f"svcops-op-{uuid.uuid4().hex[:10]}"
-    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=True)
-
-
-def ns_run(ns: str, *argv: str, stdin: str | None = None) -> str:
-    r = subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True, text=True)
-    assert r.returncode == 0, f"{' '.join(argv)} failed: {r.stderr}"
-    return r.stdout
-
-
-def saved(ns: str) -> str:
-    return "".join(ln + "\n" for ln in ns_run(ns, "iptables-save").splitlines() if not ln.startswith("#"))
 
 
 @pytest.mark.root

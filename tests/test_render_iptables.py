@@ -16,9 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import uuid
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import render_fixtures as F
+from netns import netns, ns_run, iptables_saved as saved
 from svcops.endpoints import resolve
 from svcops.model import Endpoint, ResolvedPort, Service, ServicePort
 from svcops.render import chains
@@ -358,28 +356,6 @@ def _have_iptables() -> bool:
 
 
 root = pytest.mark.skipif(not _have_iptables(), reason="needs root, ip and iptables")
-
-
-@contextmanager
-def netns():
-    name = f"svcops-test-{uuid.uuid4().hex[:10]}"
-    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=True)
-
-
-def ns_run(ns: str, *argv: str, stdin: str | None = None) -> str:
-    r = subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True, text=True)
-    assert r.returncode == 0, f"{' '.join(argv)} failed: {r.stderr}"
-    return r.stdout
-
-
-def saved(ns: str) -> str:
-    return "".join(ln + "\n" for ln in ns_run(ns, "iptables-save").splitlines() if not ln.startswith("#"))
 
 
 @pytest.mark.root

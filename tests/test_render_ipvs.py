@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import uuid
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import render_fixtures as F
+from netns import netns, ns_run
 from svcops.endpoints import resolve
 from svcops.model import SCHEDULER_ANNOTATION, Endpoint
 from svcops.render import chains
@@ -356,24 +354,6 @@ def _have_tools() -> bool:
 
 
 root = pytest.mark.skipif(not _have_tools(), reason="needs root, ip, ipset and iptables")
-
-
-@contextmanager
-def netns():
-    name = f"svcops-ipvs-{uuid.uuid4().hex[:10]}"
-    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=True)
-
-
-def ns_run(ns: str, *argv: str, stdin: str | None = None) -> str:
-    r = subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True, text=True)
-    assert r.returncode == 0, f"{' '.join(argv)} failed: {r.stderr}"
-    return r.stdout
 
 
 def saved_entries(ns: str) -> dict[str, list[str]]:

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import os
 import re
 from fractions import Fraction
 import shutil
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import render_fixtures as F
+from netns import netns, ns_run
 from svcops.endpoints import resolve
 from svcops.model import Endpoint, ResolvedPort, Service, ServicePort
 from svcops.render.nft_live import NftLive, parse_timeout, unit_of_name
@@ -488,25 +487,6 @@ def _have_nft() -> bool:
 
 
 root = pytest.mark.skipif(not _have_nft(), reason="needs root, ip and nft")
-_seq = itertools.count()
-
-
-@contextmanager
-def netns():
-    name = f"svnft-{os.getpid()}-{next(_seq)}"
-    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=True)
-
-
-def ns_run(ns: str, *argv: str, stdin: str | None = None) -> str:
-    r = subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True, text=True)
-    assert r.returncode == 0, f"{' '.join(argv)} failed: {r.stderr[:3000]}"
-    return r.stdout
 
 
 def nft_apply(ns: str, *payloads: str) -> None:
