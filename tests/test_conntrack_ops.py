@@ -95,7 +95,8 @@ def test_internal_local_policy_gives_each_node_only_its_own_endpoints():
 from svcops.conntrack_ops import udp_ports_from_nft  # noqa: E402
 from svcops.render import nftables as nft_render  # noqa: E402
 from svcops.render.nft_live import LIVE_COMMANDS, parse_nft_list  # noqa: E402
-from test_render_nftables import netns, ns_run, simulated_live  # noqa: E402
+from netns import netns, ns_run  # noqa: E402
+from test_render_nftables import simulated_live  # noqa: E402
 
 # Every kind of UDP address: cluster IP, external IP, load-balancer IP, node port.
 UDP_LB = F.service("dns", DNS, selector=SEL, type="LoadBalancer", external_ips=("198.51.100.7",))

@@ -237,6 +237,16 @@ def test_each_node_has_its_own_hostname_etc_and_a_clean_root(lab):
 
 @pytest.mark.root
 @pytest.mark.slow
+def test_nodes_resolve_through_the_lab_only(lab):
+    # The machine's resolv.conf names servers outside the lab; a node must not inherit
+    # them (svcops's DNS forwards to the node's nameservers), so it names the client.
+    for name, _ in _nodes(lab["state"]):
+        out = lab_cli("exec", name, "--", "cat", "/etc/resolv.conf")
+        assert out.stdout.split() == ["nameserver", "192.168.36.2"], out.stdout
+
+
+@pytest.mark.root
+@pytest.mark.slow
 def test_client_reaches_every_backend_which_sees_the_client_address(lab):
     for name, address in _nodes(lab["state"]):
         out = lab_cli("exec", "client", "--", "curl", "-s", "--max-time", "2", f"http://{address}/")

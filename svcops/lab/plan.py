@@ -513,6 +513,10 @@ def etc_files(host: LabHost, hosts: Iterable[LabHost], lab_public_key: str) -> M
         "hostname": host.name + "\n",
         "hosts": hosts_file(hosts, host),
         "machine-id": machine_id(host.name) + "\n",
+        # The lab's own nameserver, the client (tests run a stand-in DNS server there):
+        # the machine's resolv.conf names a server outside the lab, and svcops's DNS
+        # (pdns-recursor) forwards to the node's previous nameservers, priming "." at start.
+        "resolv.conf": f"nameserver {CLIENT_ADDRESS}\n",
     }
     if host.is_node:
         files["ssh/sshd_config"] = sshd_config(host)

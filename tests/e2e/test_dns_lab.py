@@ -33,6 +33,7 @@ WEB_IP = "10.1.53.10"
 ECHO_IP = "10.1.53.20"
 ECHO_PORT = 7000
 ALL = set(ADDRESS.values())
+CLIENT_HOST = "client"  # the lab's client: the stand-in outside DNS server runs there
 
 SERVICES = f"""\
 apiVersion: v1
@@ -186,8 +187,6 @@ def world(lab, tmp_path_factory):
     finally:
         procs.stop_all()
 
-
-CLIENT_HOST = "client"
 
 
 def getent(host: str, database: str, name: str) -> str:
