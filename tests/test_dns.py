@@ -30,12 +30,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import render_fixtures as F
+from golden import check_golden
 from svcops import dns
 from svcops.endpoints import headless_endpoints
 from svcops.model import Cluster, ServicePort
 
 GOLDEN = Path(__file__).parent / "golden" / "dns"
-UPDATE = os.environ.get("SVCOPS_UPDATE_GOLDEN") == "1"
 
 # The site: every kind of service DNS knows (nodes and workloads: render_fixtures).
 HTTP = ServicePort("http", "TCP", 80, "http")
@@ -91,11 +91,7 @@ GOLDEN_FILES = {
 def test_golden_file(name):
     path = GOLDEN / name
     text = GOLDEN_FILES[name]()
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"missing {path}: run with SVCOPS_UPDATE_GOLDEN=1"
-    assert text == path.read_text()
+    check_golden(path, text)
 
 
 def test_every_golden_file_is_checked():

@@ -7,16 +7,15 @@ Regenerate the golden files after an intended change (and review the diff) with:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from golden import check_golden
 from svcops.model import Cluster, Node, NodeNetwork
 from svcops.render.ifupdown import render_interfaces
 
 GOLDEN = Path(__file__).parent / "golden" / "ifupdown"
-UPDATE = os.environ.get("SVCOPS_UPDATE_GOLDEN") == "1"
 
 FULL = Cluster(node_network=NodeNetwork("10.0.0.0/24", "10.0.0.1", ("10.0.0.1", "10.0.0.2")))
 
@@ -32,10 +31,7 @@ def test_golden_interfaces(name):
     node, cluster, address = CASES[name]
     text = render_interfaces(node, cluster, address)
     path = GOLDEN / f"{name}.txt"
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert text == path.read_text()
+    check_golden(path, text)
 
 
 def test_stanza_reads_as_debian_expects():

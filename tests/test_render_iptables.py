@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import render_fixtures as F
 from netns import netns, ns_run, iptables_saved as saved
+from golden import check_golden
 from svcops.endpoints import resolve
 from svcops.model import Endpoint, ResolvedPort, Service, ServicePort
 from svcops.render import chains
@@ -36,7 +37,6 @@ from svcops.render.iptables import (
 )
 
 GOLDEN = Path(__file__).parent / "golden" / "iptables"
-UPDATE = os.environ.get("SVCOPS_UPDATE_GOLDEN") == "1"
 NODES = ["node1", "node2", "node3"]
 
 
@@ -63,11 +63,7 @@ def rules_of(payload: str, table: str, chain: str) -> list[str]:
 def test_golden_payload(name):
     path = GOLDEN / f"{name}.txt"
     text = golden_text(name)
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"missing {path}: run with SVCOPS_UPDATE_GOLDEN=1"
-    assert text == path.read_text()
+    check_golden(path, text)
 
 
 def test_every_golden_file_has_a_scenario():

@@ -24,6 +24,7 @@ import pytest
 
 import render_fixtures as F
 from netns import netns, ns_run
+from golden import check_golden
 from svcops.endpoints import resolve
 from svcops.model import SCHEDULER_ANNOTATION, Endpoint
 from svcops.render import chains
@@ -40,7 +41,6 @@ from svcops.render.ipvs import (
 )
 
 GOLDEN = Path(__file__).parent / "golden" / "ipvs"
-UPDATE = os.environ.get("SVCOPS_UPDATE_GOLDEN") == "1"
 NODES = [("node1", ("10.0.0.11",)), ("node2", ("10.0.0.12",)), ("node3", ("10.0.0.13",))]
 
 # Section markers of a golden file (tests/qemu/ reads them too).
@@ -93,11 +93,7 @@ def virtual_servers(text: str) -> dict[str, tuple[str, list[str]]]:
 def test_golden_payloads(name):
     path = GOLDEN / f"{name}.txt"
     text = golden_text(name)
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"missing {path}: run with SVCOPS_UPDATE_GOLDEN=1"
-    assert text == path.read_text()
+    check_golden(path, text)
 
 
 def test_golden_iptables_is_the_same_for_every_node_and_scenario():
@@ -105,9 +101,7 @@ def test_golden_iptables_is_the_same_for_every_node_and_scenario():
     payloads = {r.iptables for name in F.SCENARIOS for r in render_scenario(name)[0].values()}
     assert len(payloads) == 1
     (text,) = payloads
-    if UPDATE:
-        path.write_text(text)
-    assert text == path.read_text()
+    check_golden(path, text)
 
 
 def test_every_golden_file_has_a_scenario():

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 import render_fixtures as F
 from netns import netns, ns_run
+from golden import check_golden
 from svcops.endpoints import resolve
 from svcops.model import Endpoint, ResolvedPort, Service, ServicePort
 from svcops.render.nft_live import NftLive, parse_timeout, unit_of_name
@@ -48,7 +49,6 @@ from svcops.render.nftables import (
 )
 
 GOLDEN = Path(__file__).parent / "golden" / "nftables"
-UPDATE = os.environ.get("SVCOPS_UPDATE_GOLDEN") == "1"
 NODES = ["node1", "node2", "node3"]
 WEB = "default/web/tcp/http"
 
@@ -113,11 +113,7 @@ def declared_chains(payload: str) -> list[str]:
 def test_golden_payload(name):
     path = GOLDEN / f"{name}.txt"
     text = golden_text(name)
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"missing {path}: run with SVCOPS_UPDATE_GOLDEN=1"
-    assert text == path.read_text()
+    check_golden(path, text)
 
 
 def test_every_golden_file_has_a_scenario():

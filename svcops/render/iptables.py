@@ -83,7 +83,8 @@ class Jump:
         return f"-A {self.chain} {self.spec}"
 
 
-def _jump(table: str, chain: str, target: str, comment: str, new_only: bool) -> Jump:
+def jump(table: str, chain: str, target: str, comment: str, new_only: bool) -> Jump:
+    """A jump from a built-in chain to one of svcops's, as iptables-save prints it."""
     state = "-m conntrack --ctstate NEW " if new_only else ""
     return Jump(table, chain, f'{state}-m comment --comment "{comment}" -j {target}')
 
@@ -91,17 +92,17 @@ def _jump(table: str, chain: str, target: str, comment: str, new_only: bool) -> 
 # In each built-in chain, top-down (kube-proxy's iptablesJumpChains, in the order they
 # end up after kube-proxy's prepends).
 JUMPS: tuple[Jump, ...] = (
-    _jump("filter", "INPUT", C.FIREWALL, "svcops load balancer firewall", True),
-    _jump("filter", "INPUT", C.EXTERNAL_SERVICES, "svcops externally-visible service portals", True),
-    _jump("filter", "FORWARD", C.FIREWALL, "svcops load balancer firewall", True),
-    _jump("filter", "FORWARD", C.FORWARD, "svcops forwarding rules", False),
-    _jump("filter", "FORWARD", C.SERVICES, "svcops service portals", True),
-    _jump("filter", "FORWARD", C.EXTERNAL_SERVICES, "svcops externally-visible service portals", True),
-    _jump("filter", "OUTPUT", C.FIREWALL, "svcops load balancer firewall", True),
-    _jump("filter", "OUTPUT", C.SERVICES, "svcops service portals", True),
-    _jump("nat", "PREROUTING", C.SERVICES, "svcops service portals", False),
-    _jump("nat", "OUTPUT", C.SERVICES, "svcops service portals", False),
-    _jump("nat", "POSTROUTING", C.POSTROUTING, "svcops postrouting rules", False),
+    jump("filter", "INPUT", C.FIREWALL, "svcops load balancer firewall", True),
+    jump("filter", "INPUT", C.EXTERNAL_SERVICES, "svcops externally-visible service portals", True),
+    jump("filter", "FORWARD", C.FIREWALL, "svcops load balancer firewall", True),
+    jump("filter", "FORWARD", C.FORWARD, "svcops forwarding rules", False),
+    jump("filter", "FORWARD", C.SERVICES, "svcops service portals", True),
+    jump("filter", "FORWARD", C.EXTERNAL_SERVICES, "svcops externally-visible service portals", True),
+    jump("filter", "OUTPUT", C.FIREWALL, "svcops load balancer firewall", True),
+    jump("filter", "OUTPUT", C.SERVICES, "svcops service portals", True),
+    jump("nat", "PREROUTING", C.SERVICES, "svcops service portals", False),
+    jump("nat", "OUTPUT", C.SERVICES, "svcops service portals", False),
+    jump("nat", "POSTROUTING", C.POSTROUTING, "svcops postrouting rules", False),
 )
 
 

@@ -73,7 +73,7 @@ import netaddr
 from ..gcpause import gc_paused
 from ..model import SCHEDULER_ANNOTATION, Cluster, Endpoint, ResolvedPort
 from . import chains as C
-from .iptables import IptablesRules, Jump, TableRules, restore_payload
+from .iptables import IptablesRules, Jump, TableRules, jump, restore_payload
 
 __all__ = [
     "DUMMY_INTERFACE",
@@ -188,23 +188,18 @@ _NAT_CHAINS = (C.SERVICES, NODE_PORT, LOAD_BALANCER_CHAIN, C.FIREWALL, C.POSTROU
 _FILTER_CHAINS = (C.SERVICES, IPVS_FILTER, C.FORWARD, C.FIREWALL)
 
 
-def _j(table: str, chain: str, target: str, comment: str, new_only: bool) -> Jump:
-    state = "-m conntrack --ctstate NEW " if new_only else ""
-    return Jump(table, chain, f'{state}-m comment --comment "{comment}" -j {target}')
-
-
 # In each built-in chain, top-down.
 IPVS_JUMPS: tuple[Jump, ...] = (
-    _j("filter", "INPUT", C.FIREWALL, "svcops load balancer firewall", False),
-    _j("filter", "INPUT", C.SERVICES, "svcops service portals", True),
-    _j("filter", "INPUT", IPVS_FILTER, "svcops ipvs access filter", False),
-    _j("filter", "FORWARD", C.FIREWALL, "svcops load balancer firewall", False),
-    _j("filter", "FORWARD", C.FORWARD, "svcops forwarding rules", False),
-    _j("filter", "OUTPUT", C.FIREWALL, "svcops load balancer firewall", False),
-    _j("filter", "OUTPUT", C.SERVICES, "svcops service portals", True),
-    _j("nat", "PREROUTING", C.SERVICES, "svcops service portals", False),
-    _j("nat", "OUTPUT", C.SERVICES, "svcops service portals", False),
-    _j("nat", "POSTROUTING", C.POSTROUTING, "svcops postrouting rules", False),
+    jump("filter", "INPUT", C.FIREWALL, "svcops load balancer firewall", False),
+    jump("filter", "INPUT", C.SERVICES, "svcops service portals", True),
+    jump("filter", "INPUT", IPVS_FILTER, "svcops ipvs access filter", False),
+    jump("filter", "FORWARD", C.FIREWALL, "svcops load balancer firewall", False),
+    jump("filter", "FORWARD", C.FORWARD, "svcops forwarding rules", False),
+    jump("filter", "OUTPUT", C.FIREWALL, "svcops load balancer firewall", False),
+    jump("filter", "OUTPUT", C.SERVICES, "svcops service portals", True),
+    jump("nat", "PREROUTING", C.SERVICES, "svcops service portals", False),
+    jump("nat", "OUTPUT", C.SERVICES, "svcops service portals", False),
+    jump("nat", "POSTROUTING", C.POSTROUTING, "svcops postrouting rules", False),
 )
 
 
