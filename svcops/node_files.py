@@ -195,7 +195,7 @@ def _ipvs_part(jumps: Sequence[Jump], modules: Sequence[str]) -> list[str]:
         '    modprobe -q "$m" 2>/dev/null || [ -d "/sys/module/$m" ] || echo "svcops: cannot load module $m" >&2\n',
         "done\n",
         f"sysctl -q -p {SYSCTL_FILE} || true\n",
-        f"# the dummy interface holding the virtual addresses (left down, like kube-ipvs0)\n",
+        "# the dummy interface holding the virtual addresses (left down, like kube-ipvs0)\n",
         f"ip link show {D} >/dev/null 2>&1 || ip link add {D} type dummy\n",
         f"while read -r a; do [ -n \"$a\" ] && ip addr replace \"$a/32\" dev {D}; done < {IPVS_ADDRESSES_FILE}\n",
         f"ipset restore < {IPSET_FILE}\n",

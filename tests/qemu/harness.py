@@ -40,6 +40,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
@@ -187,8 +188,9 @@ def _copy(src: Path, root: Path, dest: str | None = None) -> None:
         shutil.copy2(src.resolve(), target)
 
 
-def build_initramfs(kernel: Kernel, payload: Path, out: Path) -> Path:
-    """A gzipped newc cpio with busybox, the tools and their libraries, the modules and `payload`."""
+def build_initramfs(kernel: Kernel, payload: Path, out: Path, init: Path = HERE / "init.sh") -> Path:
+    """A gzipped newc cpio with busybox, the tools and their libraries, the modules and
+    `payload`; `init` (a busybox sh script) is its /init."""
     with tempfile.TemporaryDirectory(prefix="svcops-initramfs-") as tmp:
         root = Path(tmp)
         for d in ("bin", "sbin", "usr/bin", "usr/sbin", "usr/lib/x86_64-linux-gnu", "usr/lib64", "etc", "modules"):
@@ -197,7 +199,7 @@ def build_initramfs(kernel: Kernel, payload: Path, out: Path) -> Path:
         (root / "lib").symlink_to("usr/lib")
         (root / "lib64").symlink_to("usr/lib64")
         _copy(Path(shutil.which("busybox") or "/usr/bin/busybox"), root, "/bin/busybox")
-        shutil.copy2(HERE / "init.sh", root / "init")
+        shutil.copy2(init, root / "init")
         (root / "init").chmod(0o755)
         binaries = [Path(t) for t in GUEST_TOOLS] + sorted(XTABLES_DIR.glob("*.so"))
         for b in binaries:
@@ -438,16 +440,22 @@ def parse_report(output: str) -> Report:
     return rep
 
 
-def run_guest(kernel: Kernel, initrd: Path, timeout: float) -> Report:
-    """Boot the guest with TCG (the stock kernel cannot use this machine's /dev/kvm)."""
+def run_guest(
+    kernel: Kernel, initrd: Path, timeout: float, memory: int = 512, on_line: Callable[[str], None] | None = None
+) -> Report:
+    """Boot the guest with TCG (the stock kernel cannot use this machine's /dev/kvm).
+
+    `memory`: the guest's, in MB. `on_line`: called with each "SVCOPS " line (without
+    the prefix) as it arrives, e.g. to print progress."""
     argv = [
-        "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1", "-nographic", "-no-reboot",
+        "qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-smp", "1", "-nographic", "-no-reboot",
         "-net", "none", "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
         "-append", "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init",
     ]  # fmt: skip
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     chunks: list[bytes] = []
+    pending = b""
     boot = None
     try:
         assert proc.stdout is not None
@@ -460,6 +468,12 @@ def run_guest(kernel: Kernel, initrd: Path, timeout: float) -> Report:
             data = proc.stdout.read()
             if data:
                 chunks.append(data)
+                if on_line is not None:
+                    *lines, pending = (pending + data).split(b"\n")
+                    for line in lines:
+                        i = line.find(b"SVCOPS ")
+                        if i >= 0:
+                            on_line(line[i + 7 :].decode(errors="replace").rstrip("\r"))
                 if boot is None and b"SVCOPS BOOTED" in b"".join(chunks[-3:]):
                     boot = time.monotonic() - start
             elif proc.poll() is not None:
