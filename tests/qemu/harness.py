@@ -201,6 +201,7 @@ def build_initramfs(kernel: Kernel, payload: Path, out: Path, init: Path = HERE 
         _copy(Path(shutil.which("busybox") or "/usr/bin/busybox"), root, "/bin/busybox")
         shutil.copy2(init, root / "init")
         (root / "init").chmod(0o755)
+        shutil.copy2(HERE / "prelude.sh", root / "prelude.sh")
         binaries = [Path(t) for t in GUEST_TOOLS] + sorted(XTABLES_DIR.glob("*.so"))
         for b in binaries:
             _copy(b, root, str(b))

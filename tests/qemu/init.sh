@@ -3,20 +3,8 @@
 # parsers (each scenario in its own network namespace), then apply the proof site's
 # payloads on this "node1", start backends and a client, send requests, and report.
 # Every line meant for the host starts with "SVCOPS ". Then power off.
-/bin/busybox mkdir -p /proc /sys /dev /tmp /run /bin
-/bin/busybox --install -s /bin
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+. /prelude.sh
 # busybox sh runs its own applets before PATH: iproute2 is called by its full path.
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev 2>/dev/null
-mount -t tmpfs tmp /tmp
-mount -t tmpfs run /run
-mkdir -p /run/netns /var/run
-ln -s /run/netns /var/run/netns 2>/dev/null
-
-say() { echo "SVCOPS $*"; }
-finish() { say "DONE"; sync; poweroff -f; sleep 5; echo o > /proc/sysrq-trigger; }
 
 say "BOOTED kernel=$(uname -r)"
 while read -r m; do
