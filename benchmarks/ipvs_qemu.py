@@ -27,7 +27,7 @@ computed on the host by svcops's pure functions, as the operation does):
     cold     a clean node: `ipvs_plan(rules, IpvsLive(), LiveTables(), modules)`, i.e.
              modules (insmod here: the guest has no modprobe database; every module the
              apply needs, including those a real node autoloads), sysctls and the dummy
-             interface, the virtual addresses (one `ip addr add` each, as svcops runs
+             interface, the virtual addresses (one `ip -batch` for all, as svcops runs
              them), `ipset restore`, `iptables-restore -w 5 --noflush`, `ipvsadm -R`
     read     the live state svcops reads before deciding: the SvcopsIpvs fact's command
              (ipset save, ipvsadm-save -n, the dummy interface's addresses, sysctls,
@@ -111,7 +111,7 @@ loadmods() { while read -r m; do insmod "/modules/$m" || return 1; done < /modul
 say "PHASE cold"
 step modules loadmods
 step prepare sh -e $P/prepare
-step addresses sh -e $P/addresses
+step addresses /usr/sbin/ip -batch $P/addresses
 step ipset sh -c "ipset restore < $P/ipset"
 step iptables iptables-restore -w 5 --noflush $P/iptables
 step ipvsadm sh -c "ipvsadm -R < $P/ipvsadm"
@@ -129,9 +129,10 @@ say "CHECK fact-ipvs-vs $(grep -c '^vs -A' /tmp/fact-ipvs)"
 say "CHECK fact-iptables-lines $(wc -l < /tmp/fact-iptables)"
 rm -f /tmp/fact-ipvs /tmp/fact-iptables
 say "PHASE change"
-for s in prepare ipset iptables ipvsadm finish; do
+for s in prepare addresses ipset iptables ipvsadm finish; do
     [ -s $P/change-$s ] || continue
     case $s in
+        addresses|finish) step change-$s /usr/sbin/ip -batch $P/change-$s ;;
         ipset) step change-ipset sh -c "ipset restore < $P/change-ipset" ;;
         iptables) step change-iptables iptables-restore -w 5 --noflush $P/change-iptables ;;
         ipvsadm) step change-ipvsadm sh -c "ipvsadm -R < $P/change-ipvsadm" ;;
@@ -180,7 +181,7 @@ step scale-iptables /usr/sbin/iptables-restore -w 5 --noflush $P/scale-iptables
 # kernel has no dummy; an address is added the same way to either).
 NATIVE = _STEP + r"""
 /usr/sbin/ip link add svcops-ipvs0 type veth peer name svcops-peer0 || exit 1
-step addresses busybox sh -e $P/addresses
+step addresses /usr/sbin/ip -batch $P/addresses
 step ipset busybox sh -c "/usr/sbin/ipset restore < $P/ipset"
 step iptables /usr/sbin/iptables-restore -w 5 --noflush $P/iptables
 step read-iptables busybox sh $P/fact-iptables
@@ -266,12 +267,9 @@ def write_payload(n: int, a, tmp: Path, dest: Path) -> Host:
     mods = ipvs_modules(rules.ipvsadm)
 
     cold = ipvs_plan(rules, IpvsLive(), LiveTables(), mods)
-    parts = cold.prepare.split(" && ")
-    addrs = [p for p in parts if p.startswith("ip addr add ")]
-    rest = [p for p in parts if not p.startswith("ip addr add ")]
     assert not cold.finish
-    (dest / "prepare").write_text(guest_ip(" && ".join(rest)) + "\n")
-    (dest / "addresses").write_text(guest_ip(" && ".join(addrs)) + "\n")
+    (dest / "prepare").write_text(guest_ip(cold.prepare) + "\n")
+    (dest / "addresses").write_text(cold.addresses)
     (dest / "ipset").write_text(cold.ipset)
     (dest / "iptables").write_text(cold.iptables)
     (dest / "ipvsadm").write_text(cold.ipvsadm)
@@ -279,7 +277,7 @@ def write_payload(n: int, a, tmp: Path, dest: Path) -> Host:
     h.counts = {
         "vs": sum(1 for ln in cold.ipvsadm.splitlines() if ln.startswith("-A ")),
         "rs": sum(1 for ln in cold.ipvsadm.splitlines() if ln.startswith("-a ")),
-        "addresses": len(addrs),
+        "addresses": cold.addresses.count("\n"),
         "set-entries": sum(len(v) for v in applied_state(rules, mods).members.values()),
     }
     (dest / "fact-ipvs").write_text(guest_ip(_ipvs_command()) + "\n")
@@ -295,9 +293,9 @@ def write_payload(n: int, a, tmp: Path, dest: Path) -> Host:
     plan = ipvs_plan(rules2, state.live, parse_iptables_save(ipt_text), ipvs_modules(rules2.ipvsadm))
     h.decide_s = time.perf_counter() - t
     assert state.live.ipvsadm and plan.ipvsadm, "the change must edit the virtual servers"
-    for s in ("prepare", "ipset", "iptables", "ipvsadm", "finish"):
+    for s in ("prepare", "addresses", "ipset", "iptables", "ipvsadm", "finish"):
         text = getattr(plan, s)
-        if s in ("prepare", "finish"):
+        if s == "prepare":
             text = guest_ip(text) + "\n" if text else ""
         (dest / f"change-{s}").write_text(text)
     h.change_lines = plan.ipvsadm.count("\n")
@@ -398,7 +396,7 @@ SCALE_LABELS = {
 STEP_LABELS = {
     "modules": "cold   modules (insmod, every .ko)",
     "prepare": "cold   sysctls + dummy link",
-    "addresses": "cold   addresses ({addresses:,} x ip addr add)",
+    "addresses": "cold   addresses ({addresses:,}, one ip -batch)",
     "ipset": "cold   ipset restore",
     "iptables": "cold   iptables-restore --noflush",
     "ipvsadm": "cold   ipvsadm -R ({vs:,} + {rs:,} lines)",

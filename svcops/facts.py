@@ -278,14 +278,14 @@ class IpvsState:
         from .render.ipvs import parse_ipvsadm_save
 
         live = self.live
-        return live.link or bool(live.sets) or bool(parse_ipvsadm_save(live.ipvsadm))
+        return live.link or bool(live.sets) or bool(live.before) or bool(parse_ipvsadm_save(live.ipvsadm))
 
 
 _IPVS_MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh", "ip_vs_sed", "ip_vs_nq", "nf_conntrack", "dummy")
 
 
 def _ipvs_command() -> str:
-    from .render.ipvs import SYSCTLS
+    from .render.ipvs import SYSCTLS, SYSCTLS_BEFORE
 
     d = shlex.quote(DUMMY_INTERFACE)
     keys = " ".join(SYSCTLS)
@@ -301,6 +301,7 @@ def _ipvs_command() -> str:
         'c modprobe || echo "missing modprobe (Debian package kmod)"; '
         f'for k in {" ".join(_IPVS_MODULES)}; do [ -d "/sys/module/$k" ] && echo "module $k"; done; '
         f'for k in {keys}; do v=$(sysctl -n "$k" 2>/dev/null) && echo "sysctl $k $v"; done; '
+        f"[ -r {shlex.quote(SYSCTLS_BEFORE)} ] && sed 's/^/before /' {shlex.quote(SYSCTLS_BEFORE)}; "
         f"if ip link show {d} >/dev/null 2>&1; then echo link; "
         f"ip -4 -o addr show dev {d} | awk '{{print \"addr \" $4}}'; fi; "
         "if [ -d /sys/module/ip_set ] && c ipset; then ipset save | grep -E '^(create|add) SVCOPS-' | sed 's/^/ipset /'; fi; "
@@ -319,9 +320,14 @@ def parse_ipvs_state(lines: list[str]) -> IpvsState:
     vs: list[str] = []
     sysctls: dict[str, str] = {}
     modules: set[str] = set()
+    before: dict[str, str] = {}
     for line in lines:
         key, _, rest = line.partition(" ")
-        if key == "missing":
+        if key == "before":
+            k, _, v = rest.partition("=")
+            if k.strip() and v.strip():
+                before[k.strip()] = v.strip()
+        elif key == "missing":
             missing.append(rest.strip())
         elif key == "module":
             modules.add(rest.strip())
@@ -337,14 +343,15 @@ def parse_ipvs_state(lines: list[str]) -> IpvsState:
         elif key == "vs":
             vs.append(rest)
     sets, members = parse_ipset_save("\n".join(ipset))
-    live = IpvsLive(link, tuple(addresses), sets, members, "".join(v + "\n" for v in vs), sysctls, frozenset(modules))
+    live = IpvsLive(link, tuple(addresses), sets, members, "".join(v + "\n" for v in vs), sysctls, frozenset(modules), before)
     return IpvsState(tuple(missing), live)
 
 
 class SvcopsIpvs(FactBase):
     """
     svcops's IPVS footprint as an ``IpvsState``: what the node lacks for IPVS mode
-    (module ip_vs or dummy, ipvsadm, ipset), the modules loaded, the IPVS sysctls, the
+    (module ip_vs or dummy, ipvsadm, ipset), the modules loaded, the IPVS sysctls (and
+    the node's own values of the ARP ones, kept in /etc/svcops/ipvs-sysctls.before), the
     dummy interface ``svcops-ipvs0`` and its addresses, the ``SVCOPS-`` ipsets with
     their members (``ipset save``) and ``ipvsadm-save -n``. Reading it loads no kernel
     module.

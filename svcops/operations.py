@@ -180,7 +180,7 @@ def _cleanup(token: str) -> str:
     return (
         f"rm -f {d}/apply.{token} {d}/rollback.{token} {d}/deadman.{token} {d}/pid.{token} {d}/disarmed.{token} "
         f"{d}/cancelled.{token} {d}/run.{token} {d}/undo.{token} {d}/lib.{token} {d}/ipset.{token} {d}/ipvsadm.{token} "
-        f"{d}/undo-ipvsadm.{token}"
+        f"{d}/undo-ipvsadm.{token} {d}/addresses.{token} {d}/stale-addresses.{token}"
     )
 
 
@@ -424,6 +424,9 @@ def ipvs_rules(
     undo = []
     if plan.prepare:
         run.append(plan.prepare + "\n")
+    if plan.addresses:
+        yield StringCommand(f"cat > {d}/addresses.{token}", _stdin=plan.addresses)
+        run.append(f"ip -batch {d}/addresses.{token}\n")
     if plan.ipset:
         yield StringCommand(f"cat > {d}/ipset.{token}", _stdin=plan.ipset)
         run.append(f"ipset restore < {d}/ipset.{token}\n")
@@ -442,7 +445,8 @@ def ipvs_rules(
             run.append(f"ipvsadm -R < {d}/ipvsadm.{token}\n")
         undo.insert(0, f"ipvsadm -R < {d}/undo-ipvsadm.{token}\n")
     if plan.finish:
-        run.append(plan.finish + "\n")
+        yield StringCommand(f"cat > {d}/stale-addresses.{token}", _stdin=plan.finish)
+        run.append(f"ip -batch {d}/stale-addresses.{token}\n")
     yield from _guarded(token, "".join(run), "".join(undo) or "true\n", rollback_after, verify_ssh)
 
 
@@ -471,6 +475,8 @@ def ipvs_absent(node_addresses: Sequence[str] = ()):
         yield StringCommand("ipvsadm -R", _stdin=removal.ipvsadm)
     if removal.link:
         yield StringCommand(f"ip link del {shlex.quote(DUMMY)}")
+    if removal.sysctls:
+        yield StringCommand(removal.sysctls)
 
 
 # --- files, sysctl, addresses ------------------------------------------------------------

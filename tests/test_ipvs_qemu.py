@@ -25,7 +25,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "qemu"))
 
 import harness  # noqa: E402
-from svcops.render.ipvs import parse_ipvsadm_save, render_nodes  # noqa: E402
+from svcops.render.ipvs import SYSCTLS, parse_ipvsadm_save, render_nodes  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +65,11 @@ def test_every_golden_payload_passes_the_real_parsers_and_reads_back(report):
         assert report.golden_rc[name] == 0, f"{name}: {report.golden_errors.get(name)}"
         rendered = harness.golden_sections((harness.GOLDEN / f"{name}.txt").read_text())["## ipvsadm -R"]
         assert parse_ipvsadm_save(report.golden_saved.get(name, "")) == parse_ipvsadm_save(rendered), name
+
+
+def test_the_cold_apply_sets_kube_proxys_sysctls_and_keeps_the_nodes_own(report):
+    assert report.sysctls == dict(SYSCTLS)
+    assert report.kept.split(" ") == ["net.ipv4.conf.all.arp_ignore", "=", "0", "net.ipv4.conf.all.arp_announce", "=", "0"]
 
 
 def test_the_proof_nodes_ipvs_table_is_what_svcops_rendered(report):
@@ -141,3 +146,6 @@ def test_leaving_ipvs_mode_leaves_nothing_of_it(report):
     assert not any(n.startswith("SVCOPS-") for n in report.removed.get("sets", "").split())
     assert "svcops-ipvs0" not in report.removed.get("links", "")
     assert report.removed.get("iptables", "") == ""
+    # The node-wide ARP sysctls are back to the values the node had before IPVS mode.
+    assert report.removed.get("sysctl", "").split() == ["net.ipv4.conf.all.arp_ignore=0", "net.ipv4.conf.all.arp_announce=0"]
+    assert "files" not in report.removed

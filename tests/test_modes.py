@@ -46,7 +46,7 @@ from svcops.node_files import (
 from svcops.nodediff import mode_changes
 from svcops.pipeline import compile_site
 from svcops.render.iptables import JUMPS, parse_iptables_save, restore_payload
-from svcops.render.ipvs import DUMMY_INTERFACE, IPVS_JUMPS, SETS, SYSCTLS, parse_ipvsadm_save
+from svcops.render.ipvs import DUMMY_INTERFACE, IPVS_JUMPS, SETS, SYSCTLS, SYSCTLS_BEFORE, parse_ipvsadm_save
 from svcops.render.nftables import LIVE_COMMANDS, NftLive
 from svcops.render.rollback import expected_tables, in_sync
 
@@ -306,7 +306,9 @@ def test_ipvs_on_a_clean_node_does_every_step_in_order():
     plan = ipvs_plan(rules, IpvsLive(), parse_iptables_save(""), ipvs_modules(rules.ipvsadm))
     assert "modprobe" in plan.prepare and f"ip link add {DUMMY_INTERFACE} type dummy" in plan.prepare
     assert "net.ipv4.vs.conntrack=1" in plan.prepare
-    assert all(f"ip addr add {a}/32 dev {DUMMY_INTERFACE}" in plan.prepare for a in rules.addresses)
+    # Every virtual address in one `ip -batch` input.
+    assert plan.addresses == "".join(f"address add {a}/32 dev {DUMMY_INTERFACE}\n" for a in rules.addresses)
+    assert "ip addr" not in plan.prepare
     assert plan.ipset == rules.ipset
     assert plan.iptables == restore_payload(rules.iptables_rules, parse_iptables_save(""))
     assert simulate_ipvsadm("", plan.ipvsadm) == parse_ipvsadm_save(rules.ipvsadm)
@@ -328,7 +330,7 @@ def test_ipvs_in_sync_runs_nothing_and_a_change_only_what_differs():
     assert after == parse_ipvsadm_save(new.ipvsadm)
     assert simulate_ipvsadm(new.ipvsadm, plan.undo_ipvsadm) == parse_ipvsadm_save(rules.ipvsadm)
     gone = set(rules.addresses) - set(new.addresses)
-    assert gone and all(f"ip addr del {a}/32" in plan.finish for a in gone)
+    assert gone and plan.finish == "".join(f"address del {a}/32 dev {DUMMY_INTERFACE}\n" for a in sorted(gone))
 
 
 def test_ipvs_leaves_foreign_virtual_servers_alone():
@@ -367,6 +369,34 @@ def test_leaving_ipvs_mode_removes_sets_servers_and_the_dummy_interface():
     assert simulate_ipvsadm(rules.ipvsadm, removal.ipvsadm) == {}
     assert removal.link
     assert ipvs_removal(IpvsLive(), ("10.0.0.11",)).empty
+
+
+def test_ipvs_keeps_the_nodes_own_arp_sysctls_and_leaving_puts_them_back(tmp_path):
+    rules = ipvs_rules()
+    own = {"net.ipv4.conf.all.arp_ignore": "0", "net.ipv4.conf.all.arp_announce": "0"}
+    plan = ipvs_plan(rules, IpvsLive(sysctls=own), parse_iptables_save(""), ())
+    keep = plan.prepare.split(" && ")
+    # Kept before they are changed, written once and atomically.
+    i = next(i for i, c in enumerate(keep) if SYSCTLS_BEFORE in c)
+    assert i < next(i for i, c in enumerate(keep) if c.startswith("sysctl -q -w"))
+    # What the fact reads back from that file is what the node had.
+    f = tmp_path / "before"
+    script = " && ".join(keep[i : i + 2]).replace(SYSCTLS_BEFORE, str(f)).replace("mkdir -p /etc/svcops && ", "")
+    subprocess.run(["sh", "-ec", script], check=True)
+    state = parse_ipvs_state(["before " + ln for ln in f.read_text().splitlines()])
+    assert state.live.before == own and state.present
+    # Applied again with the values kept: not kept a second time (the node's own stay).
+    again = ipvs_plan(rules, replace(live_holding(rules), before=own, sysctls={}), parse_iptables_save(""), ())
+    assert SYSCTLS_BEFORE not in again.prepare and "arp_ignore=1" in again.prepare
+    # Leaving IPVS mode: back to the node's values, and the file goes.
+    removal = ipvs_removal(replace(live_holding(rules), before=own), rules.node_addresses)
+    assert removal.sysctls == (
+        "sysctl -q -w net.ipv4.conf.all.arp_announce=0 net.ipv4.conf.all.arp_ignore=0 && rm -f " + SYSCTLS_BEFORE
+    )
+    # A node that had them set already keeps nothing and gets nothing back.
+    set_already = {k: SYSCTLS[k] for k in own}
+    assert SYSCTLS_BEFORE not in ipvs_plan(rules, IpvsLive(sysctls=set_already), parse_iptables_save(""), ()).prepare
+    assert not ipvs_removal(live_holding(rules), rules.node_addresses).sysctls
 
 
 def test_parse_ipvs_state():

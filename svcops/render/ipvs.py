@@ -79,6 +79,8 @@ __all__ = [
     "DUMMY_INTERFACE",
     "SCHEDULERS",
     "SYSCTLS",
+    "NODE_WIDE_SYSCTLS",
+    "SYSCTLS_BEFORE",
     "SETS",
     "IpsetDef",
     "IpvsRules",
@@ -111,6 +113,12 @@ SYSCTLS: Mapping[str, str] = {
     "net.ipv4.conf.all.arp_ignore": "1",
     "net.ipv4.conf.all.arp_announce": "2",
 }
+
+# The SYSCTLS that change how the whole node behaves outside IPVS: their values from
+# before svcops set them are kept in SYSCTLS_BEFORE and put back when IPVS mode is left
+# (the net.ipv4.vs.* ones only exist with the ip_vs module; ip_forward every mode needs).
+NODE_WIDE_SYSCTLS = ("net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce")
+SYSCTLS_BEFORE = "/etc/svcops/ipvs-sysctls.before"
 
 # The IPVS flag of a protocol, as ipvsadm-save prints it.
 _IPVS_FLAG = {"TCP": "-t", "UDP": "-u", "SCTP": "--sctp-service"}

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -278,7 +278,6 @@ def update_site():
     new service added, `web` (NodePort) now with externalTrafficPolicy Local."""
     sys.path.insert(0, str(TESTS))
     sys.path.insert(0, str(ROOT))
-    from dataclasses import replace
 
     import render_fixtures as F
     from svcops.endpoints import resolve
@@ -322,18 +321,31 @@ def write_update(dest: Path) -> None:
     plan = ipvs_plan(new, live, expected_tables(old.iptables_rules), ipvs_modules(new.ipvsadm))
     u = dest / "update"
     u.mkdir()
-    (u / "prepare").write_text(plan.prepare + "\n")
+    (u / "prepare").write_text(guest_shell(plan.prepare) + "\n")
+    (u / "addresses").write_text(plan.addresses)
     (u / "ipset").write_text(plan.ipset)
     (u / "iptables").write_text(plan.iptables)
     (u / "ipvsadm").write_text(plan.ipvsadm)
-    (u / "finish").write_text(plan.finish + "\n")
-    after = applied_state(new, ipvs_modules(new.ipvsadm))
+    (u / "finish").write_text(plan.finish)
+    # The node as the proof's cold apply left it: the ARP sysctls' own values were kept.
+    after = replace(applied_state(new, ipvs_modules(new.ipvsadm)), before=GUEST_SYSCTLS)
     gone = ipvs_removal(after, new.node_addresses)
     r = dest / "removal"
     r.mkdir()
     (r / "iptables").write_text(restore_payload(no_iptables_rules(PROOF_NODE), expected_tables(new.iptables_rules)))
     (r / "ipset").write_text(gone.ipset)
     (r / "ipvsadm").write_text(gone.ipvsadm)
+    (r / "sysctls").write_text(gone.sysctls + "\n")
+
+
+# The kernel's defaults for the node-wide ARP sysctls, as the guest boots with them.
+GUEST_SYSCTLS = {"net.ipv4.conf.all.arp_ignore": "0", "net.ipv4.conf.all.arp_announce": "0"}
+
+
+def guest_shell(text: str) -> str:
+    """svcops's shell steps for the guest: its busybox runs its own `ip` applet before
+    PATH, so iproute2 is named by its full path."""
+    return re.sub(r"(^|&& |; )ip ", r"\1/usr/sbin/ip ", text)
 
 
 def write_payloads(dest: Path) -> None:
@@ -356,11 +368,19 @@ def write_payloads(dest: Path) -> None:
     rules = render_nodes(cluster, ports, [(PROOF_NODE, (PROOF_NODE_ADDRESS,))])[PROOF_NODE]
     p = dest / "proof"
     p.mkdir()
-    (p / "addresses").write_text("".join(f"{a}/32\n" for a in rules.addresses))
-    (p / "ipset").write_text(rules.ipset)
-    (p / "iptables").write_text(rules.iptables)
-    (p / "ipvsadm").write_text(rules.ipvsadm)
-    (p / "sysctls").write_text("".join(f"{k}={v}\n" for k, v in SYSCTLS.items()))
+    # svcops's cold apply (`ipvs_plan` on a clean node; the guest's init loaded the modules).
+    from svcops.ipvs_apply import IpvsLive, ipvs_plan
+    from svcops.node_files import ipvs_modules
+    from svcops.render.iptables import LiveTables
+
+    mods = ipvs_modules(rules.ipvsadm)
+    cold = ipvs_plan(rules, IpvsLive(sysctls=GUEST_SYSCTLS, modules=frozenset(mods)), LiveTables(), mods)
+    (p / "prepare").write_text(guest_shell(cold.prepare) + "\n")
+    (p / "addresses").write_text(cold.addresses)
+    (p / "ipset").write_text(cold.ipset)
+    (p / "iptables").write_text(cold.iptables)
+    (p / "ipvsadm").write_text(cold.ipvsadm)
+    (p / "sysctl-keys").write_text("".join(f"{k}\n" for k in SYSCTLS))
     (p / "probes").write_text("".join(" ".join(map(str, probe)) + "\n" for probe in PROBES))
     write_update(dest)
 
@@ -396,6 +416,8 @@ class Report:
     update_ipvs: str = ""  # ipvsadm-save -n after svcops's update steps
     update_probes: dict[str, list[str]] = field(default_factory=dict)
     removed: dict[str, str] = field(default_factory=dict)  # what is left after leaving IPVS mode
+    sysctls: dict[str, str] = field(default_factory=dict)  # as the cold apply set them
+    kept: str = ""  # /etc/svcops/ipvs-sysctls.before after the cold apply
 
 
 def parse_report(output: str) -> Report:
@@ -431,6 +453,11 @@ def parse_report(output: str) -> Report:
             label, _, rest2 = rest.partition(" ")
             _, _, answer = rest2.partition(" ")
             rep.update_probes.setdefault(label, []).append(answer.strip())
+        elif kind == "SYSCTL":
+            k, _, v = rest.partition("=")
+            rep.sysctls[k] = v.strip()
+        elif kind == "KEPT":
+            rep.kept = rest.strip()
         elif kind == "REMOVED":
             what, _, value = rest.partition(" ")
             rep.removed[what] = rep.removed.get(what, "") + value + "\n"

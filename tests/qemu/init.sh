@@ -29,10 +29,12 @@ done
 
 # --- the proof: this guest is node1 (10.0.0.11) of tests/qemu/harness.py's site
 P=/payload/proof
-for kv in $(cat $P/sysctls); do sysctl -q -w "$kv" || say "SYSCTL-FAIL $kv"; done
 /usr/sbin/ip link set lo up
-/usr/sbin/ip link add svcops-ipvs0 type dummy
-for a in $(cat $P/addresses); do /usr/sbin/ip addr add "$a" dev svcops-ipvs0; done
+# svcops's cold apply, step by step (svcops.ipvs_apply.ipvs_plan on a clean node)
+sh -e $P/prepare || say "APPLY-FAIL prepare"
+/usr/sbin/ip -batch $P/addresses || say "APPLY-FAIL addresses"
+say "KEPT $(tr '\n' ' ' < /etc/svcops/ipvs-sysctls.before)"
+while read -r k; do say "SYSCTL $k=$(sysctl -n "$k")"; done < $P/sysctl-keys
 ipset restore < $P/ipset || say "APPLY-FAIL ipset"
 iptables-restore --noflush < $P/iptables || say "APPLY-FAIL iptables"
 ipvsadm -R < $P/ipvsadm || say "APPLY-FAIL ipvsadm"
@@ -89,10 +91,11 @@ ipvsadm -L -n -c | sed "s/^/SVCOPS CONNS /"
 # site to tests/qemu/harness.py's update_site, on this live node
 U=/payload/update
 sh $U/prepare || say "APPLY-FAIL update-prepare"
+[ ! -s $U/addresses ] || /usr/sbin/ip -batch $U/addresses || say "APPLY-FAIL update-addresses"
 ipset restore < $U/ipset || say "APPLY-FAIL update-ipset"
 [ -s $U/iptables ] && { iptables-restore --noflush < $U/iptables || say "APPLY-FAIL update-iptables"; }
 ipvsadm -R < $U/ipvsadm || say "APPLY-FAIL update-ipvsadm"
-sh $U/finish || say "APPLY-FAIL update-finish"
+[ ! -s $U/finish ] || /usr/sbin/ip -batch $U/finish || say "APPLY-FAIL update-finish"
 ipvsadm -S -n | sed "s/^/SVCOPS UPDATE-IPVS /"
 uprobe() {
     label=$1; count=$2; addr=$3; port=$4
@@ -114,8 +117,11 @@ iptables-restore --noflush < $R/iptables || say "APPLY-FAIL removal-iptables"
 ipset restore < $R/ipset || say "APPLY-FAIL removal-ipset"
 ipvsadm -R < $R/ipvsadm || say "APPLY-FAIL removal-ipvsadm"
 /usr/sbin/ip link del svcops-ipvs0 || say "APPLY-FAIL removal-link"
+sh -e $R/sysctls || say "APPLY-FAIL removal-sysctls"
 ipvsadm -S -n | sed "s/^/SVCOPS REMOVED ipvs /"
 ipset list -n | sed "s/^/SVCOPS REMOVED sets /"
 /usr/sbin/ip -o link show | sed "s/^/SVCOPS REMOVED links /"
 iptables-save | grep SVCOPS | sed "s/^/SVCOPS REMOVED iptables /"
+for k in net.ipv4.conf.all.arp_ignore net.ipv4.conf.all.arp_announce; do say "REMOVED sysctl $k=$(sysctl -n $k)"; done
+[ -e /etc/svcops/ipvs-sysctls.before ] && say "REMOVED files /etc/svcops/ipvs-sysctls.before"
 finish
