@@ -86,8 +86,6 @@ BANNER = "EMULATED (qemu TCG): times are far slower than real hardware"
 # ns> <end ns> <rc>": one timed step, on the guest's monotonic clock.
 INIT = r"""#!/bin/busybox sh
 . /prelude.sh
-# ipvsadm-save is a bash script: busybox sh runs it.
-printf '#!/bin/busybox sh\nexec /bin/busybox sh "$@"\n' > /bin/bash; chmod +x /bin/bash
 
 # The clock, without starting a process: ktime_get() in ns.
 if [ -r /proc/timer_list ]; then

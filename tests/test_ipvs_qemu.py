@@ -149,3 +149,17 @@ def test_leaving_ipvs_mode_leaves_nothing_of_it(report):
     # The node-wide ARP sysctls are back to the values the node had before IPVS mode.
     assert report.removed.get("sysctl", "").split() == ["net.ipv4.conf.all.arp_ignore=0", "net.ipv4.conf.all.arp_announce=0"]
     assert "files" not in report.removed
+
+
+def test_the_boot_script_alone_brings_back_the_whole_ipvs_mode(report):
+    # After leaving IPVS the node held nothing of it, as after a reboot; the restore
+    # script svcops persists, run twice, gives back the render and traffic flows.
+    assert not [f for f in report.apply_failures if "boot" in f], report.apply_failures
+    _, ports, cluster = harness.update_site()
+    new = render_nodes(cluster, ports, [(harness.PROOF_NODE, (harness.PROOF_NODE_ADDRESS,))])[harness.PROOF_NODE]
+    assert parse_ipvsadm_save(report.boot_ipvs) == parse_ipvsadm_save(new.ipvsadm)
+    assert report.boot["addresses"] == str(len(new.addresses))
+    assert report.boot["sysctl"] == "1"  # net.ipv4.vs.conntrack, from /etc/sysctl.d
+    assert backends(report.update_probes["boot-added"]) == {"web-1", "web-2"}
+    local = report.update_probes["boot-node-port"]
+    assert backends(local) == {"web-1"} and seen_clients(local, "web-1") == {"10.0.0.100"}

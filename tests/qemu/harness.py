@@ -336,6 +336,13 @@ def write_update(dest: Path) -> None:
     (r / "ipset").write_text(gone.ipset)
     (r / "ipvsadm").write_text(gone.ipvsadm)
     (r / "sysctls").write_text(gone.sysctls + "\n")
+    # Boot: every file svcops persists in IPVS mode for the updated site, under boot/.
+    from svcops.node_files import node_files
+
+    for path, text in node_files(new.iptables_rules, "", (), "ipvs", ipvs=new).files.items():
+        f = dest / "boot" / path.lstrip("/")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
 
 
 # The kernel's defaults for the node-wide ARP sysctls, as the guest boots with them.
@@ -418,6 +425,8 @@ class Report:
     removed: dict[str, str] = field(default_factory=dict)  # what is left after leaving IPVS mode
     sysctls: dict[str, str] = field(default_factory=dict)  # as the cold apply set them
     kept: str = ""  # /etc/svcops/ipvs-sysctls.before after the cold apply
+    boot_ipvs: str = ""  # ipvsadm-save -n after the boot script ran on a clean node
+    boot: dict[str, str] = field(default_factory=dict)
 
 
 def parse_report(output: str) -> Report:
@@ -456,6 +465,11 @@ def parse_report(output: str) -> Report:
         elif kind == "SYSCTL":
             k, _, v = rest.partition("=")
             rep.sysctls[k] = v.strip()
+        elif kind == "BOOT-IPVS":
+            rep.boot_ipvs += rest + "\n"
+        elif kind == "BOOT":
+            what, _, value = rest.partition(" ")
+            rep.boot[what] = value.strip()
         elif kind == "KEPT":
             rep.kept = rest.strip()
         elif kind == "REMOVED":

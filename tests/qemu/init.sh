@@ -124,4 +124,17 @@ ipset list -n | sed "s/^/SVCOPS REMOVED sets /"
 iptables-save | grep SVCOPS | sed "s/^/SVCOPS REMOVED iptables /"
 for k in net.ipv4.conf.all.arp_ignore net.ipv4.conf.all.arp_announce; do say "REMOVED sysctl $k=$(sysctl -n $k)"; done
 [ -e /etc/svcops/ipvs-sysctls.before ] && say "REMOVED files /etc/svcops/ipvs-sysctls.before"
+
+# --- boot: on this node without svcops's IPVS state (as after a reboot), the files svcops
+# persists for the updated site and its restore script (run twice: it is idempotent).
+# The script runs in this shell with `ip` as iproute2's (busybox's applet comes first).
+cp -a /payload/boot/etc/. /etc/
+for run in 1 2; do
+    ( ip() { /usr/sbin/ip "$@"; }; . /etc/svcops/restore ) > /tmp/boot.err 2>&1 || say "APPLY-FAIL boot-$run $(head -c 300 /tmp/boot.err | tr '\n' ' ')"
+done
+ipvsadm -S -n | sed "s/^/SVCOPS BOOT-IPVS /"
+say "BOOT addresses $(/usr/sbin/ip -4 -o addr show dev svcops-ipvs0 | wc -l)"
+say "BOOT sysctl $(sysctl -n net.ipv4.vs.conntrack)"
+uprobe boot-added 6 10.96.0.20 80
+uprobe boot-node-port 6 10.0.0.11 30080
 finish

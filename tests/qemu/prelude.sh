@@ -14,3 +14,5 @@ ln -s /run/netns /var/run/netns 2>/dev/null
 
 say() { echo "SVCOPS $*"; }
 finish() { say "DONE"; sync; poweroff -f; sleep 5; echo o > /proc/sysrq-trigger; }
+# Debian's ipvsadm-save and ipvsadm-restore are bash scripts: busybox sh runs them.
+printf '#!/bin/busybox sh\nexec /bin/busybox sh "$@"\n' > /bin/bash; chmod +x /bin/bash
