@@ -30,7 +30,9 @@ after the protocol). ``conntrack -D`` exits 1 with "0 flow entries have been del
 when nothing matched: `conntrack_script` treats that as success.
 
 The previous state comes from the node itself (`udp_ports_from_iptables`: the live
-``iptables-save``), not from a cache on the controller, so a node that missed an
+``iptables-save``; `udp_ports_from_ipvsadm`: ``ipvsadm-save -n`` in IPVS mode, whose
+UDP virtual servers, keyed by address and port, stand for service ports; nftables
+mode: `svcops.conntrack_ops.udp_ports_from_nft`), not from a cache on the controller, so a node that missed an
 apply, or that someone changed by hand, is still cleaned. The next state is the
 rendered one (`udp_ports` of the resolved ports, seen from that node).
 """
@@ -46,7 +48,7 @@ from .model import ResolvedPort
 from .render import chains as C
 from .render.iptables import LiveTables
 
-__all__ = ["UdpPort", "udp_ports", "udp_ports_from_iptables", "stale_conntrack", "conntrack_script"]
+__all__ = ["UdpPort", "udp_ports", "udp_ports_from_iptables", "udp_ports_from_ipvsadm", "stale_conntrack", "conntrack_script"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,37 @@ def udp_ports_from_iptables(live: LiveTables) -> dict[str, UdpPort]:
     }
 
 
+def _split_host_port(hostport: str) -> tuple[str, str]:
+    """"10.96.0.10:53" -> ("10.96.0.10", "53"); "[fd00::a]:53" -> ("fd00::a", "53")."""
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), port
+
+
+def udp_ports_from_ipvsadm(save: str, owned: Iterable[str], node_addresses: Iterable[str]) -> dict[str, UdpPort]:
+    """IPVS mode: "<address>:<port>" -> UdpPort for each UDP virtual server on an
+    `owned` address (svcops's: the dummy interface's and the node's own), read from
+    ``ipvsadm-save -n`` (the live one before a change, or `IpvsRules.ipvsadm` after).
+
+    IPVS keeps no service names, so each virtual server stands for itself: one on a
+    node address is a node port (its flows are matched by port, as in iptables mode),
+    any other a cluster, external or load-balancer IP."""
+    from .render.ipvs import parse_ipvsadm_save
+
+    mine, nodes = set(owned) | set(node_addresses), set(node_addresses)
+    out: dict[str, UdpPort] = {}
+    for vs, (_, reals) in parse_ipvsadm_save(save).items():
+        flag, _, hostport = vs.partition(" ")
+        addr, port = _split_host_port(hostport)
+        if flag != "-u" or addr not in mine or not port.isdigit():
+            continue
+        eps = frozenset(_split_host_port(r)[0] for r in reals)
+        if addr in nodes:
+            out[f"{addr}:{port}"] = UdpPort(f"{addr}:{port}", (), int(port), eps)
+        else:
+            out[f"{addr}:{port}"] = UdpPort(f"{addr}:{port}", (addr,), None, eps)
+    return out
+
+
 def _as_map(ports: Mapping[str, UdpPort] | Iterable[ResolvedPort | UdpPort]) -> Mapping[str, UdpPort]:
     if isinstance(ports, Mapping):
         return ports
@@ -224,7 +257,8 @@ def stale_conntrack(
                 out.append(["-D", *_family(addr), "-p", "udp", "--orig-dst", addr, "--dst-nat", ep])
             if p.node_port:
                 out.append(["-D", *_family(ep), "-p", "udp", "--orig-port-dst", str(p.node_port), "--dst-nat", ep])
-    return out
+    # A node port reached on several node addresses (IPVS) gives the same command twice.
+    return [list(c) for c in dict.fromkeys(tuple(c) for c in out)]
 
 
 def conntrack_script(commands: Iterable[list[str]]) -> str:

@@ -103,17 +103,21 @@ def udp_ports_from_nft(live) -> dict[str, UdpPort]:
     }
 
 
-def cleanup_commands(live, new: Mapping[str, UdpPort] | None) -> list[StringCommand]:
+def cleanup_commands(
+    live, new: Mapping[str, UdpPort] | None, previous: Mapping[str, UdpPort] | None = None
+) -> list[StringCommand]:
     """The command that deletes stale UDP flows once the rules for `new` are in place,
     given the live state read before the change: the iptables tables
-    (`svcops.facts.SvcopsIptables`) or svcops's nftables table (an ``NftLive``);
+    (`svcops.facts.SvcopsIptables`) or svcops's nftables table (an ``NftLive``), or
+    the `previous` UDP ports themselves (IPVS mode: `udp_ports_from_ipvsadm`);
     none when nothing is stale or `new` is None (no cleanup asked for).
 
     A node without the ``conntrack`` tool gets a warning on stderr, and the apply
     goes on (the flows then time out by themselves)."""
-    if new is None or live is None:
+    if new is None or (live is None and previous is None):
         return []
-    previous = udp_ports_from_nft(live) if hasattr(live, "maps") else udp_ports_from_iptables(live)
+    if previous is None:
+        previous = udp_ports_from_nft(live) if hasattr(live, "maps") else udp_ports_from_iptables(live)
     commands = stale_conntrack(previous, new)
     script = conntrack_script(commands)
     if not script:

@@ -388,6 +388,7 @@ def ipvs_rules(
     rules,
     rollback_after: int = DEFAULT_ROLLBACK_AFTER,
     verify_ssh: bool = True,
+    conntrack_cleanup: bool = True,
 ):
     """
     Give the node svcops's IPVS mode for ``rules`` (``IpvsRules``): modules and
@@ -400,7 +401,12 @@ def ipvs_rules(
 
     SSH safety as in iptables mode: the dead-man switch's rollback restores the
     previous iptables chains and virtual servers.
+
+    + conntrack_cleanup: after the change, delete the conntrack entries of UDP flows
+      still pointing at real servers that are gone, as in `iptables_rules` (the
+      previous state is the live ``ipvsadm-save -n`` read before)
     """
+    from .conntrack import udp_ports_from_ipvsadm
     from .ipvs_apply import ipvs_plan
 
     state = host.get_fact(SvcopsIpvs)
@@ -448,6 +454,11 @@ def ipvs_rules(
         yield StringCommand(f"cat > {d}/stale-addresses.{token}", _stdin=plan.finish)
         run.append(f"ip -batch {d}/stale-addresses.{token}\n")
     yield from _guarded(token, "".join(run), "".join(undo) or "true\n", rollback_after, verify_ssh)
+    if conntrack_cleanup and plan.ipvsadm:
+        owned = set(rules.addresses) | set(state.live.addresses)
+        before = udp_ports_from_ipvsadm(state.live.ipvsadm, owned, rules.node_addresses)
+        after = udp_ports_from_ipvsadm(rules.ipvsadm, owned, rules.node_addresses)
+        yield from cleanup_commands(None, after, previous=before)
 
 
 @operation()

@@ -18,7 +18,14 @@ import uuid
 import pytest
 
 import render_fixtures as F
-from svcops.conntrack import UdpPort, conntrack_script, stale_conntrack, udp_ports, udp_ports_from_iptables
+from svcops.conntrack import (
+    UdpPort,
+    conntrack_script,
+    stale_conntrack,
+    udp_ports,
+    udp_ports_from_iptables,
+    udp_ports_from_ipvsadm,
+)
 from svcops.endpoints import resolve
 from svcops.model import Node, ServicePort, Workload, WorkloadPort
 from svcops.render.iptables import parse_iptables_save, render_nodes, restore_payload
@@ -148,6 +155,38 @@ def test_an_apply_that_changes_nothing_deletes_nothing_on_any_node():
         for node, r in rules.items():
             live = udp_ports_from_iptables(parse_iptables_save(restore_payload(r)))
             assert stale_conntrack(live, udp_ports(ports, node)) == []
+
+
+# --- IPVS mode: the previous state is ipvsadm-save -n ------------------------------------
+
+
+def ipvs_udp(services, on=("node1", "node2"), node="node1"):
+    from svcops.render.ipvs import render_nodes as render_ipvs
+
+    r = render_ipvs(F.CLUSTER, resolved(services, on), [(node, ("10.0.0.11",))])[node]
+    return udp_ports_from_ipvsadm(r.ipvsadm, r.addresses, r.node_addresses)
+
+
+def test_ipvs_udp_virtual_servers_stand_for_service_ports():
+    svc = F.service("dns", DNS, DNS_TCP, selector=SEL, type="NodePort", external_ips=("198.51.100.7",))
+    ports = ipvs_udp((svc,))
+    # One per UDP virtual server: the cluster and external IPs by address, the node port
+    # on the node's address by port; the TCP ones and foreign servers are not there.
+    assert sorted(ports) == ["10.0.0.11:30080", f"{CIP}:53", "198.51.100.7:53"]
+    assert ports[f"{CIP}:53"] == UdpPort(f"{CIP}:53", (CIP,), None, frozenset({"10.244.1.5", "10.244.2.5"}))
+    assert ports["10.0.0.11:30080"].node_port == 30080 and ports["10.0.0.11:30080"].addresses == ()
+    foreign = "-A -u 198.51.100.99:53 -s rr\n-a -u 198.51.100.99:53 -r 10.9.9.9:53 -m -w 1\n"
+    assert udp_ports_from_ipvsadm(foreign, (CIP,), ("10.0.0.11",)) == {}
+
+
+def test_ipvs_a_removed_real_server_gets_its_flows_deleted_once_per_address_and_node_port():
+    svc = F.service("dns", DNS, selector=SEL, type="NodePort")
+    before, after = ipvs_udp((svc,), ("node1", "node2")), ipvs_udp((svc,), ("node1",))
+    assert cmds(before, after) == [
+        "-D -p udp --orig-port-dst 30080 --dst-nat 10.244.2.5",
+        f"-D -p udp --orig-dst {CIP} --dst-nat 10.244.2.5",
+    ]
+    assert cmds(after, after) == []
 
 
 # --- the real kernel --------------------------------------------------------------------

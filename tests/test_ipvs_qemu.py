@@ -163,3 +163,20 @@ def test_the_boot_script_alone_brings_back_the_whole_ipvs_mode(report):
     assert backends(report.update_probes["boot-added"]) == {"web-1", "web-2"}
     local = report.update_probes["boot-node-port"]
     assert backends(local) == {"web-1"} and seen_clients(local, "web-1") == {"10.0.0.100"}
+
+
+def reply_sources(flows: list[str]) -> list[str]:
+    """conntrack -L lines -> the reply direction's source (the real server) of each."""
+    return [f.split("src=")[2].split()[0] for f in flows if f.count("src=") >= 2]
+
+
+def test_udp_flows_to_a_removed_real_server_are_deleted_the_others_kept(report):
+    before = reply_sources(report.conntrack.get("before", []))
+    after = reply_sources(report.conntrack.get("after", []))
+    gone = harness.UDP_ENDPOINTS[1]
+    kept = harness.UDP_ENDPOINTS[0]
+    # Both real servers had flows (round robin over six source ports)...
+    assert gone in before and kept in before, report.conntrack
+    # ...and after the update with svcops's cleanup only those to the live one remain.
+    assert gone not in after, report.conntrack
+    assert after.count(kept) == before.count(kept), report.conntrack

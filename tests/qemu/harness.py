@@ -50,7 +50,7 @@ GOLDEN = TESTS / "golden" / "ipvs"
 DEFAULT_CACHE = Path(os.environ.get("SVCOPS_QEMU_CACHE", "/var/cache/svcops-qemu"))
 KERNEL_META = "linux-image-cloud-amd64"
 HOST_PACKAGES = {"qemu-system-x86_64": "qemu-system-x86", "busybox": "busybox-static", "cpio": "cpio"}
-GUEST_TOOLS = ("/usr/sbin/ipvsadm", "/usr/sbin/ipset", "/usr/sbin/xtables-nft-multi", "/usr/sbin/ip")
+GUEST_TOOLS = ("/usr/sbin/ipvsadm", "/usr/sbin/ipset", "/usr/sbin/xtables-nft-multi", "/usr/sbin/ip", "/usr/sbin/conntrack")
 GUEST_SCRIPTS = ("/usr/sbin/ipvsadm-restore", "/usr/sbin/ipvsadm-save")
 XTABLES_DIR = Path("/usr/lib/x86_64-linux-gnu/xtables")
 
@@ -62,6 +62,7 @@ MODULES = (
     "ip_set", "ip_set_hash_ip", "ip_set_hash_ipport", "ip_set_hash_ipportip", "ip_set_hash_ipportnet",
     "ip_set_bitmap_port", "xt_set",
     "nf_tables", "nft_compat", "nft_chain_nat", "nft_ct", "nft_masq", "nft_reject_ipv4", "nf_conntrack", "nf_nat",
+    "nf_conntrack_netlink",
     "xt_addrtype", "xt_comment", "xt_conntrack", "xt_mark", "xt_MASQUERADE", "xt_tcpudp", "xt_sctp", "xt_nat",
     "ipt_REJECT", "xt_multiport", "xt_statistic", "xt_recent",
     "dummy", "veth",
@@ -86,8 +87,8 @@ def ensure_host_tools() -> None:
     if not missing:
         return
     pkgs = sorted({HOST_PACKAGES.get(Path(m).name, m) for m in missing if not m.startswith("/")})
-    pkgs += sorted({"ipvsadm" if "ipvsadm" in m else "ipset" if "ipset" in m else "iptables" if "xtables" in m else "iproute2"
-                    for m in missing if m.startswith("/")})  # fmt: skip
+    pkgs += sorted({"ipvsadm" if "ipvsadm" in m else "ipset" if "ipset" in m else "iptables" if "xtables" in m
+                    else "conntrack" if "conntrack" in m else "iproute2" for m in missing if m.startswith("/")})  # fmt: skip
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise Unavailable(f"missing {', '.join(pkgs)} and cannot install them (needs root and apt-get)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -253,10 +254,23 @@ def proof_site():
         F.service("lonely", F.HTTP, selector={"app": "missing"}),  # 10.96.0.13: no endpoints
         F.service("local", F.HTTP, type="NodePort", external_traffic_policy="Local",
                   annotations={"svcops.io/ipvs-scheduler": "wrr"}),  # 10.96.0.14, node port 30082
-        F.service("udp", ServicePort("u", "UDP", 5353, 5353)),  # 10.96.0.15: UDP virtual server
+        F.service("udp", ServicePort("u", "UDP", 5353, 5353), selector=None),
+        # ^ 10.96.0.15: a UDP virtual server, its endpoints from `udp_endpoints`
     )  # fmt: skip
-    ports, _ = resolve(F.site(services), F.nodes(), F.allocations(services))
+    ports, _ = resolve(F.site(services, (udp_endpoints(UDP_ENDPOINTS),)), F.nodes(), F.allocations(services))
     return services, ports, F.CLUSTER
+
+
+# The UDP service's endpoints: node1 itself and web-2's address; the update drops web-2's
+# (its conntrack entries must go with it: svcops.conntrack).
+UDP_ENDPOINTS = ("10.0.0.11", "10.244.2.7")
+
+
+def udp_endpoints(addresses: tuple[str, ...]):
+    from svcops.model import EndpointAddress, EndpointPortSpec, EndpointSubset, ManualEndpoints, Source
+
+    subset = EndpointSubset(tuple(EndpointAddress(a) for a in addresses), (EndpointPortSpec("u", 5353, "UDP"),))
+    return ManualEndpoints("default", "udp", (subset,), Source("endpoints/udp.yaml", 1))
 
 
 # label, requests, from where, address, port; expectations are in tests/test_ipvs_qemu.py.
@@ -275,7 +289,8 @@ PROBES = (
 
 def update_site():
     """The proof site after a change: `lonely` removed, `sticky`'s timeout changed, a
-    new service added, `web` (NodePort) now with externalTrafficPolicy Local."""
+    new service added, `web` (NodePort) now with externalTrafficPolicy Local, `udp`
+    without its endpoint on web-2's address."""
     sys.path.insert(0, str(TESTS))
     sys.path.insert(0, str(ROOT))
 
@@ -297,7 +312,7 @@ def update_site():
     del cips["default/lonely"]
     cips["default/added"] = "10.96.0.20"
     allocations = replace(allocations, cluster_ips=cips)
-    ports, _ = resolve(F.site(changed), F.nodes(), allocations)
+    ports, _ = resolve(F.site(changed, (udp_endpoints(UDP_ENDPOINTS[:1]),)), F.nodes(), allocations)
     return changed, ports, F.CLUSTER
 
 
@@ -327,6 +342,12 @@ def write_update(dest: Path) -> None:
     (u / "iptables").write_text(plan.iptables)
     (u / "ipvsadm").write_text(plan.ipvsadm)
     (u / "finish").write_text(plan.finish)
+    # The UDP flows to real servers that are gone, deleted as `ipvs_rules` does.
+    from svcops.conntrack import conntrack_script, stale_conntrack, udp_ports_from_ipvsadm
+
+    owned = set(new.addresses) | set(live.addresses)
+    before = udp_ports_from_ipvsadm(live.ipvsadm, owned, new.node_addresses)
+    (u / "conntrack").write_text(conntrack_script(stale_conntrack(before, udp_ports_from_ipvsadm(new.ipvsadm, owned, new.node_addresses))))
     # The node as the proof's cold apply left it: the ARP sysctls' own values were kept.
     after = replace(applied_state(new, ipvs_modules(new.ipvsadm)), before=GUEST_SYSCTLS)
     gone = ipvs_removal(after, new.node_addresses)
@@ -426,6 +447,7 @@ class Report:
     sysctls: dict[str, str] = field(default_factory=dict)  # as the cold apply set them
     kept: str = ""  # /etc/svcops/ipvs-sysctls.before after the cold apply
     boot_ipvs: str = ""  # ipvsadm-save -n after the boot script ran on a clean node
+    conntrack: dict[str, list[str]] = field(default_factory=dict)  # "before"/"after": UDP flows
     boot: dict[str, str] = field(default_factory=dict)
 
 
@@ -465,6 +487,9 @@ def parse_report(output: str) -> Report:
         elif kind == "SYSCTL":
             k, _, v = rest.partition("=")
             rep.sysctls[k] = v.strip()
+        elif kind == "CT":
+            when, _, flow = rest.partition(" ")
+            rep.conntrack.setdefault(when, []).append(flow.strip())
         elif kind == "BOOT-IPVS":
             rep.boot_ipvs += rest + "\n"
         elif kind == "BOOT":

@@ -90,12 +90,28 @@ ipvsadm -L -n -c | sed "s/^/SVCOPS CONNS /"
 # --- an update, as svcops apply runs it (svcops.ipvs_apply.ipvs_plan): from the proof
 # site to tests/qemu/harness.py's update_site, on this live node
 U=/payload/update
+# UDP flows from the client to the UDP service first (busybox's tftp: a new source port
+# each time, scheduled round robin over both real servers), so that the update finds
+# conntrack entries pointing at the real server it removes.
+for i in 1 2 3 4 5 6; do
+    /usr/sbin/ip netns exec client timeout 1 tftp -g -r x -l /dev/null 10.96.0.15 5353 >/dev/null 2>&1 &
+done
+wait
+conntrack -L -p udp --orig-dst 10.96.0.15 2>/dev/null | sed "s/^/SVCOPS CT before /"
+# This kernel (>= 5.9) with svcops's net.ipv4.vs.expire_nodest_conn=1 expires the
+# connections of a removed real server by itself, conntrack entries included; turned off
+# here so that what is proven is svcops's own cleanup (older kernels, and flows made
+# while a service had no real server, need it).
+sysctl -q -w net.ipv4.vs.expire_nodest_conn=0
 sh $U/prepare || say "APPLY-FAIL update-prepare"
 [ ! -s $U/addresses ] || /usr/sbin/ip -batch $U/addresses || say "APPLY-FAIL update-addresses"
 ipset restore < $U/ipset || say "APPLY-FAIL update-ipset"
 [ -s $U/iptables ] && { iptables-restore --noflush < $U/iptables || say "APPLY-FAIL update-iptables"; }
 ipvsadm -R < $U/ipvsadm || say "APPLY-FAIL update-ipvsadm"
 [ ! -s $U/finish ] || /usr/sbin/ip -batch $U/finish || say "APPLY-FAIL update-finish"
+sh $U/conntrack > /tmp/ct.out 2>&1 || say "APPLY-FAIL update-conntrack $(head -c 300 /tmp/ct.out | tr '\n' ' ')"
+conntrack -L -p udp --orig-dst 10.96.0.15 2>/dev/null | sed "s/^/SVCOPS CT after /"
+sysctl -q -w net.ipv4.vs.expire_nodest_conn=1
 ipvsadm -S -n | sed "s/^/SVCOPS UPDATE-IPVS /"
 uprobe() {
     label=$1; count=$2; addr=$3; port=$4
