@@ -52,7 +52,7 @@ from .node_files import (
     ipvs_modules,
     sha256_text,
 )
-from .render.iptables import IptablesRules, restore_payload
+from .render.iptables import IptablesRules, restore_transactions
 from .render.ipvs import DUMMY_INTERFACE as DUMMY
 from .render.rollback import in_sync, rollback_payload
 
@@ -150,15 +150,22 @@ def iptables_rules(
     token = secrets.token_hex(6)
     d = RUN_DIR
     apply_path = f"{d}/apply.{token}"
-    yield StringCommand(f"mkdir -p {d} && chmod 700 {d} && cat > {apply_path}", _stdin=restore_payload(rules, live))
+    txs = restore_transactions(rules, live)
+    yield StringCommand(f"mkdir -p {d} && chmod 700 {d} && cat > {apply_path}", _stdin="".join(txs))
     restore = f"iptables-restore -w 5 --noflush {apply_path}"
+    if len(txs) > 1:
+        # Many chains: several transactions in one restore (see restore_transactions). One
+        # that fails leaves the earlier ones committed: give the chains back at once.
+        yield StringCommand(f"cat > {d}/rollback-partial.{token}", _stdin=rollback_payload(live, rules, jumps=False))
+        restore = f"{{ {restore} || {{ iptables-restore -w 5 --noflush {d}/rollback-partial.{token}; false; }}; }}"
     if not verify_ssh:
         yield StringCommand(f"{restore} && rm -f {apply_path}")
         yield from cleanup_commands(live, udp_ports)
         return
     yield StringCommand(f"cat > {d}/rollback.{token}", _stdin=rollback_payload(live, rules))
     yield StringCommand(f"cat > {d}/deadman.{token}", _stdin=deadman_script(token, rollback_after))
-    # Arm, then restore; a restore that fails changed nothing (it is atomic): cancel the switch.
+    # Arm, then restore; a restore that fails changed nothing (it is atomic, or was
+    # undone at once when cut into transactions): cancel the switch.
     yield StringCommand(
         f": > {d}/armed.{token} && setsid -f sh {d}/deadman.{token} >/dev/null 2>&1 < /dev/null && "
         f"if {restore}; then :; else mv -f {d}/armed.{token} {d}/cancelled.{token}; "
@@ -180,7 +187,7 @@ def _cleanup(token: str) -> str:
     return (
         f"rm -f {d}/apply.{token} {d}/rollback.{token} {d}/deadman.{token} {d}/pid.{token} {d}/disarmed.{token} "
         f"{d}/cancelled.{token} {d}/run.{token} {d}/undo.{token} {d}/lib.{token} {d}/ipset.{token} {d}/ipvsadm.{token} "
-        f"{d}/undo-ipvsadm.{token} {d}/addresses.{token} {d}/stale-addresses.{token}"
+        f"{d}/undo-ipvsadm.{token} {d}/addresses.{token} {d}/stale-addresses.{token} {d}/rollback-partial.{token}"
     )
 
 

@@ -105,7 +105,7 @@ def simulate(live: LiveTables, payload: str) -> LiveTables:
     )
 
 
-def rollback_payload(live: LiveTables, rules: IptablesRules) -> str:
+def rollback_payload(live: LiveTables, rules: IptablesRules, jumps: bool = True) -> str:
     """The `iptables-restore --noflush` payload that undoes applying `rules` to `live`.
 
     Computed on the controller before the apply, uploaded with it, and run by the
@@ -114,16 +114,22 @@ def rollback_payload(live: LiveTables, rules: IptablesRules) -> str:
     back exactly `live`'s svcops chains, their rules and the order of svcops's jumps
     (a jump re-inserted goes to the top of its built-in chain); foreign rules are never
     named.
+
+    jumps=False: for an apply cut short before its last transaction
+    (`restore_transactions`), which is the one that changes the jumps: the chains are
+    given back, the jumps are left as they are (still the old ones).
     """
     after = simulate(live, restore_payload(rules, live))
     out: list[str] = []
     for name in TABLES:
         old, new = live.table(name), after.table(name)
         out.append(f"*{name}\n")
-        out.extend(f":{c} - [0:0]\n" for c in old.chains)
+        # Only the chains the apply changed are written back (the others it left alone).
+        changed = [c for c, r in old.chains.items() if new.chains.get(c) != r]
+        out.extend(f":{c} - [0:0]\n" for c in changed)
         added = [c for c in new.chains if c not in old.chains]
         out.extend(f":{c} - [0:0]\n" for c in added)
-        for chain in _BUILTIN_ORDER:
+        for chain in _BUILTIN_ORDER if jumps else ():
             before = [j for j in old.jumps if _jump_chain(j) == chain]
             now = [j for j in new.jumps if _jump_chain(j) == chain]
             if before == now:
@@ -131,8 +137,8 @@ def rollback_payload(live: LiveTables, rules: IptablesRules) -> str:
             out.extend("-D" + j[2:] + "\n" for j in now)
             for j in reversed(before):
                 out.append(f"-I {chain} 1 {j[len(chain) + 4:]}\n")
-        for rules_of_chain in old.chains.values():
-            out.extend(r + "\n" for r in rules_of_chain)
+        for c in changed:
+            out.extend(r + "\n" for r in old.chains[c])
         out.extend(f"-X {c}\n" for c in added if c not in old.foreign_refs)
         out.append("COMMIT\n")
     return "".join(out)

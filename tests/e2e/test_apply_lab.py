@@ -328,3 +328,36 @@ def test_14_each_node_has_its_own_static_address_file_and_stays_reachable(walkth
         assert f"address {address}/24" in text
         assert f"svcops for {node}:" in text
         assert ssh_ok(node)
+
+
+def test_15_a_large_site_is_loaded_in_several_transactions_and_a_small_change_in_one(tmp_path, proxy_mode):
+    # 300 ClusterIP services over the three backends: iptables mode writes ~1,200 chains,
+    # more than one transaction holds (svcops.render.iptables.CHUNK_CHAINS), nftables
+    # mode more than one chunk of service ports. The last one must answer, from every
+    # backend; then one service changed is one small transaction.
+    docs = "---\n".join(
+        service(f"bulk-{i}", f"  clusterIP: 10.1.{200 + i // 250}.{i % 250 + 1}\n  selector: {{app: web}}\n"
+                             "  ports: [{name: http, port: 80, targetPort: http}]\n")
+        for i in range(300)
+    )  # fmt: skip
+    site = make_site(tmp_path, {"bulk.yaml": docs})
+    r = apply(site)
+    assert set(results(r)) == set(NODES), r.stdout + r.stderr
+    last = "10.1.201.50"  # bulk-299
+    assert set(backends(curl("node2", f"http://{last}/", 30))) == ALL
+    assert set(backends(curl("client", f"http://{ADDRESS['node1']}:{NODE_PORT}/", 30))) == ALL
+    before = svcops_rules("node1")
+    text = (site / "services" / "bulk.yaml").read_text()
+    (site / "services" / "bulk.yaml").write_text(
+        text.replace("name: bulk-7, namespace: default}\nspec:\n", "name: bulk-7, namespace: default}\nspec:\n  sessionAffinity: ClientIP\n")
+    )
+    r = apply(site, "--dry")
+    assert r.returncode == 0
+    apply(site)
+    after = svcops_rules("node1")
+    changed = set(after.splitlines()) ^ set(before.splitlines())
+    # Only bulk-7's part of thousands of lines moved.
+    assert 0 < len(changed) < 40 and any("bulk-7" in ln for ln in changed), changed
+    assert len(before.splitlines()) > 1000
+    got = curl("node3", "http://10.1.200.8/", 6)
+    assert len(set(backends(got))) == 1  # ClientIP affinity: one backend for one client
