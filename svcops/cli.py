@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="push the site to the nodes with pyinfra (atomic, idempotent, never cutting SSH)",
         description=(
             "Allocate like `plan` (writing SITE/svcops.lock), then push every selected node's rules\n"
-            "over SSH with pyinfra: one atomic `iptables-restore --noflush` of svcops's chains only,\n"
+            "over SSH with pyinfra: one `iptables-restore --noflush` of the svcops chains that differ,\n"
             "the load-balancer addresses it announces, its static address, ip_forward, and the files\n"
             "that restore all of it at boot (svcops-rules.service). A node already in sync gets no\n"
             "command. After the restore svcops logs in afresh; if it cannot, the node's previous\n"

@@ -12,7 +12,7 @@ policies and load-balancer announcements depend on every node, not only the ones
 ``--limit`` selects), writes allocations to the site's ``svcops.lock`` as ``svcops
 plan`` does, and then, for the current host, runs:
 
-    svcops | iptables rules            one atomic iptables-restore, rolled back if SSH breaks
+    svcops | iptables rules            one iptables-restore of the chains that differ, rolled back if SSH breaks
     svcops | nftables table            table ip svcops: chunked cold start, small updates
     svcops | ipvs                      IPVS mode (its first operation) / its removal
     svcops | load-balancer addresses   the addresses this node announces (gratuitous ARP)

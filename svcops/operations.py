@@ -28,7 +28,7 @@ from the site's ``proxyMode``; the others then remove what their mode left):
 
 Why one payload and not ``iptables.rule``: pyinfra's own ``iptables.rule`` runs one
 ``iptables-save`` and one ``iptables`` per rule (1,000 rules took 94 s); svcops uploads
-one payload and runs one atomic ``iptables-restore --noflush`` (0.6 s for the same).
+one payload and runs one ``iptables-restore --noflush`` (0.6 s for the same).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from .node_files import (
     ipvs_modules,
     sha256_text,
 )
-from .render.iptables import IptablesRules, restore_transactions
+from .render.iptables import CHUNK_CHAINS, IptablesRules, restore_transactions
 from .render.ipvs import DUMMY_INTERFACE as DUMMY
 from .render.rollback import in_sync, rollback_payload
 
@@ -98,9 +98,13 @@ def iptables_rules(
     rollback_after: int = DEFAULT_ROLLBACK_AFTER,
     verify_ssh: bool = True,
     udp_ports=None,
+    chunk: int = CHUNK_CHAINS,
 ):
     """
-    Give the node exactly svcops's ``rules``: one atomic ``iptables-restore --noflush``.
+    Give the node exactly svcops's ``rules``: one ``iptables-restore --noflush`` of the
+    svcops chains whose rules differ from the node's (kube-proxy's partial sync), one
+    atomic transaction; a change of more than ``chunk`` chains is cut into several
+    (`svcops.render.iptables.restore_transactions`), undone at once if one fails.
 
     + udp_ports: the node's UDP service ports (`svcops.conntrack_ops.node_udp_ports`):
       after a restore, the conntrack entries of UDP flows still pointing at endpoints
@@ -111,6 +115,7 @@ def iptables_rules(
       the controller has confirmed it can still log in
     + verify_ssh: after the restore, open a fresh SSH connection (same key, strict
       host-key checking) and disarm the rollback through it
+    + chunk: most chains in one transaction
 
     The payload carries only ``SVCOPS-`` chains and svcops's jumps in the built-in
     chains: missing jumps are inserted, stale svcops chains flushed and deleted;
@@ -150,7 +155,7 @@ def iptables_rules(
     token = secrets.token_hex(6)
     d = RUN_DIR
     apply_path = f"{d}/apply.{token}"
-    txs = restore_transactions(rules, live)
+    txs = restore_transactions(rules, live, chunk)
     yield StringCommand(f"mkdir -p {d} && chmod 700 {d} && cat > {apply_path}", _stdin="".join(txs))
     restore = f"iptables-restore -w 5 --noflush {apply_path}"
     if len(txs) > 1:
