@@ -169,6 +169,7 @@ def _gather(state, plan) -> dict:
     import gevent
     from pyinfra.context import ctx_host, ctx_state
 
+    from .factcache import SvcopsFacts
     from .facts import SvcopsIptables, SvcopsIpvs, SvcopsNftables, SvcopsNodeState
     from .nodediff import node_diff
 
@@ -176,10 +177,12 @@ def _gather(state, plan) -> dict:
 
     def one(h):
         with ctx_state.use(state), ctx_host.use(h):
-            live = h.get_fact(SvcopsIptables)
-            node_state = h.get_fact(SvcopsNodeState)
-            nft = h.get_fact(SvcopsNftables)
-            ipvs = h.get_fact(SvcopsIpvs)
+            # One round trip; a part that failed is read again on its own (pyinfra reports it).
+            got = h.get_fact(SvcopsFacts) or {}
+            live, node_state, nft, ipvs = (
+                got[cls.__name__] if cls.__name__ in got else h.get_fact(cls)
+                for cls in (SvcopsIptables, SvcopsNodeState, SvcopsNftables, SvcopsIpvs)
+            )
         if live is None or node_state is None or nft is None or ipvs is None:
             return "could not read the node's state (see above)"
         session = h.data.get("ssh_hostname") or h.name

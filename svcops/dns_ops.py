@@ -54,6 +54,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, StringCommand, operation
 
 from . import dns
+from .factcache import marks_changes, node_fact
 from .dns import CONFIG_FILE, DATA_DIR, DEFAULT_LISTEN, FORWARD_FILE, INSTANCE, PACKAGE, RESOLV_CONF, SERVICE_UNIT, SOCKET_DIR, Zone
 
 __all__ = [
@@ -345,6 +346,7 @@ _FAIL_STATE = "echo " + shlex.quote("svcops: could not read the node's DNS state
 
 
 @operation()
+@marks_changes
 def dns_server(zone: Zone | None, listen: str = DEFAULT_LISTEN):
     """
     Serve the cluster domain on the node with pdns-recursor, and send the node's names
@@ -359,7 +361,7 @@ def dns_server(zone: Zone | None, listen: str = DEFAULT_LISTEN):
     if zone is None:
         host.noop("no DNS zone given")
         return
-    state = host.get_fact(SvcopsDns)
+    state = node_fact(host, SvcopsDns)
     if state is None:
         yield StringCommand(_FAIL_STATE)
         return
@@ -386,13 +388,14 @@ def dns_server(zone: Zone | None, listen: str = DEFAULT_LISTEN):
 
 
 @operation()
+@marks_changes
 def dns_absent():
     """
     Take svcops's DNS off the node: the resolv.conf it had before svcops first (so no
     name goes to a server about to stop), then the server stopped (and its unit
     disabled under systemd) and svcops's DNS files removed. The package stays.
     """
-    state = host.get_fact(SvcopsDns)
+    state = node_fact(host, SvcopsDns)
     if state is None:
         yield StringCommand(_FAIL_STATE)
         return

@@ -1,8 +1,9 @@
 """pyinfra facts about svcops's footprint on a node.
 
 pyinfra does not cache facts: every ``host.get_fact`` runs its command again. So
-svcops has two broad facts, one command each, and the operations read all they need
-from them:
+svcops has a few broad facts, one command each, and the operations read all they need
+from them (and through `svcops.factcache`, which reads them all in one round trip and
+shares them between consecutive operations that change nothing):
 
     SvcopsIptables   svcops's chains, their rules and its jumps in tables filter and
                      nat: one ``iptables-save -t filter; iptables-save -t nat``

@@ -43,6 +43,7 @@ from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from .announce import Announcement, address_label
 from .conntrack_ops import cleanup_commands
+from .factcache import marks_changes, node_fact
 from .facts import NO_IPTABLES, SvcopsIptables, SvcopsIpvs, SvcopsNftables, SvcopsNodeState
 from .node_files import (
     NFT_FILE,
@@ -93,6 +94,7 @@ def _write_file(path: str, text: str, mode: str = "644") -> StringCommand:
 
 
 @operation()
+@marks_changes
 def iptables_rules(
     rules: IptablesRules,
     rollback_after: int = DEFAULT_ROLLBACK_AFTER,
@@ -139,7 +141,7 @@ def iptables_rules(
             rules=compiled_site("sites/prod").outputs[host.name].iptables,
         )
     """
-    live = host.get_fact(SvcopsIptables)
+    live = node_fact(host, SvcopsIptables)
     if live is None:
         yield _fail("the node's iptables (iptables-save)")
         return
@@ -320,6 +322,7 @@ def _guarded(token: str, run: str, undo: str, rollback_after: int, verify_ssh: b
 
 
 @operation()
+@marks_changes
 def nftables_rules(
     rules=None,
     rollback_after: int = DEFAULT_ROLLBACK_AFTER,
@@ -353,7 +356,7 @@ def nftables_rules(
     """
     from .nft_apply import LOADER, ROLLBACK_FROM_LISTING, chunked, live_fingerprint, removal, transactions
 
-    state = host.get_fact(SvcopsNftables)
+    state = node_fact(host, SvcopsNftables)
     if state is None:
         yield _fail("the node's nftables table (nft list)")
         return
@@ -396,6 +399,7 @@ def nftables_rules(
 
 
 @operation()
+@marks_changes
 def ipvs_rules(
     rules,
     rollback_after: int = DEFAULT_ROLLBACK_AFTER,
@@ -421,8 +425,8 @@ def ipvs_rules(
     from .conntrack import udp_ports_from_ipvsadm
     from .ipvs_apply import ipvs_plan
 
-    state = host.get_fact(SvcopsIpvs)
-    live = host.get_fact(SvcopsIptables)
+    state = node_fact(host, SvcopsIpvs)
+    live = node_fact(host, SvcopsIptables)
     if state is None or live is None:
         yield _fail("the node's IPVS and iptables state")
         return
@@ -474,6 +478,7 @@ def ipvs_rules(
 
 
 @operation()
+@marks_changes
 def ipvs_absent(node_addresses: Sequence[str] = ()):
     """
     Remove svcops's IPVS footprint, if any (the site is in another proxy mode): its
@@ -484,7 +489,7 @@ def ipvs_absent(node_addresses: Sequence[str] = ()):
     """
     from .ipvs_apply import ipvs_removal
 
-    state = host.get_fact(SvcopsIpvs)
+    state = node_fact(host, SvcopsIpvs)
     if state is None:
         yield _fail("the node's IPVS state")
         return
@@ -506,6 +511,7 @@ def ipvs_absent(node_addresses: Sequence[str] = ()):
 
 
 @operation()
+@marks_changes
 def persisted_files(files: NodeFiles):
     """
     Write the files svcops persists on the node, each only when its sha256 differs:
@@ -516,7 +522,7 @@ def persisted_files(files: NodeFiles):
 
     + files: ``svcops.node_files.node_files(rules, interfaces, announced)``
     """
-    state = host.get_fact(SvcopsNodeState)
+    state = node_fact(host, SvcopsNodeState, keep=True)
     if state is None:
         yield _fail("the node's svcops state")
         return
@@ -534,12 +540,13 @@ def persisted_files(files: NodeFiles):
 
 
 @operation()
+@marks_changes
 def ip_forward():
     """
     Turn on IPv4 forwarding now (``net.ipv4.ip_forward=1``) if it is off; the
     ``/etc/sysctl.d/90-svcops.conf`` that `persisted_files` writes keeps it on at boot.
     """
-    state = host.get_fact(SvcopsNodeState)
+    state = node_fact(host, SvcopsNodeState, keep=True)
     if state is None:
         yield _fail("the node's svcops state")
         return
@@ -550,6 +557,7 @@ def ip_forward():
 
 
 @operation()
+@marks_changes
 def static_address(address: str | None, prefixlen: int, interface: str):
     """
     Put the node's static address on its interface, now, if it is not there yet.
@@ -562,7 +570,7 @@ def static_address(address: str | None, prefixlen: int, interface: str):
     if not address:
         host.noop("the site manages no static address for this node")
         return
-    state = host.get_fact(SvcopsNodeState)
+    state = node_fact(host, SvcopsNodeState, keep=True)
     if state is None:
         yield _fail("the node's svcops state")
         return
@@ -582,6 +590,7 @@ def _arping(address: str, interface: str) -> str:
 
 
 @operation()
+@marks_changes
 def lb_addresses(announced: Sequence[Announcement], recorded: Sequence[str] = ()):
     """
     Announce the load-balancer addresses this node was chosen for (`svcops.announce`):
@@ -594,7 +603,7 @@ def lb_addresses(announced: Sequence[Announcement], recorded: Sequence[str] = ()
     + announced: the addresses this node announces
     + recorded: addresses svcops recorded on this node (default: read from the fact)
     """
-    state = host.get_fact(SvcopsNodeState)
+    state = node_fact(host, SvcopsNodeState, keep=True)
     if state is None:
         yield _fail("the node's svcops state")
         return
