@@ -169,6 +169,7 @@ def _gather(state, plan) -> dict:
     import gevent
     from pyinfra.context import ctx_host, ctx_state
 
+    from .dns_ops import SvcopsDns
     from .factcache import SvcopsFacts
     from .facts import SvcopsIptables, SvcopsIpvs, SvcopsNftables, SvcopsNodeState
     from .nodediff import node_diff
@@ -179,14 +180,14 @@ def _gather(state, plan) -> dict:
         with ctx_state.use(state), ctx_host.use(h):
             # One round trip; a part that failed is read again on its own (pyinfra reports it).
             got = h.get_fact(SvcopsFacts) or {}
-            live, node_state, nft, ipvs = (
+            live, node_state, nft, ipvs, dns = (
                 got[cls.__name__] if cls.__name__ in got else h.get_fact(cls)
-                for cls in (SvcopsIptables, SvcopsNodeState, SvcopsNftables, SvcopsIpvs)
+                for cls in (SvcopsIptables, SvcopsNodeState, SvcopsNftables, SvcopsIpvs, SvcopsDns)
             )
-        if live is None or node_state is None or nft is None or ipvs is None:
+        if live is None or node_state is None or nft is None or ipvs is None or dns is None:
             return "could not read the node's state (see above)"
         session = h.data.get("ssh_hostname") or h.name
-        return node_diff(plan.node(h.name), live, node_state, session, nft, ipvs)
+        return node_diff(plan.node(h.name), live, node_state, session, nft, ipvs, dns)
 
     greenlets = {state.pool.spawn(one, h): h for h in hosts}
     gevent.joinall(list(greenlets))

@@ -221,6 +221,18 @@ class DnsPlan:
     def empty(self) -> bool:
         return not (self.install or self.write or self.remove or self.resolv is not None or self.error) and self.action == "none"
 
+    def summary(self) -> list[str]:
+        """One line a step, as `svcops apply --dry` shows them."""
+        if self.error:
+            return [f"dns: {self.error} (apply fails)"]
+        out = [f"dns: install {PACKAGE}"] if self.install else []
+        out += [f"dns: file {p}" for p in sorted(self.write)]
+        out += {"start": ["dns: (re)start the server"], "reload": ["dns: reload the zone"]}.get(self.action, [])
+        out += [f"dns: - {p}" for p in self.remove]
+        if self.resolv is not None:
+            out.append(f"dns: {RESOLV_CONF} to the cluster's server")
+        return out
+
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()

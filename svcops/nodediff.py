@@ -28,12 +28,13 @@ class NodeDiff:
     ip_forward: bool = False  # would be turned on
     modes: tuple[str, ...] = ()  # nftables / IPVS changes, one line each
     files_removed: tuple[str, ...] = ()  # rule files of a proxy mode the site left
+    dns: tuple[str, ...] = ()  # the DNS server's steps, one line each (`DnsPlan.summary`)
 
     @property
     def empty(self) -> bool:
         return self.rules.empty and not (
             self.addresses_added or self.addresses_removed or self.files_written or self.ip_forward
-            or self.modes or self.files_removed
+            or self.modes or self.files_removed or self.dns
         )
 
     def lines(self) -> list[str]:
@@ -56,6 +57,7 @@ class NodeDiff:
             out.append("sysctl: net.ipv4.ip_forward 0 -> 1")
         out += [f"file: {f}" for f in self.files_written]
         out += [f"file: - {f}" for f in self.files_removed]
+        out += list(self.dns)
         return out
 
     def as_json(self) -> dict:
@@ -80,6 +82,7 @@ class NodeDiff:
             "ipForward": self.ip_forward,
             "proxyMode": list(self.modes),
             "filesRemoved": list(self.files_removed),
+            "dns": list(self.dns),
         }
 
 
@@ -122,11 +125,11 @@ def mode_changes(out, nft=None, ipvs=None, iptables: LiveTables | None = None) -
 
 
 def node_diff(
-    plan, live: LiveTables, state: NodeState, session_address: str | None = None, nft=None, ipvs=None
+    plan, live: LiveTables, state: NodeState, session_address: str | None = None, nft=None, ipvs=None, dns=None
 ) -> NodeDiff:
     """What applying `plan` (a NodePlan) would change on a node whose facts are
     `live` (SvcopsIptables), `state` (SvcopsNodeState) and, when read, `nft`
-    (SvcopsNftables) and `ipvs` (SvcopsIpvs)."""
+    (SvcopsNftables), `ipvs` (SvcopsIpvs) and `dns` (SvcopsDns)."""
     out = plan.output
     added: list[str] = []
     removed: list[str] = []
@@ -159,4 +162,13 @@ def node_diff(
         state.ip_forward != "1",
         tuple(mode_changes(out, nft, ipvs, live)),
         tuple(p for p in plan.files.remove if p in state.files),
+        tuple(_dns_lines(plan, dns)),
     )
+
+
+def _dns_lines(plan, dns) -> list[str]:
+    if dns is None or plan.dns_zone is None:
+        return []
+    from .dns_ops import dns_plan
+
+    return dns_plan(dns, plan.dns_zone).summary()

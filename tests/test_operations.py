@@ -378,6 +378,26 @@ def test_dry_diff_of_a_fresh_node_lists_everything_and_of_a_done_node_nothing():
     assert d2.empty and d2.lines() == ["in sync"]
 
 
+def test_dry_diff_shows_the_dns_servers_steps():
+    from svcops.dns_ops import DnsState, dns_plan
+    from svcops.facts import NodeState as NS
+
+    plan = _site_plan((F.service("web", F.HTTP),))
+    np = plan.node("node1")
+    assert np.dns_zone is not None
+    fresh = DnsState(resolv="nameserver 10.0.0.1\n")
+    d = node_diff(np, LiveTables(), NS(), None, dns=fresh)
+    assert "dns: install pdns-recursor" in d.lines() and "dns: (re)start the server" in d.lines()
+    assert any(ln.startswith("dns: file ") and ln.endswith(".zone") for ln in d.lines())
+    assert "dns: /etc/resolv.conf to the cluster's server" in d.lines()
+    assert d.as_json()["dns"] == [ln for ln in d.lines() if ln.startswith("dns: ")]
+    # The node after the apply: nothing left for DNS.
+    p = dns_plan(fresh, np.dns_zone)
+    files = {path: np.dns_zone.digest if path.endswith(".zone") else sha256_text(t) for path, t in p.write.items()}
+    done = DnsState(installed=True, running=True, files=files, resolv=p.resolv)
+    assert node_diff(np, LiveTables(), NS(), None, dns=done).dns == ()
+
+
 def test_dry_diff_removes_an_address_another_node_now_announces_but_never_the_session_address():
     plan = _site_plan((F.service("web", F.HTTP, type="LoadBalancer"),))
     loser = next(n for n, a in plan.announced.items() if not a)
