@@ -19,7 +19,8 @@ plan`` does, and then, for the current host, runs:
     svcops | static address            ip addr replace, never removing the session's address
     svcops | ip forwarding             net.ipv4.ip_forward=1
     svcops | persisted files           boot payload, restore script, unit, sysctl, ifupdown file
-    svcops | service dns               pdns-recursor for the cluster domain, resolv.conf (svcops.dns_ops)
+    svcops | service dns               pdns-recursor for the cluster domain, resolv.conf (svcops.dns_ops);
+                                       with serviceDNS: false, svcops's DNS taken off instead
 
 The rule operations follow the site's proxy mode; the other modes' operations remove
 what they left (switching a site's mode and applying leaves nothing of the old one):
@@ -66,7 +67,7 @@ class NodePlan:
     output: NodeOutput
     announced: tuple[Announcement, ...]
     files: NodeFiles
-    dns_zone: object = None  # svcops.dns.Zone: the cluster domain's records (None: no DNS operation)
+    dns_zone: object = None  # svcops.dns.Zone: the cluster domain's records (None: serviceDNS false)
     udp_ports: Mapping | None = None  # the node's UDP service ports, for conntrack cleanup (iptables, nftables modes)
 
     @property
@@ -94,7 +95,8 @@ class SitePlan:
 
         udp = node_udp_ports(self.compiled, name) if out.mode in ("iptables", "nftables") else None
         files = node_files(out.iptables, out.interfaces, ann, out.mode, out.nftables, out.ipvs)
-        return NodePlan(out, ann, files, site_zone(self.compiled), udp)
+        zone = site_zone(self.compiled) if self.compiled.site.cluster.service_dns else None
+        return NodePlan(out, ann, files, zone, udp)
 
 
 def plan_site(compiled: Compiled) -> SitePlan:
@@ -214,9 +216,12 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
     )
     metas.append(("ip forwarding", ops.ip_forward(name="svcops | ip forwarding")))
     metas.append(("persisted files", ops.persisted_files(name="svcops | persisted files", files=plan.files)))
-    from .dns_ops import dns_server
+    from .dns_ops import dns_absent, dns_server
 
-    metas.append(("service dns", dns_server(name="svcops | service dns", zone=plan.dns_zone)))
+    if plan.dns_zone is not None:
+        metas.append(("service dns", dns_server(name="svcops | service dns", zone=plan.dns_zone)))
+    else:  # serviceDNS: false: svcops's DNS off the node, if it was there
+        metas.append(("service dns", dns_absent(name="svcops | service dns (none)")))
     return metas
 
 

@@ -66,6 +66,7 @@ class Cluster:
     node_network: NodeNetwork | None = None
     ipvs_scheduler: str = "rr"
     source: Source = Source("svcops.yaml")
+    service_dns: bool = True  # serviceDNS: False = no DNS server on the nodes
 
 
 # --- services: services/*.yaml ----------------------------------------------------

@@ -278,6 +278,7 @@ def cluster_from(value: dict, file: str, line_of, trust: Trust = TRUSTED) -> tup
             node_network=node_network,
             ipvs_scheduler=value.get("ipvsScheduler", defaults.ipvs_scheduler),
             source=Source(file, line_of(()) if value else None),
+            service_dns=value.get("serviceDNS", defaults.service_dns),
         ),
         diags,
     )

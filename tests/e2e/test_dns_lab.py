@@ -333,3 +333,29 @@ def test_07_udp_flows_to_a_removed_endpoint_move_to_a_live_one_within_a_second(w
     sent_after = {n for t, n in sent if t > ended}
     assert sent_after, "the client stopped too early"
     assert not [a for a in answers if a[1] in sent_after and a[2] == gone]
+
+
+def test_08_service_dns_off_gives_resolv_conf_back_and_on_again_serves_the_names(world):
+    site = world["site"]
+    cfg = site / "svcops.yaml"
+    on = cfg.read_text()
+    cfg.write_text(on + "serviceDNS: false\n")
+    try:
+        dry = apply(site, "--dry")
+        assert "dns: - svcops's DNS server (serviceDNS: false)" in dry.stdout, dry.stdout
+        r = apply(site)
+        assert set(results(r).values()) == {"changed"}, r.stdout + r.stderr
+        for node in NODES:
+            # The node's own resolv.conf again, the server gone, names outside as before.
+            assert sh(node, "cat /etc/resolv.conf") == f"nameserver {CLIENT}\nsearch {SEARCH}\n", node
+            assert pdns_pid(node) == "" or lab_exec(node, "kill", "-0", pdns_pid(node)).returncode != 0
+            assert lab_exec(node, "getent", "hosts", "web.default.svc.cluster.local").returncode == 2
+            for name, was in world["before"][node].items():
+                assert getent(node, "hosts", name) == was, (node, name)
+        assert set(results(apply(site)).values()) == {"unchanged"}
+    finally:
+        cfg.write_text(on)
+    r = apply(site)
+    assert set(results(r).values()) == {"changed"}, r.stdout + r.stderr
+    for node in NODES:
+        assert getent(node, "hosts", "web.default.svc").split()[:1] == [WEB_IP], node
