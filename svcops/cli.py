@@ -532,8 +532,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     _print_diags([d for d in diags if d.is_error])
     if compiled is None:
         return EXIT_ERROR
+    from .announce import announcements
+
     out = compiled.outputs[args.node]
-    addresses = tuple(dict.fromkeys(a for a in (out.address, out.node.ssh_host) if a))
+    # The node's own addresses: its address, and the load-balancer addresses it announces
+    # (local there, so node ports answer on them too).
+    announced = [a.address for a in announcements(compiled.ports, compiled.nodes).get(args.node, ())]
+    addresses = tuple(dict.fromkeys(a for a in (out.address, out.node.ssh_host, *announced) if a))
     answer = explain(compiled.ports, args.node, addresses, ip, port, proto, args.source)
     if args.json:
         json.dump(answer.to_json(), sys.stdout, indent=2)

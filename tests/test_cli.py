@@ -169,6 +169,19 @@ def test_explain_names_the_service_and_every_backend(capsys, site):
     assert code == 0 and json.loads(out)["verdict"] == "forward"
 
 
+def test_explain_counts_an_announced_load_balancer_address_as_the_nodes_own(capsys, site):
+    # web-lb's address is local on the one node announcing it: node ports answer there.
+    lb = None
+    for node in ("node1", "node2", "node3"):
+        code, out, err = run(capsys, "explain", "-i", INVENTORY, "--node", node, "--json", "192.168.36.252:30001", str(site))
+        assert code == 0, err
+        if json.loads(out)["verdict"] == "forward":
+            assert lb is None, "announced by one node only"
+            lb = node
+            assert "node port" in json.dumps(json.loads(out))
+    assert lb is not None
+
+
 def test_explain_bad_target_is_an_error(capsys, site):
     code, out, err = run(capsys, "explain", "-i", INVENTORY, "--node", "node2", "10.1.11.83", str(site))
     assert code == 1 and "expected IP:PORT" in err
