@@ -189,9 +189,19 @@ def _copy(src: Path, root: Path, dest: str | None = None) -> None:
         shutil.copy2(src.resolve(), target)
 
 
-def build_initramfs(kernel: Kernel, payload: Path, out: Path, init: Path = HERE / "init.sh") -> Path:
+def build_initramfs(
+    kernel: Kernel,
+    payload: Path,
+    out: Path,
+    init: Path = HERE / "init.sh",
+    extra_modules: tuple[str, ...] = (),
+    extra_binaries: tuple[str, ...] = (),
+    files: dict[str, str] | None = None,
+) -> Path:
     """A gzipped newc cpio with busybox, the tools and their libraries, the modules and
-    `payload`; `init` (a busybox sh script) is its /init."""
+    `payload`; `init` (a busybox sh script) is its /init. `extra_modules`,
+    `extra_binaries` (with their libraries) and `files` (guest path -> text, written
+    last) add to it."""
     with tempfile.TemporaryDirectory(prefix="svcops-initramfs-") as tmp:
         root = Path(tmp)
         for d in ("bin", "sbin", "usr/bin", "usr/sbin", "usr/lib/x86_64-linux-gnu", "usr/lib64", "etc", "modules"):
@@ -202,8 +212,9 @@ def build_initramfs(kernel: Kernel, payload: Path, out: Path, init: Path = HERE 
         _copy(Path(shutil.which("busybox") or "/usr/bin/busybox"), root, "/bin/busybox")
         shutil.copy2(init, root / "init")
         (root / "init").chmod(0o755)
-        shutil.copy2(HERE / "prelude.sh", root / "prelude.sh")
-        binaries = [Path(t) for t in GUEST_TOOLS] + sorted(XTABLES_DIR.glob("*.so"))
+        for shared in ("prelude.sh", "topology.sh"):
+            shutil.copy2(HERE / shared, root / shared)
+        binaries = [Path(t) for t in GUEST_TOOLS + tuple(extra_binaries)] + sorted(XTABLES_DIR.glob("*.so"))
         for b in binaries:
             _copy(b, root, str(b))
             for lib in _libs(b):
@@ -215,11 +226,15 @@ def build_initramfs(kernel: Kernel, payload: Path, out: Path, init: Path = HERE 
         (root / "etc/passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
         (root / "etc/group").write_text("root:x:0:\n")
         (root / "etc/protocols").write_text(Path("/etc/protocols").read_text() if Path("/etc/protocols").exists() else "")
-        order = module_order(kernel.modules)
+        order = module_order(kernel.modules, MODULES + tuple(extra_modules))
         for ko in order:
             shutil.copy2(ko, root / "modules" / ko.name)
         (root / "modules" / "order").write_text("".join(ko.name + "\n" for ko in order))
         shutil.copytree(payload, root / "payload")
+        for path, text in (files or {}).items():
+            target = root / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
         listing = subprocess.run(
             ["sh", "-c", "find . -print0 | cpio --null -o -H newc --quiet"], cwd=root, capture_output=True, timeout=300
         )
@@ -507,6 +522,16 @@ def parse_report(output: str) -> Report:
     return rep
 
 
+def qemu_argv(kernel: Kernel, initrd: Path, memory: int = 512, net: list[str] | None = None) -> list[str]:
+    """qemu with TCG (the stock kernel cannot use this machine's /dev/kvm), the serial
+    console on stdout; no network unless `net` (qemu's -netdev/-device options)."""
+    return [
+        "qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-smp", "1", "-nographic", "-no-reboot",
+        *(net or ["-net", "none"]), "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
+        "-append", "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init",
+    ]  # fmt: skip
+
+
 def run_guest(
     kernel: Kernel, initrd: Path, timeout: float, memory: int = 512, on_line: Callable[[str], None] | None = None
 ) -> Report:
@@ -514,11 +539,7 @@ def run_guest(
 
     `memory`: the guest's, in MB. `on_line`: called with each "SVCOPS " line (without
     the prefix) as it arrives, e.g. to print progress."""
-    argv = [
-        "qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-smp", "1", "-nographic", "-no-reboot",
-        "-net", "none", "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
-        "-append", "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init",
-    ]  # fmt: skip
+    argv = qemu_argv(kernel, initrd, memory)
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     chunks: list[bytes] = []
