@@ -85,7 +85,7 @@ class _WorkloadIndex:
         workloads: list[Workload] = []
         addresses: list[str] = []
         for node in nodes:
-            node_addr = node_addresses.get(node.name) or node.ssh_host
+            node_addr = node_addresses.get(node.name) or node.address or node.ssh_host
             ws = node.workloads
             workloads.extend(ws)
             addresses.extend([w.address or node_addr for w in ws])

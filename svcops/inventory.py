@@ -4,7 +4,9 @@ svcops reads these keys of each host's data (``schemas/hostdata.schema.json``); 
 are top-level keys, so pyinfra's group_data files merge them as they merge any data::
 
     svcops_interface: "eth0"              the interface the static address goes on
-    svcops_address:   "10.0.0.11"         the node's static address (absent: allocated)
+    svcops_address:   "10.0.0.11"         the node's address: where its workloads without
+                                          their own address and its node ports are; with
+                                          nodeNetwork, svcops configures it (absent: allocated)
     svcops_labels:    {zone: a}           the node's labels
     svcops_workloads:                     the backends the node runs
       - {name: web-1, address: 10.244.1.5, labels: {app: web},

@@ -84,7 +84,9 @@ def render_outputs(
     if mode not in MODES:
         raise ValueError(f"unknown proxy mode {mode!r} (one of {', '.join(MODES)})")
     names = [n.name for n in nodes]
-    addresses = {n.name: allocations.node_addresses.get(n.name) for n in nodes}
+    # With nodeNetwork, the allocated (and configured) address; without, svcops_address
+    # as given (svcops does not configure it), or none.
+    addresses = {n.name: allocations.node_addresses.get(n.name) or n.address for n in nodes}
     ipt: Mapping[str, IptablesRules] = {}
     nft: Mapping[str, NftRules] = {}
     ipvs: Mapping[str, IpvsRules] = {}

@@ -202,3 +202,22 @@ def test_same_address_and_port_from_two_workloads_is_one_endpoint():
     nodes = (Node("node1", "10.0.0.11", workloads=(w, Workload("b", "node1", "10.1.0.1", {"app": "web"}, w.ports))),)
     (port,), _ = run(F.service("web", F.HTTP), nodes=nodes)
     assert eps(port) == [("10.1.0.1", 80, "node1")]
+
+
+def test_without_node_network_the_given_node_address_is_where_workloads_and_node_ports_are():
+    from dataclasses import replace
+
+    from svcops.pipeline import compile_site
+
+    svc = F.service("web", F.HTTP, type="NodePort")
+    # node1 is reached over SSH at 127.0.0.1 but its address is 10.0.0.11; no nodeNetwork.
+    nodes = tuple(replace(n, ssh_host="127.0.0.1", address="10.0.0.11") if n.name == "node1" else n for n in F.nodes())
+    site = replace(F.site((svc,)), cluster=replace(F.CLUSTER, node_network=None))
+    allocations = replace(F.allocations((svc,)), node_addresses={})
+    compiled, diags = compile_site(site, nodes, allocations, mode="ipvs")
+    assert compiled is not None, diags
+    ports = next(p for p in compiled.ports if p.name == "default/web:http")
+    assert "10.0.0.11" in {e.ip for e in ports.endpoints}  # web-1, on the node's own address
+    out = compiled.outputs["node1"]
+    assert out.address == "10.0.0.11" and out.interfaces == ""  # not configured by svcops
+    assert "-A -t 10.0.0.11:30080 -s rr" in out.ipvs.ipvsadm
