@@ -24,9 +24,9 @@ one service changed (ClientIP affinity turned on for one service): the live stat
 read again and only the difference is applied. --single also times nftables' cold
 load as one transaction (`full_payload`), the way a naive push would do it.
 
-IPVS is not measured here: this machine's kernel has no ip_vs. tests/test_ipvs_qemu.py
-applies IPVS payloads in Debian's kernel under qemu software emulation (TCG), whose
-times say nothing about real hardware.
+IPVS is not measured here: this machine's kernel has no ip_vs. benchmarks/ipvs_qemu.py
+times it in Debian's kernel under qemu software emulation (TCG), with guest/native
+ratios measured beside it to estimate real hardware.
 
 The synthetic site is benchmarks/sitegen.py's (services x endpoints over 20 nodes);
 the node measured is node1. Prints seconds and the nftables/iptables ratios.
