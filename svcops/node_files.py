@@ -244,7 +244,10 @@ def unit_text() -> str:
         "DefaultDependencies=no\n"
         "Wants=network-pre.target systemd-modules-load.service local-fs.target\n"
         "Before=network-pre.target shutdown.target\n"
-        "After=systemd-modules-load.service local-fs.target\n"
+        # After the node's own firewall loaders: Debian's /etc/nftables.conf starts with
+        # `flush ruleset`, which would drop svcops's rules if it ran later.
+        "After=systemd-modules-load.service local-fs.target nftables.service netfilter-persistent.service "
+        "ufw.service firewalld.service\n"
         "Conflicts=shutdown.target\n"
         "\n"
         "[Service]\n"

@@ -301,11 +301,22 @@ def test_unit_runs_the_script_once_before_the_network():
             k, v = line.split("=", 1)
             current[k] = v
     assert "network-pre.target" in sections["[Unit]"]["Before"].split()
+    # After the loaders that flush the whole ruleset (Debian's nftables.conf does).
+    assert {"nftables.service", "netfilter-persistent.service"} <= set(sections["[Unit]"]["After"].split())
     assert sections["[Unit]"]["DefaultDependencies"] == "no"
     assert sections["[Service]"]["Type"] == "oneshot"
     assert sections["[Service]"]["RemainAfterExit"] == "yes"
     assert sections["[Service]"]["ExecStart"].endswith("/etc/svcops/restore")
     assert sections["[Install]"]["WantedBy"] == "multi-user.target"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+def test_the_unit_passes_systemd_analyze_verify(tmp_path):
+    # systemd's own parser: no warning (an unknown key or value prints one), exit 0.
+    unit = tmp_path / "svcops-rules.service"
+    unit.write_text(unit_text())
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
 
 
 def test_node_files_and_their_symlink():
