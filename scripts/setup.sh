@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 packages=(iptables nftables ipset ipvsadm iproute2 iputils-arping conntrack openssh-server openssh-client
-          curl python3 python3-venv python3-pip pdns-recursor
+          curl python3 python3-venv python3-pip pdns-recursor dash util-linux systemd
           qemu-system-x86 busybox-static cpio)
 missing=()
 for p in "${packages[@]}"; do
