@@ -4,8 +4,11 @@ What a node gets is one ``iptables-restore --noflush`` payload (tables filter an
 nat) that replaces the contents of the chains svcops owns (all named ``SVCOPS-``,
 see `svcops.render.chains`) in one atomic transaction, and leaves every other chain
 alone: docker, ufw or fail2ban rules are never flushed, reordered or deleted. The
-built-in chains only get svcops's jump rules, inserted at the top once (a payload
-built against the node's live state inserts only the jumps that are missing).
+built-in chains only get svcops's jump rules, inserted at the top once. Built
+against the node's live state (`restore_payload(rules, live)`), the payload holds only
+what differs: the missing jumps, the chains whose rules changed, the stale chains'
+deletion; `restore_transactions` cuts a change of many chains into several
+transactions (Debian 12's iptables-nft-restore is superlinear in a transaction's size).
 
 The rules are kube-proxy's (pkg/proxy/iptables/proxier.go), chain for chain:
 
