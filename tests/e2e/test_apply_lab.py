@@ -256,6 +256,15 @@ def test_06_load_balancer_source_ranges(tmp_path):
     outsider = next(n for n in NODES if n != holder)
     assert curl_rc(outsider, "http://192.168.36.250/") != 0  # outside: nothing
     assert not backends(curl(outsider, "http://192.168.36.250/", 3))
+    # A client outside the range: the lab's client with a second address of its own.
+    other = "192.168.36.3"
+    sh("client", f"ip addr add {other}/32 dev eth0")
+    try:
+        assert not backends(curl("client", f"--interface {other} http://192.168.36.250/", 3))
+        # (the same source does reach a node port: only the range keeps it out)
+        assert backends(curl("client", f"--interface {other} http://{ADDRESS[holder]}:{NODE_PORT}/", 3))
+    finally:
+        sh("client", f"ip addr del {other}/32 dev eth0")
 
 
 def test_07_a_service_without_endpoints_is_refused_at_once(tmp_path):

@@ -547,13 +547,20 @@ def run_guest(
     boot = None
     try:
         assert proc.stdout is not None
-        os.set_blocking(proc.stdout.fileno(), False)
+        # os.read on the raw descriptor, never the file object: once gevent is patched in
+        # (svcops's apply does it), a file object's read() waits for EOF, which a guest
+        # that hangs never sends, and the timeout below would never be checked.
+        fd = proc.stdout.fileno()
+        os.set_blocking(fd, False)
         while True:
             if time.monotonic() - start > timeout:
                 proc.kill()
                 chunks.append(f"\nSVCOPS-HARNESS timeout after {timeout:.0f} s\n".encode())
                 break
-            data = proc.stdout.read()
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                data = None
             if data:
                 chunks.append(data)
                 if on_line is not None:

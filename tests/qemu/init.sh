@@ -68,10 +68,11 @@ U=/payload/update
 # UDP flows from the client to the UDP service first (busybox's tftp: a new source port
 # each time, scheduled round robin over both real servers), so that the update finds
 # conntrack entries pointing at the real server it removes.
+# One after the other, each killed after a second (no background jobs: a `wait` in this
+# PID 1 shell once hung the whole guest).
 for i in 1 2 3 4 5 6; do
-    /usr/sbin/ip netns exec client timeout 1 tftp -g -r x -l /dev/null 10.96.0.15 5353 >/dev/null 2>&1 &
+    /usr/sbin/ip netns exec client timeout -s KILL 1 tftp -g -r x -l /dev/null 10.96.0.15 5353 >/dev/null 2>&1
 done
-wait
 conntrack -L -p udp --orig-dst 10.96.0.15 2>/dev/null | sed "s/^/SVCOPS CT before /"
 # This kernel (>= 5.9) with svcops's net.ipv4.vs.expire_nodest_conn=1 expires the
 # connections of a removed real server by itself, conntrack entries included; turned off
