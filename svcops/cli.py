@@ -364,6 +364,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     changes = allocation_changes(lock, compiled.allocations)
     write_lock(lock_path, compiled.allocations)
     nodes = _node_summaries(compiled)
+    dns = _dns_summary(compiled)
     if args.json:
         doc = {
             "site": str(compiled.site.root),
@@ -374,11 +375,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
             ],
             "services": len(compiled.site.services),
             "nodes": {n["node"]: n for n in nodes},
+            "dns": dns,
         }
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         print()
     else:
-        _print_plan(compiled, changes, nodes, lock_path)
+        _print_plan(compiled, changes, nodes, lock_path, dns)
     if args.detailed_exitcode and changes:
         return EXIT_CHANGES
     return EXIT_OK
@@ -387,7 +389,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
 _SIGN = {"add": "+", "release": "-", "change": "~"}
 
 
-def _print_plan(compiled, changes, nodes, lock_path) -> None:
+def _dns_summary(compiled) -> dict | None:
+    """The cluster domain's zone, as every node serves it (None: serviceDNS false)."""
+    if not compiled.site.cluster.service_dns:
+        return None
+    from .dns import record_counts
+    from .dns_ops import site_zone
+
+    zone = site_zone(compiled)
+    return {"domain": zone.domain, "records": record_counts(zone), "sha256": zone.digest}
+
+
+def _print_plan(compiled, changes, nodes, lock_path, dns: dict | None = None) -> None:
     print(f"Allocations ({lock_path}):")
     if not changes:
         print("  no change")
@@ -411,6 +424,12 @@ def _print_plan(compiled, changes, nodes, lock_path) -> None:
             f"  {n['node']} ({n['sshHost']}): {n['servicePorts']} service ports, "
             f"{n['endpoints']} endpoints ({n['localEndpoints']} local); {rules}{addr}"
         )
+    print()
+    if dns is None:
+        print("DNS: off (serviceDNS: false)")
+    else:
+        counts = ", ".join(f"{n} {t}" for t, n in dns["records"].items()) or "no records"
+        print(f"DNS: zone {dns['domain']} on every node: {counts}")
     print()
     print("See what a node gets: svcops render -i INVENTORY --node NODE SITE")
 

@@ -138,6 +138,16 @@ class Zone:
     digest: str
 
 
+def record_counts(zone: Zone) -> dict[str, int]:
+    """Record type -> how many the zone holds (SOA left out): what `svcops plan` shows."""
+    counts: dict[str, int] = {}
+    for line in zone.text.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[1] == "IN" and parts[2] != "SOA":
+            counts[parts[2]] = counts.get(parts[2], 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _dashed(ip: str) -> str:
     """An endpoint's name label, as Kubernetes makes it when there is no hostname."""
     return ip.replace(".", "-").replace(":", "-")

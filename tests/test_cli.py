@@ -83,6 +83,20 @@ def test_plan_writes_lock_once_and_then_reports_no_change(capsys, site):
     assert (site / "svcops.lock").read_text() == text
 
 
+def test_plan_shows_the_dns_zone_every_node_serves_or_that_dns_is_off(capsys, site):
+    code, out, err = run(capsys, "plan", "-i", INVENTORY, str(site))
+    assert code == 0, err
+    # The walkthrough: three ClusterIP/NodePort/LoadBalancer names, one ExternalName, two named ports.
+    assert "DNS: zone cluster.local on every node: 3 A, 1 CNAME, 2 SRV" in out
+    code, out, err = run(capsys, "plan", "-i", INVENTORY, "--json", str(site))
+    assert json.loads(out)["dns"]["records"] == {"A": 3, "CNAME": 1, "SRV": 2}
+    (site / "svcops.yaml").write_text((site / "svcops.yaml").read_text() + "serviceDNS: false\n")
+    code, out, err = run(capsys, "plan", "-i", INVENTORY, str(site))
+    assert "DNS: off (serviceDNS: false)" in out
+    code, out, err = run(capsys, "plan", "-i", INVENTORY, "--json", str(site))
+    assert json.loads(out)["dns"] is None
+
+
 def test_plan_keeps_existing_allocations_when_a_service_is_added(capsys, site):
     assert run(capsys, "plan", "-i", INVENTORY, str(site))[0] == 0
     before = yaml.safe_load((site / "svcops.lock").read_text())
