@@ -83,13 +83,14 @@ class _Memo:
 _MEMO: dict[str, _Memo] = {}
 
 
-def _previous_op(state, host, current: str | None) -> str | None:
-    """The operation before `current` in `host`'s order (None: it is the first)."""
-    if current is None:
+def _previous_op(host, current: str | None) -> str | None:
+    """The operation before `current` in `host`'s own order (None: it is the first).
+    (`host.op_hash_order`: the state's global order would cost hosts x operations.)"""
+    order = getattr(host, "op_hash_order", ())
+    if current is None or current not in order:
         return None
-    mine = [h for h in state.get_op_order() if h in state.ops.get(host, {})]
-    i = mine.index(current) if current in mine else -1
-    return mine[i - 1] if i > 0 else None
+    i = order.index(current)
+    return order[i - 1] if i > 0 else None
 
 
 def node_fact(via, cls: type[FactBase], keep: bool = False):
@@ -108,7 +109,7 @@ def node_fact(via, cls: type[FactBase], keep: bool = False):
         # The first svcops operation on this host in this run: everything, one round trip.
         m = _Memo(state, executing, current, True, host.get_fact(SvcopsFacts) or {})
         _MEMO[host.name] = m
-    elif not (m.clean and current is not None and m.op in (current, _previous_op(state, host, current))):
+    elif not (m.clean and current is not None and m.op in (current, _previous_op(host, current))):
         m.facts = {}  # something may have changed since: nothing read before holds
     m.op, m.clean = current, True
     name = cls.__name__

@@ -24,19 +24,16 @@ from svcops.facts import SvcopsIptables, SvcopsIpvs, SvcopsNftables, SvcopsNodeS
 
 class FakeState:
     def __init__(self, order: list[str], host: "FakeHost", executing: bool = True) -> None:
-        self.order, self.is_executing = order, executing
-        # Operations named "elsewhere..." are for other hosts only.
-        self.ops = {host: {h: None for h in order if not h.startswith("elsewhere")}}
-
-    def get_op_order(self) -> list[str]:
-        return self.order
+        self.is_executing = executing
+        # The host's own operations, in order ("elsewhere..." ones are for other hosts only).
+        host.op_hash_order = [h for h in order if not h.startswith("elsewhere")]
 
 
 class FakeHost:
     """Counts fact reads; SvcopsFacts gives every svcops fact as "<name>-combined"."""
 
     def __init__(self, name: str = "node1") -> None:
-        self.name, self.current_op_hash, self.reads = name, None, []
+        self.name, self.current_op_hash, self.reads, self.op_hash_order = name, None, [], []
 
     def get_fact(self, cls):
         self.reads.append(cls.__name__)
