@@ -22,6 +22,11 @@ printf '\n\033[1mThe ClusterIP %s:8000, from node1 (as `curl 10.1.11.83:8000` in
 for i in $(seq 9); do
     svcops lab exec node1 -- curl -s --max-time 2 "http://$cluster_ip:8000/"
 done
+printf '\n\033[1mThe same service by name, from node2 (as `curl my-deploy.default.svc:8000` in the seed):\033[0m\n'
+svcops lab exec node2 -- getent hosts my-deploy.default.svc.cluster.local
+for i in $(seq 3); do
+    svcops lab exec node2 -- curl -s --max-time 2 "http://my-deploy.default.svc:8000/"
+done
 printf '\n\033[1mThe NodePort 30001 on every node, from the client:\033[0m\n'
 for node in 192.168.36.11 192.168.36.12 192.168.36.13; do
     for i in 1 2 3; do
