@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping, Sequence
 
@@ -256,7 +257,8 @@ def _config_text(listen: str, domain: str, ipv6_upstreams: bool) -> str:
         _HEADER
         + "# svcops's DNS server (pdns-recursor@svcops): the cluster domain from a zone file,\n"
         "# every other name forwarded to the node's previous nameservers. A change here needs\n"
-        "# a restart; the zone and forward-zones files are re-read by `rec_control reload-zones`.\n"
+        "# a restart, but for auth-zones: it, the zone and the forward-zones files are re-read\n"
+        "# by `rec_control reload-zones`.\n"
         f"local-address={listen}\n"
         "local-port=53\n"
         f"allow-from={loopback}\n"
@@ -321,6 +323,21 @@ def render_dns(
 
 
 Action = Literal["restart", "reload", "none"]
+
+
+def only_auth_zones_differ(new_config: str, old_sha: str | None, old_domains: Iterable[str]) -> bool:
+    """Whether the node's settings file (its sha256 `old_sha`) differs from `new_config`
+    only in the auth-zones line, i.e. the cluster domain changed from one of
+    `old_domains` (those whose zone files the node holds). pdns-recursor's
+    ``reload-zones`` re-reads that line from the file (4.8, checked), so the server need
+    not restart and no query goes unanswered."""
+    if not old_sha:
+        return False
+    for d in old_domains:
+        candidate = re.sub(r"(?m)^auth-zones=.*$", f"auth-zones={d}={zone_path(d)}", new_config)
+        if hashlib.sha256(candidate.encode()).hexdigest() == old_sha:
+            return True
+    return False
 
 
 def dns_action(changed: Iterable[str]) -> Action:

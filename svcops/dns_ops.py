@@ -257,6 +257,11 @@ def dns_plan(state: DnsState, zone: Zone, listen: str = DEFAULT_LISTEN) -> DnsPl
             write[path] = text
     remove = tuple(sorted(p for p in state.files if p.endswith(".zone") and p != zone_file))
     action = dns.dns_action(write)
+    if action == "restart" and state.running and dns.CONFIG_FILE in write:
+        # A new cluster domain only: reload-zones re-reads auth-zones, no restart.
+        old_domains = [p.rsplit("/", 1)[1][: -len(".zone")] for p in remove]
+        if dns.only_auth_zones_differ(write[dns.CONFIG_FILE], state.files.get(dns.CONFIG_FILE), old_domains):
+            action = "reload"
     if action == "restart" or not state.running or not state.installed:
         action = "start"
     resolv = dns.render_resolv_conf(state.resolv, listen, zone.domain, [state.domain] if state.domain else [])

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -110,14 +111,24 @@ def test_a_stopped_server_is_started_even_when_its_files_are_right():
     assert plan.action == "start" and not plan.write and plan.resolv is None
 
 
-def test_a_new_cluster_domain_restarts_and_removes_the_old_zone():
+def test_a_new_cluster_domain_is_a_reload_and_removes_the_old_zone():
     old = zone()
     new = zone(cluster=Cluster(cluster_domain="corp.example"))
     plan = dns_plan(done_state(old), new)
-    assert plan.action == "start"
+    # Only the settings' auth-zones line differs: reload-zones re-reads it, no restart.
+    assert plan.action == "reload"
     assert plan.remove == (dns.zone_path("cluster.local"),)
     assert dns.zone_path("corp.example") in plan.write and dns.CONFIG_FILE in plan.write
     assert "search svc.corp.example corp.example example.test\n" in plan.resolv
+
+
+def test_any_other_settings_change_still_restarts():
+    z = zone()
+    state = done_state(z)
+    # The node's settings file as an older svcops wrote it (another text, same domain).
+    state = replace(state, files={**state.files, dns.CONFIG_FILE: "0" * 64})
+    assert dns_plan(state, zone(cluster=Cluster(cluster_domain="corp.example"))).action == "start"
+    assert dns_plan(state, z).action == "start"
 
 
 def test_resolv_conf_changed_by_dhcp_changes_the_forwarders_and_is_rendered_again():
@@ -331,16 +342,27 @@ def test_the_operation_starts_checks_reloads_restarts_and_removes_a_real_server(
     assert r.returncode == 1 and "keeps its previous records" in r.stderr
     assert node.ask("api.default.svc.cluster.local")[0] == 0
 
-    # New settings (another cluster domain): the running instance is replaced.
+    # Another cluster domain: only auth-zones changes in the settings, which reload-zones
+    # re-reads; the same process serves the new domain, the old one is no longer ours.
     third = zone(cluster=Cluster(cluster_domain="corp.example"))
     steps = run_operation(node, dns_server, monkeypatch, zone=third)
     assert ok(steps), steps[-1]
+    assert ran(steps, "reload-zones") and not ran(steps, "pdns_recursor --config"), steps
+    assert node.run(f"cat {dns.SOCKET_DIR}/pdns_recursor-svcops.pid").stdout == pid
     assert node.ask("web.default.svc.corp.example")[1][0][2] == web
     assert node.ask("web.default.svc.cluster.local")[0] != 0  # no longer ours: forwarded, NXDOMAIN
     st = node.state()
     assert st.running and dns.zone_path("cluster.local") not in st.files
     assert "search svc.corp.example corp.example example.test\n" in st.resolv
     assert run_operation(node, dns_server, monkeypatch, zone=third) == []
+
+    # Any other settings change (here the listen address) restarts the server.
+    steps = run_operation(node, dns_server, monkeypatch, zone=third, listen="127.0.0.154")
+    assert ok(steps) and ran(steps, "pdns_recursor --config"), steps
+    assert node.run(f"cat {dns.SOCKET_DIR}/pdns_recursor-svcops.pid").stdout != pid
+    asked = node.run(f"exec {sys.executable} {QUERY} ask 127.0.0.154 web.default.svc.corp.example A 1")
+    assert web in asked.stdout
+    assert "nameserver 127.0.0.154\n" in node.state().resolv
 
     # Taken off: the previous resolv.conf back, the server gone, its files removed.
     steps = run_operation(node, dns_absent, monkeypatch)
