@@ -21,6 +21,7 @@ own too, so that pyinfra reports the failure as it always has.
 from __future__ import annotations
 
 import functools
+import weakref
 from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
@@ -73,7 +74,7 @@ class SvcopsFacts(FactBase):
 
 @dataclass
 class _Memo:
-    state: object  # the pyinfra state the facts were read in
+    state: weakref.ref  # the pyinfra state the facts were read in (not kept alive by this)
     executing: bool  # read while executing (not in the change check before it)
     op: str | None  # the operation that used them last
     clean: bool  # ...and changed nothing
@@ -105,9 +106,9 @@ def node_fact(via, cls: type[FactBase], keep: bool = False):
     current = host.current_op_hash
     executing = bool(state.is_executing)
     m = _MEMO.get(host.name)
-    if m is None or m.state is not state or m.executing != executing:
+    if m is None or m.state() is not state or m.executing != executing:
         # The first svcops operation on this host in this run: everything, one round trip.
-        m = _Memo(state, executing, current, True, host.get_fact(SvcopsFacts) or {})
+        m = _Memo(weakref.ref(state), executing, current, True, host.get_fact(SvcopsFacts) or {})
         _MEMO[host.name] = m
     elif not (m.clean and current is not None and m.op in (current, _previous_op(host, current))):
         m.facts = {}  # something may have changed since: nothing read before holds
