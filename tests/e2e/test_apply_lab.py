@@ -370,3 +370,29 @@ def test_15_a_large_site_is_loaded_in_several_transactions_and_a_small_change_in
     assert len(before.splitlines()) > 1000
     got = curl("node3", "http://10.1.200.8/", 6)
     assert len(set(backends(got))) == 1  # ClientIP affinity: one backend for one client
+
+
+def test_16_a_rolling_apply_stops_at_a_failing_node_and_limit_touches_only_its_nodes(tmp_path, walkthrough):
+    # node2 cannot be changed (svcops's run directory is taken by a file): with --serial 1
+    # and --fail-percent 0, node1 gets the change, node2 fails untouched, node3 is not
+    # started. Then --limit node3 changes node3 alone, and a full apply finishes node2.
+    extra = service("rolled", "  clusterIP: 10.1.200.20\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n")
+    site = make_site(tmp_path, {"rolled.yaml": extra})
+    before = {n: svcops_rules(n) for n in NODES}
+    sh("node2", "rm -rf /run/svcops && touch /run/svcops")
+    try:
+        r = apply(site, "--serial", "1", "--fail-percent", "0", check=False)
+        assert r.returncode != 0
+        assert results(r) == {"node1": "changed", "node2": "failed", "node3": "skipped"}, r.stdout + r.stderr
+        assert "10.1.200.20" in svcops_rules("node1")
+        assert svcops_rules("node2") == before["node2"]  # the failure changed nothing there
+        assert svcops_rules("node3") == before["node3"]  # never started
+    finally:
+        sh("node2", "rm -f /run/svcops")
+    r = apply(site, "--limit", "node3")
+    assert results(r) == {"node3": "changed"}, r.stdout
+    assert svcops_rules("node2") == before["node2"]
+    r = apply(site)
+    assert results(r) == {"node1": "unchanged", "node2": "changed", "node3": "unchanged"}, r.stdout
+    for n in NODES:
+        assert set(backends(curl(n, "http://10.1.200.20/", 15))) == ALL, n
