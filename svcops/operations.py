@@ -55,7 +55,7 @@ from .node_files import (
 )
 from .render.iptables import CHUNK_CHAINS, IptablesRules, restore_transactions
 from .render.ipvs import DUMMY_INTERFACE as DUMMY
-from .render.rollback import in_sync, rollback_payload
+from .render.rollback import in_sync, rollback_payload, simulate
 
 __all__ = [
     "iptables_rules",
@@ -158,18 +158,22 @@ def iptables_rules(
     d = RUN_DIR
     apply_path = f"{d}/apply.{token}"
     txs = restore_transactions(rules, live, chunk)
-    yield StringCommand(f"mkdir -p {d} && chmod 700 {d} && cat > {apply_path}", _stdin="".join(txs))
+    payload = "".join(txs)
+    yield StringCommand(f"mkdir -p {d} && chmod 700 {d} && cat > {apply_path}", _stdin=payload)
     restore = f"iptables-restore -w 5 --noflush {apply_path}"
+    after = None  # the state after the apply, simulated once for both rollbacks
     if len(txs) > 1:
         # Many chains: several transactions in one restore (see restore_transactions). One
         # that fails leaves the earlier ones committed: give the chains back at once.
-        yield StringCommand(f"cat > {d}/rollback-partial.{token}", _stdin=rollback_payload(live, rules, jumps=False))
+        after = simulate(live, payload)
+        partial = rollback_payload(live, rules, jumps=False, after=after)
+        yield StringCommand(f"cat > {d}/rollback-partial.{token}", _stdin=partial)
         restore = f"{{ {restore} || {{ iptables-restore -w 5 --noflush {d}/rollback-partial.{token}; false; }}; }}"
     if not verify_ssh:
         yield StringCommand(f"{restore} && rm -f {apply_path}")
         yield from cleanup_commands(live, udp_ports)
         return
-    yield StringCommand(f"cat > {d}/rollback.{token}", _stdin=rollback_payload(live, rules))
+    yield StringCommand(f"cat > {d}/rollback.{token}", _stdin=rollback_payload(live, rules, after=after))
     yield StringCommand(f"cat > {d}/deadman.{token}", _stdin=deadman_script(token, rollback_after))
     # Arm, then restore; a restore that fails changed nothing (it is atomic, or was
     # undone at once when cut into transactions): cancel the switch.

@@ -332,10 +332,14 @@ def restore_payload(rules: IptablesRules, live: LiveTables | None = None) -> str
     service's few chains, not all of them). Chains whose name does not start with
     SVCOPS- are never named, except for svcops's own jump rules in the built-in chains.
     """
+    return _payload([_table_change(rules, live, name) for name in ("filter", "nat")])
+
+
+def _payload(changes: Sequence[_TableChange]) -> str:
+    """Every table's change in one transaction each (`restore_payload`'s text)."""
     out: list[str] = []
-    for name in ("filter", "nat"):
-        ch = _table_change(rules, live, name)
-        out.append(f"*{name}\n")
+    for ch in changes:
+        out.append(f"*{ch.name}\n")
         if ch.everything is not None:
             out.extend(ch.everything.chains)
         else:
@@ -374,7 +378,7 @@ def restore_transactions(rules: IptablesRules, live: LiveTables | None = None, c
     changes = [_table_change(rules, live, name) for name in ("filter", "nat")]
     written = [(ch, ch.everything.chain_names() if ch.everything else list(ch.chains)) for ch in changes]
     if sum(len(names) for _, names in written) <= chunk:
-        return [restore_payload(rules, live)]
+        return [_payload(changes)]
     txs: list[str] = []
     for ch, _ in written:
         chains = ch.chains if ch.everything is None else _chain_rules(ch.everything)

@@ -105,7 +105,9 @@ def simulate(live: LiveTables, payload: str) -> LiveTables:
     )
 
 
-def rollback_payload(live: LiveTables, rules: IptablesRules, jumps: bool = True) -> str:
+def rollback_payload(
+    live: LiveTables, rules: IptablesRules, jumps: bool = True, after: LiveTables | None = None
+) -> str:
     """The `iptables-restore --noflush` payload that undoes applying `rules` to `live`.
 
     Computed on the controller before the apply, uploaded with it, and run by the
@@ -118,8 +120,12 @@ def rollback_payload(live: LiveTables, rules: IptablesRules, jumps: bool = True)
     jumps=False: for an apply cut short before its last transaction
     (`restore_transactions`), which is the one that changes the jumps: the chains are
     given back, the jumps are left as they are (still the old ones).
+
+    after: the state once the apply is done, when already at hand (default: simulated
+    from ``restore_payload(rules, live)``).
     """
-    after = simulate(live, restore_payload(rules, live))
+    if after is None:
+        after = simulate(live, restore_payload(rules, live))
     out: list[str] = []
     for name in TABLES:
         old, new = live.table(name), after.table(name)
