@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -221,12 +220,6 @@ def site_for(n: int, endpoints: int, nodes: int, tmp: Path):
     return site, replace(site, services=tuple(services)), nodes_
 
 
-def guest_ip(text: str) -> str:
-    """svcops's shell with iproute2 by its path: the guest's busybox sh would run its own
-    `ip` applet first."""
-    return re.sub(r"(?<![\w/.-])ip (?=(link|addr|-4|-o) )", "/usr/sbin/ip ", text)
-
-
 def fact_lines(rules, modules) -> list[str]:
     """What SvcopsIpvs prints on a node holding `rules` (`applied_state`'s content, in
     the fact's line format): for timing the host's parse."""
@@ -266,7 +259,7 @@ def write_payload(n: int, a, tmp: Path, dest: Path) -> Host:
 
     cold = ipvs_plan(rules, IpvsLive(), LiveTables(), mods)
     assert not cold.finish
-    (dest / "prepare").write_text(guest_ip(cold.prepare) + "\n")
+    (dest / "prepare").write_text(harness.guest_shell(cold.prepare) + "\n")
     (dest / "addresses").write_text(cold.addresses)
     (dest / "ipset").write_text(cold.ipset)
     (dest / "iptables").write_text(cold.iptables)
@@ -278,7 +271,7 @@ def write_payload(n: int, a, tmp: Path, dest: Path) -> Host:
         "addresses": cold.addresses.count("\n"),
         "set-entries": sum(len(v) for v in applied_state(rules, mods).members.values()),
     }
-    (dest / "fact-ipvs").write_text(guest_ip(_ipvs_command()) + "\n")
+    (dest / "fact-ipvs").write_text(harness.guest_shell(_ipvs_command()) + "\n")
     (dest / "fact-iptables").write_text(SvcopsIptables().command() + "\n")
 
     # The change, decided as the operation decides it: the facts parsed, then the plan.
@@ -294,7 +287,7 @@ def write_payload(n: int, a, tmp: Path, dest: Path) -> Host:
     for s in ("prepare", "addresses", "ipset", "iptables", "ipvsadm", "finish"):
         text = getattr(plan, s)
         if s == "prepare":
-            text = guest_ip(text) + "\n" if text else ""
+            text = harness.guest_shell(text) + "\n" if text else ""
         (dest / f"change-{s}").write_text(text)
     h.change_lines = plan.ipvsadm.count("\n")
     # The changed virtual server's line as ipvsadm-save -n prints it.

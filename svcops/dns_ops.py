@@ -95,6 +95,11 @@ class DnsState:
     resolv_link: str = ""
     domain: str = ""
 
+    @property
+    def present(self) -> bool:
+        """Whether anything of svcops's DNS is on the node (what `dns_absent` takes off)."""
+        return bool(self.files or self.running or dns.is_rendered_resolv_conf(self.resolv))
+
 
 def _rec_control() -> str:
     return f"rec_control --config-dir={dns.CONFIG_DIR} --config-name={INSTANCE} --timeout=2"
@@ -425,5 +430,5 @@ def dns_absent():
             yield StringCommand(f"PATH=$PATH:/usr/sbin {_rec_control()} quit-nicely >/dev/null")
     if state.files:
         yield StringCommand("rm -f " + " ".join(shlex.quote(p) for p in sorted(state.files)))
-    if not (state.files or state.running or dns.is_rendered_resolv_conf(state.resolv)):
+    if not state.present:
         host.noop("svcops's DNS is not on this node")

@@ -169,10 +169,8 @@ def node_diff(
 def _dns_lines(plan, dns) -> list[str]:
     if dns is None:
         return []
-    from .dns import is_rendered_resolv_conf
     from .dns_ops import dns_plan
 
     if plan.dns_zone is None:  # serviceDNS: false: what dns_absent would take off
-        gone = (dns.files or dns.running or is_rendered_resolv_conf(dns.resolv))
-        return ["dns: - svcops's DNS server (serviceDNS: false), resolv.conf given back"] if gone else []
+        return ["dns: - svcops's DNS server (serviceDNS: false), resolv.conf given back"] if dns.present else []
     return dns_plan(dns, plan.dns_zone).summary()

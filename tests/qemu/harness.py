@@ -386,9 +386,9 @@ GUEST_SYSCTLS = {"net.ipv4.conf.all.arp_ignore": "0", "net.ipv4.conf.all.arp_ann
 
 
 def guest_shell(text: str) -> str:
-    """svcops's shell steps for the guest: its busybox runs its own `ip` applet before
-    PATH, so iproute2 is named by its full path."""
-    return re.sub(r"(^|&& |; )ip ", r"\1/usr/sbin/ip ", text)
+    """svcops's shell (steps, fact commands) for the guest: its busybox runs its own
+    `ip` applet before PATH, so iproute2 is named by its full path."""
+    return re.sub(r"(?<![\w/.-])ip (?=(link|addr|-4|-o) )", "/usr/sbin/ip ", text)
 
 
 def write_payloads(dest: Path) -> None:
