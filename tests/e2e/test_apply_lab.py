@@ -394,5 +394,6 @@ def test_16_a_rolling_apply_stops_at_a_failing_node_and_limit_touches_only_its_n
     assert svcops_rules("node2") == before["node2"]
     r = apply(site)
     assert results(r) == {"node1": "unchanged", "node2": "changed", "node3": "unchanged"}, r.stdout
+    # (40 random picks over 3 backends miss one with probability 2 in 10 million; 15 did 1 in 150)
     for n in NODES:
-        assert set(backends(curl(n, "http://10.1.200.20/", 15))) == ALL, n
+        assert set(backends(curl(n, "http://10.1.200.20/", 40))) == ALL, n
