@@ -67,14 +67,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sitegen  # noqa: E402
 
-from svcops.inventory import nodes_from_hosts  # noqa: E402
-from svcops.load import load_site  # noqa: E402
-from svcops.model import Allocations  # noqa: E402
-from svcops.nft_apply import LOADER, chunked, transactions  # noqa: E402
-from svcops.pipeline import compile_site  # noqa: E402
+from svcops.site.hostdata import nodes_from_hosts  # noqa: E402
+from svcops.site.load import load_site  # noqa: E402
+from svcops.site.model import Allocations  # noqa: E402
+from svcops.render.nftables_sync import LOADER, chunked, transactions  # noqa: E402
+from svcops.compile.pipeline import compile_site  # noqa: E402
 from svcops.render.iptables import parse_iptables_save, restore_transactions  # noqa: E402
 from svcops.render.nftables import LIVE_COMMANDS, full_payload, parse_nft_list  # noqa: E402
-from svcops.render.rollback import in_sync  # noqa: E402
+from svcops.render.iptables_sync import in_sync  # noqa: E402
 
 NODE = "node1"
 

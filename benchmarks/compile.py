@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sitegen  # noqa: E402
 
-from svcops.allocate import allocate  # noqa: E402
-from svcops.endpoints import resolve  # noqa: E402
-from svcops.inventory import nodes_from_hosts  # noqa: E402
-from svcops.load import load_site  # noqa: E402
-from svcops.model import Allocations  # noqa: E402
+from svcops.compile.allocate import allocate  # noqa: E402
+from svcops.compile.endpoints import resolve  # noqa: E402
+from svcops.site.hostdata import nodes_from_hosts  # noqa: E402
+from svcops.site.load import load_site  # noqa: E402
+from svcops.site.model import Allocations  # noqa: E402
 from svcops.render.iptables import render_nodes, restore_payload  # noqa: E402
-from svcops.yamlsrc import load_documents  # noqa: E402
+from svcops.site.yamlsrc import load_documents  # noqa: E402
 
 TARGET_CORE_S = 1.0
 TARGET_RSS_MB = 500

@@ -67,16 +67,17 @@ sys.path.insert(0, str(ROOT / "tests" / "qemu"))
 import harness  # noqa: E402
 import sitegen  # noqa: E402
 
-from svcops.facts import SvcopsIptables, _ipvs_command, parse_ipvs_state  # noqa: E402
-from svcops.inventory import nodes_from_hosts  # noqa: E402
-from svcops.ipvs_apply import IpvsLive, applied_state, ipvs_plan  # noqa: E402
-from svcops.load import load_site  # noqa: E402
-from svcops.model import Allocations  # noqa: E402
-from svcops.node_files import ipvs_modules  # noqa: E402
-from svcops.pipeline import compile_site  # noqa: E402
+from svcops.facts.iptables import SvcopsIptables
+from svcops.facts.ipvs import _ipvs_command, parse_ipvs_state  # noqa: E402
+from svcops.site.hostdata import nodes_from_hosts  # noqa: E402
+from svcops.render.ipvs_sync import IpvsLive, applied_state, ipvs_plan  # noqa: E402
+from svcops.site.load import load_site  # noqa: E402
+from svcops.site.model import Allocations  # noqa: E402
+from svcops.render.ipvs import ipvs_modules  # noqa: E402
+from svcops.compile.pipeline import compile_site  # noqa: E402
 from svcops.render.iptables import LiveTables, parse_iptables_save, restore_payload  # noqa: E402
 from svcops.render.ipvs import SETS, SYSCTLS  # noqa: E402
-from svcops.render.rollback import expected_tables  # noqa: E402
+from svcops.render.iptables_sync import expected_tables  # noqa: E402
 
 NODE = "node1"
 BANNER = "EMULATED (qemu TCG): times are far slower than real hardware"

@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterable
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from svcops.diagnostics import Diagnostic, error
-from svcops.yamlsrc import format_path
+from svcops.site.diagnostics import Diagnostic, error
+from svcops.site.yamlsrc import format_path
 
 NAMES = ("service", "endpoints", "endpointslice", "svcops", "hostdata", "lock")
 

@@ -142,7 +142,7 @@ def _connect(state) -> None:
     from pyinfra.api.state import StateStage
     from pyinfra.context import ctx_config, ctx_inventory, ctx_state
 
-    from .operations import set_nodelay
+    from svcops.operations.guard import set_nodelay
 
     state.set_stage(StateStage.Connect)
     with ctx_state.use(state), ctx_inventory.use(state.inventory), ctx_config.use(state.config):
@@ -169,10 +169,13 @@ def _gather(state, plan) -> dict:
     import gevent
     from pyinfra.context import ctx_host, ctx_state
 
-    from .dns_ops import SvcopsDns
-    from .factcache import SvcopsFacts
-    from .facts import SvcopsIptables, SvcopsIpvs, SvcopsNftables, SvcopsNodeState
-    from .nodediff import node_diff
+    from svcops.facts.cache import SvcopsFacts
+    from svcops.facts.dns import SvcopsDns
+    from svcops.facts.iptables import SvcopsIptables
+    from svcops.facts.ipvs import SvcopsIpvs
+    from svcops.facts.nftables import SvcopsNftables
+    from svcops.facts.node import SvcopsNodeState
+    from svcops.nodediff import node_diff
 
     hosts = [h for h in state.inventory if h in state.active_hosts]
 
@@ -230,7 +233,7 @@ def _run_batch(opts: ApplyOptions, plan, names: list[str]) -> dict[str, NodeResu
     from pyinfra.api.state import StateStage
     from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 
-    from .deploy import node_operations
+    from svcops.deploy import node_operations
 
     state, inventory = _make_state(opts.inventory, names)
     results: dict[str, NodeResult] = {}
@@ -274,8 +277,8 @@ def run(opts: ApplyOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr, 
     from pyinfra.context import ctx_state
     from pyinfra_cli.inventory import make_inventory
 
-    from .deploy import SiteError, compile_from_hosts
-    from .inventory import common_data
+    from svcops.deploy import SiteError, compile_from_hosts
+    from svcops.site.hostdata import common_data
 
     interactive = sys.stdin.isatty()
     if not opts.dry and not opts.yes and not interactive:

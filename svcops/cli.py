@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
-from .diagnostics import Diagnostic, has_errors, sort_key
+from svcops import __version__
+from svcops.site.diagnostics import Diagnostic, has_errors, sort_key
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="IP:PORT[/PROTO]", help="the destination, e.g. 10.96.0.10:53/udp (default protocol TCP)")
     _add_site(p)
 
-    from .lab.cli import register as register_lab
+    from svcops.lab.cli import register as register_lab
 
     register_lab(sub)
     return parser
@@ -272,9 +272,9 @@ def _print_diags(diags: Sequence[Diagnostic]) -> None:
 
 def _load(args: argparse.Namespace, need_inventory: bool):
     """Load inventory, site and lock; returns (site, nodes, lock, lock_path, site_root, diags)."""
-    from .inventory import load_inventory
-    from .load import load_site
-    from .lockfile import read_lock
+    from svcops.site.hostdata import load_inventory
+    from svcops.site.load import load_site
+    from svcops.site.lockfile import read_lock
 
     diags: list[Diagnostic] = []
     nodes: tuple = ()
@@ -295,8 +295,8 @@ def _load(args: argparse.Namespace, need_inventory: bool):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .allocate import allocate
-    from .endpoints import resolve
+    from svcops.compile.allocate import allocate
+    from svcops.compile.endpoints import resolve
 
     site, nodes, lock, lock_path, _, diags = _load(args, need_inventory=False)
     if site is not None and lock is not None and not has_errors(diags):
@@ -314,7 +314,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace, mode: str | None = None):
-    from .pipeline import compile_site
+    from svcops.compile.pipeline import compile_site
 
     site, nodes, lock, lock_path, site_root, diags = _load(args, need_inventory=True)
     if site is None or lock is None or has_errors(diags):
@@ -354,8 +354,8 @@ def _node_summary(compiled, name: str, endpoints: int, local: int, memo: dict[in
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .lockfile import write_lock
-    from .pipeline import allocation_changes
+    from svcops.compile.pipeline import allocation_changes
+    from svcops.site.lockfile import write_lock
 
     compiled, lock, lock_path, diags = _compile(args)
     _print_diags(diags)
@@ -393,8 +393,8 @@ def _dns_summary(compiled) -> dict | None:
     """The cluster domain's zone, as every node serves it (None: serviceDNS false)."""
     if not compiled.site.cluster.service_dns:
         return None
-    from .dns import record_counts
-    from .dns_ops import site_zone
+    from svcops.compile.nodeplan import site_zone
+    from svcops.render.dns import record_counts
 
     zone = site_zone(compiled)
     return {"domain": zone.domain, "records": record_counts(zone), "sha256": zone.digest}
@@ -436,9 +436,9 @@ def _print_plan(compiled, changes, nodes, lock_path, dns: dict | None = None) ->
 
 def render_sections(out, node: str) -> list[tuple[str, str, str]]:
     """(part, heading, text) of everything `node` gets, in the order it is applied."""
-    from .render import ipvs as R_ipvs
-    from .render import nftables as R_nft
-    from .render.iptables import restore_payload
+    from svcops.render import ipvs as R_ipvs
+    from svcops.render import nftables as R_nft
+    from svcops.render.iptables import restore_payload
 
     iface = out.interfaces
     iface_text = ("interfaces", f"/etc/network/interfaces.d/svcops for {node}", iface)
@@ -461,7 +461,7 @@ def render_sections(out, node: str) -> list[tuple[str, str, str]]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .pipeline import allocation_changes
+    from svcops.compile.pipeline import allocation_changes
 
     mode = args.mode
     implied = _PART_MODE.get(args.only or "")
@@ -491,7 +491,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         part = next((text for name, _, text in sections if name == args.only), None)
         if part is None:
             # The iptables part in nftables mode: svcops has no iptables rules there.
-            from .render.iptables import restore_payload
+            from svcops.render.iptables import restore_payload
 
             part = restore_payload(out.iptables) if args.only == "iptables" else ""
         sys.stdout.write(part)
@@ -514,7 +514,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     if not gevent.monkey.is_module_patched("socket"):
         gevent.monkey.patch_all()
-    from .apply import ApplyOptions, run
+    from svcops.apply import ApplyOptions, run
 
     if args.json and not args.dry:
         print("svcops apply: --json goes with --dry", file=sys.stderr)
@@ -534,7 +534,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import explain, parse_target
+    from svcops.compile.explain import explain, parse_target
 
     try:
         ip, port, proto = parse_target(args.target)
@@ -551,7 +551,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     _print_diags([d for d in diags if d.is_error])
     if compiled is None:
         return EXIT_ERROR
-    from .announce import announcements
+    from svcops.compile.announce import announcements
 
     out = compiled.outputs[args.node]
     # The node's own addresses: its address, and the load-balancer addresses it announces

@@ -19,7 +19,7 @@ plan`` does, and then, for the current host, runs:
     svcops | static address            ip addr replace, never removing the session's address
     svcops | ip forwarding             net.ipv4.ip_forward=1
     svcops | persisted files           boot payload, restore script, unit, sysctl, ifupdown file
-    svcops | service dns               pdns-recursor for the cluster domain, resolv.conf (svcops.dns_ops);
+    svcops | service dns               pdns-recursor for the cluster domain, resolv.conf (svcops.operations.dns);
                                        with serviceDNS: false, svcops's DNS taken off instead
 
 The rule operations follow the site's proxy mode; the other modes' operations remove
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -46,62 +45,18 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 
-from .announce import Announcement, announcements
-from .diagnostics import Diagnostic, has_errors, sort_key
-from .node_files import NodeFiles, node_files
-from .pipeline import Compiled, NodeOutput
+from svcops.compile.nodeplan import NodePlan, SitePlan, plan_site
+from svcops.operations import dns, iptables, ipvs, nftables, node
+from svcops.operations.guard import set_nodelay
+from svcops.site.diagnostics import Diagnostic, has_errors, sort_key
 
-__all__ = ["SiteError", "SitePlan", "NodePlan", "plan_site", "compiled_site", "services", "LOCK_NAME"]
+__all__ = ["SiteError", "compile_from_hosts", "compiled_site", "node_operations", "services", "LOCK_NAME"]
 
 LOCK_NAME = "svcops.lock"
 
 
 class SiteError(PyinfraError):
     """The site (or the inventory's svcops data) has errors: nothing was pushed."""
-
-
-@dataclass(frozen=True, slots=True)
-class NodePlan:
-    """Everything one node gets: rendered output, announced addresses, persisted files."""
-
-    output: NodeOutput
-    announced: tuple[Announcement, ...]
-    files: NodeFiles
-    dns_zone: object = None  # svcops.dns.Zone: the cluster domain's records (None: serviceDNS false)
-    udp_ports: Mapping | None = None  # the node's UDP service ports, for conntrack cleanup (iptables, nftables modes)
-
-    @property
-    def prefixlen(self) -> int | None:
-        """The static address's prefix length (from the ifupdown file), if any."""
-        for line in self.output.interfaces.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == "address" and "/" in parts[1]:
-                return int(parts[1].split("/", 1)[1])
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class SitePlan:
-    compiled: Compiled
-    announced: Mapping[str, tuple[Announcement, ...]]
-    diagnostics: tuple[Diagnostic, ...] = ()
-    lock_written: bool = False
-
-    def node(self, name: str) -> NodePlan:
-        out = self.compiled.outputs[name]
-        ann = self.announced.get(name, ())
-        from .conntrack_ops import node_udp_ports
-        from .dns_ops import site_zone
-
-        udp = node_udp_ports(self.compiled, name) if out.mode in ("iptables", "nftables") else None
-        files = node_files(out.iptables, out.interfaces, ann, out.mode, out.nftables, out.ipvs)
-        zone = site_zone(self.compiled) if self.compiled.site.cluster.service_dns else None
-        return NodePlan(out, ann, files, zone, udp)
-
-
-def plan_site(compiled: Compiled) -> SitePlan:
-    """Pure: the announcements of a compiled site, ready for per-node plans."""
-    return SitePlan(compiled, announcements(compiled.ports, compiled.nodes))
 
 
 def _format(diags) -> str:
@@ -113,10 +68,10 @@ def compile_from_hosts(
 ) -> SitePlan:
     """Load the site and its lock, compile it for `hosts` (name, data), and record
     new allocations in the lock (when `write`). Raises SiteError with every problem."""
-    from .inventory import nodes_from_hosts
-    from .load import load_site
-    from .lockfile import read_lock, write_lock
-    from .pipeline import compile_site
+    from svcops.compile.pipeline import compile_site
+    from svcops.site.hostdata import nodes_from_hosts
+    from svcops.site.load import load_site
+    from svcops.site.lockfile import read_lock, write_lock
 
     diags: list[Diagnostic] = []
     nodes, node_diags = nodes_from_hosts(hosts, source)
@@ -172,41 +127,39 @@ def compiled_site(site: str | None = None, inventory=None) -> SitePlan:
 def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ssh: bool = True) -> list[tuple[str, object]]:
     """Add the svcops operations for the current host (inside a pyinfra deploy or state);
     returns (label, OperationMeta) for each."""
-    from . import operations as ops
-
     kwargs = {} if rollback_after is None else {"rollback_after": rollback_after}
     out = plan.output
     metas: list[tuple[str, object]] = []
 
-    def iptables():
+    def add_iptables():
         metas.append(
-            ("iptables rules", ops.iptables_rules(name="svcops | iptables rules", rules=out.iptables, verify_ssh=verify_ssh, udp_ports=plan.udp_ports if out.mode == "iptables" else None, **kwargs))
+            ("iptables rules", iptables.rules(name="svcops | iptables rules", rules=out.iptables, verify_ssh=verify_ssh, udp_ports=plan.udp_ports if out.mode == "iptables" else None, **kwargs))
         )
 
-    def nftables(rules):
+    def add_nftables(rules):
         metas.append(
-            ("nftables table", ops.nftables_rules(name="svcops | nftables table", rules=rules, verify_ssh=verify_ssh, udp_ports=plan.udp_ports if rules is not None else None, **kwargs))
+            ("nftables table", nftables.rules(name="svcops | nftables table", rules=rules, verify_ssh=verify_ssh, udp_ports=plan.udp_ports if rules is not None else None, **kwargs))
         )
 
     if out.mode == "ipvs":
         # First: a node that cannot do IPVS fails here, before anything changed.
-        metas.append(("ipvs", ops.ipvs_rules(name="svcops | ipvs", rules=out.ipvs, verify_ssh=verify_ssh, **kwargs)))
-        nftables(None)
+        metas.append(("ipvs", ipvs.rules(name="svcops | ipvs", rules=out.ipvs, verify_ssh=verify_ssh, **kwargs)))
+        add_nftables(None)
     else:
         if out.mode == "nftables":
-            nftables(out.nftables)
-            iptables()
+            add_nftables(out.nftables)
+            add_iptables()
         else:
-            iptables()
-            nftables(None)
-        metas.append(("ipvs", ops.ipvs_absent(name="svcops | ipvs (none)", node_addresses=out.node_addresses)))
-    metas.append(("load-balancer addresses", ops.lb_addresses(name="svcops | load-balancer addresses", announced=plan.announced)))
+            add_iptables()
+            add_nftables(None)
+        metas.append(("ipvs", ipvs.absent(name="svcops | ipvs (none)", node_addresses=out.node_addresses)))
+    metas.append(("load-balancer addresses", node.lb_addresses(name="svcops | load-balancer addresses", announced=plan.announced)))
     # Always added (a no-op without an address): every host gets the same operations in
     # the same order, which is how pyinfra's API lines operations up across hosts.
     metas.append(
         (
             "static address",
-            ops.static_address(
+            node.static_address(
                 name="svcops | static address",
                 address=out.address if plan.prefixlen is not None else None,
                 prefixlen=plan.prefixlen or 32,
@@ -214,22 +167,18 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
             ),
         )
     )
-    metas.append(("ip forwarding", ops.ip_forward(name="svcops | ip forwarding")))
-    metas.append(("persisted files", ops.persisted_files(name="svcops | persisted files", files=plan.files)))
-    from .dns_ops import dns_absent, dns_server
-
+    metas.append(("ip forwarding", node.ip_forward(name="svcops | ip forwarding")))
+    metas.append(("persisted files", node.files(name="svcops | persisted files", files=plan.files)))
     if plan.dns_zone is not None:
-        metas.append(("service dns", dns_server(name="svcops | service dns", zone=plan.dns_zone)))
+        metas.append(("service dns", dns.server(name="svcops | service dns", zone=plan.dns_zone)))
     else:  # serviceDNS: false: svcops's DNS off the node, if it was there
-        metas.append(("service dns", dns_absent(name="svcops | service dns (none)")))
+        metas.append(("service dns", dns.absent(name="svcops | service dns (none)")))
     return metas
 
 
 @deploy("svcops")
 def services(site: str | None = None, rollback_after: int | None = None, verify_ssh: bool = True):
     """Push the site's services to the current host (see the module's docstring)."""
-    from .operations import set_nodelay
-
     plan = compiled_site(site)
     if host.name not in plan.compiled.outputs:
         raise SiteError(f"svcops: host {host.name} is not a node of the site (its host data has errors?)")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .announce import address_label
-from .facts import NodeState
-from .node_files import sha256_text
-from .render.iptables import LiveTables
-from .render.rollback import TablesDiff, diff_tables
+from svcops.facts.node import NodeState
+from svcops.render.iptables import LiveTables
+from svcops.render.iptables_sync import TablesDiff, diff_tables
+from svcops.render.node_files import sha256_text
+from svcops.site.model import address_label
 
 __all__ = ["NodeDiff", "node_diff"]
 
@@ -89,9 +89,9 @@ class NodeDiff:
 def mode_changes(out, nft=None, ipvs=None, iptables: LiveTables | None = None) -> list[str]:
     """The nftables / IPVS lines of the diff, from the SvcopsNftables and SvcopsIpvs
     facts (None: not read)."""
-    from .ipvs_apply import ipvs_plan, ipvs_removal
-    from .nft_apply import DELETE_TABLE, transactions
-    from .node_files import ipvs_modules
+    from svcops.render.ipvs import ipvs_modules
+    from svcops.render.ipvs_sync import ipvs_plan, ipvs_removal
+    from svcops.render.nftables_sync import DELETE_TABLE, transactions
 
     lines: list[str] = []
     if nft is not None:
@@ -169,7 +169,7 @@ def node_diff(
 def _dns_lines(plan, dns) -> list[str]:
     if dns is None:
         return []
-    from .dns_ops import dns_plan
+    from svcops.operations.dns import dns_plan
 
     if plan.dns_zone is None:  # serviceDNS: false: what dns_absent would take off
         return ["dns: - svcops's DNS server (serviceDNS: false), resolv.conf given back"] if dns.present else []

@@ -13,7 +13,10 @@ Three nodes on 10.0.0.0/24:
 
 from __future__ import annotations
 
-from svcops.model import (
+from svcops.compile.endpoints import resolve
+from svcops.render.iptables import render_nodes as render_iptables
+from svcops.render.nftables import BASE_CHAINS, MAPS, SKELETON_DIGEST, NftLive, NftRules
+from svcops.site.model import (
     Allocations,
     Cluster,
     EndpointAddress,
@@ -169,3 +172,51 @@ SCENARIOS: dict[str, tuple[tuple[Service, ...], tuple[ManualEndpoints, ...], str
         "node2",
     ),
 }
+
+
+def simulated_live(rules: NftRules) -> NftLive:
+    """What `nft list` would show after loading `rules` on a clean node."""
+    chains: dict[str, str | None] = {n: f"svcops skeleton {SKELETON_DIGEST}" for n in BASE_CHAINS}
+    chains.update({n: None for n in ("services", "service-endpoints-check", "external-endpoints-check",
+                                     "firewall-check", "mark-for-masquerade", "masquerading", "reject-chain")})  # fmt: skip
+    maps: dict[str, dict[str, tuple[str, str | None]]] = {m: {} for m in MAPS}
+    sets = {}
+    for u in rules.units:
+        chains.update({c: None for c in u.chains})
+        sets.update(dict(u.sets))
+        for m, key, value in u.elements:
+            maps[m][key] = (value, u.comment)
+    return NftLive(True, chains, sets, maps)
+
+
+def rendered(name: str, node: str = "node1"):
+    """The iptables rules scenario `name` gives `node`."""
+    services, manual, _ = SCENARIOS[name]
+    ports, _ = resolve(site(services, manual), nodes(), allocations(services))
+    return render_iptables(CLUSTER, ports, ["node1", "node2", "node3"])[node]
+
+
+NODES = ["node1", "node2", "node3"]
+
+# Other tools' rules on a node (docker, ufw): svcops must never touch them.
+FOREIGN_SAVE = """\
+*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:ufw-before-input - [0:0]
+-A INPUT -j ufw-before-input
+-A FORWARD -o docker0 -j DOCKER
+-A ufw-before-input -i lo -j ACCEPT
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+COMMIT
+"""

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from paths import ROOT
 
 from svcops.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "walkthrough"
 INVENTORY = str(ROOT / "inventory" / "example.py")
 

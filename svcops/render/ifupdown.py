@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import netaddr
 
-from ..model import Cluster, Node
+from svcops.site.model import Cluster, Node
 
 __all__ = ["render_interfaces"]
 

@@ -50,9 +50,9 @@ from typing import Mapping, Sequence
 
 import netaddr
 
-from ..gcpause import gc_paused
-from ..model import Cluster, Endpoint, ResolvedPort
-from . import chains as C
+from svcops.gcpause import gc_paused
+from svcops.render import chains as C
+from svcops.site.model import Cluster, Endpoint, ResolvedPort
 
 __all__ = [
     "MASQ_MARK",

@@ -70,12 +70,13 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import netaddr
 
-from ..gcpause import gc_paused
-from ..model import SCHEDULER_ANNOTATION, Cluster, Endpoint, ResolvedPort
-from . import chains as C
-from .iptables import IptablesRules, Jump, TableRules, jump, restore_payload
+from svcops.gcpause import gc_paused
+from svcops.render import chains as C
+from svcops.render.iptables import IptablesRules, Jump, TableRules, jump, restore_payload
+from svcops.site.model import SCHEDULER_ANNOTATION, Cluster, Endpoint, ResolvedPort
 
 __all__ = [
+    "ipvs_modules",
     "DUMMY_INTERFACE",
     "SCHEDULERS",
     "SYSCTLS",
@@ -678,3 +679,14 @@ def ipvsadm_update(
             elif was != o:
                 out.append(f"-e {vs} -r {r} {o}\n")
     return "".join(out)
+
+
+def ipvs_modules(ipvsadm: str) -> tuple[str, ...]:
+    """The kernel modules IPVS mode needs: ip_vs, the schedulers `ipvsadm` uses (rr
+    always, the default), conntrack, dummy."""
+    schedulers = {"rr"}
+    for line in ipvsadm.splitlines():
+        parts = line.split()
+        if parts[:1] == ["-A"] and "-s" in parts:
+            schedulers.add(parts[parts.index("-s") + 1])
+    return ("ip_vs", *(f"ip_vs_{s}" for s in sorted(schedulers)), "nf_conntrack", "dummy")

@@ -65,10 +65,10 @@ from typing import Iterable, Sequence
 
 import netaddr
 
-from ..gcpause import gc_paused
-from ..model import Cluster, Endpoint, ResolvedPort
-from . import chains as C
-from .nft_live import LIVE_COMMANDS, MAP_NAMES, TABLE, NftLive, parse_nft_list, unit_of_name
+from svcops.gcpause import gc_paused
+from svcops.render import chains as C
+from svcops.render.nftables_live import LIVE_COMMANDS, MAP_NAMES, TABLE, NftLive, parse_nft_list, unit_of_name
+from svcops.site.model import Cluster, Endpoint, ResolvedPort
 
 __all__ = [
     "TABLE",

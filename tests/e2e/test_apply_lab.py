@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 import labkit
+import pytest
 from labkit import (
     ADDRESS,
     CLIENT,
@@ -37,6 +36,7 @@ from labkit import (
     ssh_ok,
     svcops_rules,
 )
+
 from svcops.render.chains import port_hash
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("lab", "proxy_mode")]

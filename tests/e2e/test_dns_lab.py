@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from labkit import ADDRESS, CLIENT, NODES, apply, backends, curl, lab_exec, make_site, results, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("lab")]

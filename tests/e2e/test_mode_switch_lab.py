@@ -9,10 +9,11 @@ Its own lab (module scope), brought up and down around this module.
 from __future__ import annotations
 
 import pytest
-
 from labkit import (
     ADDRESS,
+    INVENTORY,
     NODES,
+    SVCOPS,
     apply,
     backends,
     curl,
@@ -23,8 +24,6 @@ from labkit import (
     run,
     sh,
     ssh_ok,
-    SVCOPS,
-    INVENTORY,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("lab")]

@@ -258,8 +258,9 @@ def proof_site():
     sys.path.insert(0, str(TESTS))
     sys.path.insert(0, str(ROOT))
     import render_fixtures as F
-    from svcops.endpoints import resolve
-    from svcops.model import ServicePort
+
+    from svcops.compile.endpoints import resolve
+    from svcops.site.model import ServicePort
 
     services = (
         F.service("web", F.HTTP, type="NodePort"),  # 10.96.0.10, node port 30080
@@ -282,7 +283,7 @@ UDP_ENDPOINTS = ("10.0.0.11", "10.244.2.7")
 
 
 def udp_endpoints(addresses: tuple[str, ...]):
-    from svcops.model import EndpointAddress, EndpointPortSpec, EndpointSubset, ManualEndpoints, Source
+    from svcops.site.model import EndpointAddress, EndpointPortSpec, EndpointSubset, ManualEndpoints, Source
 
     subset = EndpointSubset(tuple(EndpointAddress(a) for a in addresses), (EndpointPortSpec("u", 5353, "UDP"),))
     return ManualEndpoints("default", "udp", (subset,), Source("endpoints/udp.yaml", 1))
@@ -310,7 +311,8 @@ def update_site():
     sys.path.insert(0, str(ROOT))
 
     import render_fixtures as F
-    from svcops.endpoints import resolve
+
+    from svcops.compile.endpoints import resolve
 
     services, _, _ = proof_site()
     by = {s.name: s for s in services}
@@ -335,12 +337,11 @@ def write_update(dest: Path) -> None:
     """svcops's IPVS apply steps (`svcops.ipvs_apply.ipvs_plan`) from the proof site's
     render to `update_site`'s, on a node holding the first; then the steps that leave
     IPVS mode (`ipvs_removal`, after svcops's iptables chains are gone)."""
-    from svcops.ipvs_apply import applied_state, ipvs_plan, ipvs_removal
-    from svcops.node_files import ipvs_modules
-    from svcops.pipeline import no_iptables_rules
-    from svcops.render.ipvs import render_nodes
+    from svcops.compile.pipeline import no_iptables_rules
     from svcops.render.iptables import restore_payload
-    from svcops.render.rollback import expected_tables
+    from svcops.render.iptables_sync import expected_tables
+    from svcops.render.ipvs import ipvs_modules, render_nodes
+    from svcops.render.ipvs_sync import applied_state, ipvs_plan, ipvs_removal
 
     _, ports, cluster = proof_site()
     _, ports2, _ = update_site()
@@ -358,7 +359,7 @@ def write_update(dest: Path) -> None:
     (u / "ipvsadm").write_text(plan.ipvsadm)
     (u / "finish").write_text(plan.finish)
     # The UDP flows to real servers that are gone, deleted as `ipvs_rules` does.
-    from svcops.conntrack import conntrack_script, stale_conntrack, udp_ports_from_ipvsadm
+    from svcops.render.conntrack import conntrack_script, stale_conntrack, udp_ports_from_ipvsadm
 
     owned = set(new.addresses) | set(live.addresses)
     before = udp_ports_from_ipvsadm(live.ipvsadm, owned, new.node_addresses)
@@ -373,7 +374,7 @@ def write_update(dest: Path) -> None:
     (r / "ipvsadm").write_text(gone.ipvsadm)
     (r / "sysctls").write_text(gone.sysctls + "\n")
     # Boot: every file svcops persists in IPVS mode for the updated site, under boot/.
-    from svcops.node_files import node_files
+    from svcops.render.node_files import node_files
 
     for path, text in node_files(new.iptables_rules, "", (), "ipvs", ipvs=new).files.items():
         f = dest / "boot" / path.lstrip("/")
@@ -412,9 +413,9 @@ def write_payloads(dest: Path) -> None:
     p = dest / "proof"
     p.mkdir()
     # svcops's cold apply (`ipvs_plan` on a clean node; the guest's init loaded the modules).
-    from svcops.ipvs_apply import IpvsLive, ipvs_plan
-    from svcops.node_files import ipvs_modules
     from svcops.render.iptables import LiveTables
+    from svcops.render.ipvs import ipvs_modules
+    from svcops.render.ipvs_sync import IpvsLive, ipvs_plan
 
     mods = ipvs_modules(rules.ipvsadm)
     cold = ipvs_plan(rules, IpvsLive(sysctls=GUEST_SYSCTLS, modules=frozenset(mods)), LiveTables(), mods)

@@ -1,0 +1,274 @@
+"""Pushing IPVS mode: the pure parts (what to run on a node, from its live state).
+
+IPVS mode is applied in kube-proxy's order (`svcops.render.ipvs`):
+
+    1. modules (ip_vs, the schedulers in use, nf_conntrack, dummy), then the sysctls
+       (net.ipv4.vs.conntrack=1 above all; the node's own values of the node-wide ARP
+       ones kept first, to be put back when IPVS mode is left), then the dummy interface
+       svcops-ipvs0 (left down) and the virtual addresses it is missing, all in one
+       ``ip -batch`` (one process for 10,000 addresses instead of 10,000)
+    2. ``ipset restore``: every set refilled atomically (swap)
+    3. ``iptables-restore --noflush``: svcops's few chains and jumps, against the live ones
+    4. ``ipvsadm -R`` of the *edit* from ``ipvsadm-save -n`` to the rendered servers
+       (`ipvsadm_update`; Debian's ipvsadm-restore would clear everything first)
+    5. the virtual addresses no longer rendered are removed from the dummy interface
+       (``ip -batch`` again)
+
+`ipvs_plan` decides each step from the node's facts (`svcops.facts.IpvsState`,
+``SvcopsIptables``); a step already in sync is left out, so a node in sync gets no
+command. Leaving IPVS mode (`ipvs_removal`): after the new mode's iptables rules
+replaced svcops's chains, svcops's sets are destroyed, its virtual servers deleted and
+the dummy interface with them, and the ARP sysctls get their earlier values back.
+
+A bitmap set made for another nodePortRange cannot be "created -exist" again; the
+payload's temporary set is made with the new range and swapped in (``ipset swap``
+checks the type, not the range), so for sets already there only the temporary one is
+created.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+from svcops.render.iptables import LiveTables, restore_payload
+from svcops.render.iptables_sync import in_sync, rollback_payload
+from svcops.render.ipvs import (
+    DUMMY_INTERFACE,
+    NODE_WIDE_SYSCTLS,
+    SETS,
+    SYSCTLS,
+    SYSCTLS_BEFORE,
+    IpvsRules,
+    ipvsadm_update,
+    parse_ipvsadm_save,
+)
+
+__all__ = ["applied_state", "IpvsLive", "IpvsPlan", "ipvs_plan", "ipvs_removal", "IpvsRemoval", "ipvsadm_edit", "ipset_payload", "parse_ipset_save"]
+
+
+@dataclass(frozen=True, slots=True)
+class IpvsLive:
+    """svcops's IPVS state on a node (what `svcops.facts.SvcopsIpvs` reads).
+
+    link:       the dummy interface exists
+    addresses:  its addresses, without the prefix length
+    sets:       svcops's ipsets: name -> the options of its "create" line (as `ipset save`)
+    members:    name -> its entries
+    ipvsadm:    ``ipvsadm-save -n``
+    sysctls:    key -> value, for `SYSCTLS`
+    modules:    the modules loaded (or built in)
+    before:     key -> value kept in `SYSCTLS_BEFORE`: the node's own values of
+                `NODE_WIDE_SYSCTLS` from before svcops changed them (empty: none kept)
+    """
+
+    link: bool = False
+    addresses: tuple[str, ...] = ()
+    sets: Mapping[str, str] = None  # type: ignore[assignment]
+    members: Mapping[str, frozenset[str]] = None  # type: ignore[assignment]
+    ipvsadm: str = ""
+    sysctls: Mapping[str, str] = None  # type: ignore[assignment]
+    modules: frozenset[str] = frozenset()
+    before: Mapping[str, str] = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        for name in ("sets", "members", "sysctls", "before"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, {})
+
+
+def parse_ipset_save(text: str) -> tuple[dict[str, str], dict[str, frozenset[str]]]:
+    """``ipset save`` lines of SVCOPS- sets -> (name -> create options, name -> entries)."""
+    sets: dict[str, str] = {}
+    members: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) < 3 or not parts[1].startswith("SVCOPS-"):
+            continue
+        if parts[0] == "create":
+            sets[parts[1]] = parts[2].strip()
+            members.setdefault(parts[1], set())
+        elif parts[0] == "add":
+            members.setdefault(parts[1], set()).add(parts[2].split(" ", 1)[0])
+    return sets, {k: frozenset(v) for k, v in members.items()}
+
+
+def _range(options: str) -> str | None:
+    parts = options.split()
+    return parts[parts.index("range") + 1] if "range" in parts else None
+
+
+def ipset_payload(rules: IpvsRules, live: IpvsLive) -> str:
+    """The rendered ``ipset restore`` input, fitted to the node: the "create -exist" of
+    a set that exists is left out (a bitmap of another range would make it fail; the
+    swap brings the new range in), and a temporary set left behind is destroyed first."""
+    out: list[str] = [f"destroy {name}\n" for name in live.sets if name.endswith("-T")]
+    for line in rules.ipset.splitlines(keepends=True):
+        if line.startswith("create "):
+            name = line.split(" ", 2)[1]
+            if name in live.sets and not name.endswith("-T"):
+                continue
+        out.append(line)
+    return "".join(out)
+
+
+def _sets_in_sync(rules: IpvsRules, live: IpvsLive) -> bool:
+    want = rules.set_entries()
+    for s in SETS:
+        if s.name not in live.sets or s.name + "-T" in live.sets:
+            return False
+        if s.type == "bitmap:port":
+            lo, hi = rules._node_port_range
+            if _range(live.sets[s.name]) != f"{lo}-{hi}":
+                return False
+        if live.members.get(s.name, frozenset()) != frozenset(want.get(s.name, ())):
+            return False
+    return True
+
+
+def ipvsadm_edit(want: str, have: str, owned: Callable[[str, int], bool]) -> str:
+    """``ipvsadm -R`` input from `have` to `want` (both ``ipvsadm-save -n`` text),
+    touching only virtual servers `owned` says are svcops's. Used for rollbacks."""
+    w, h = parse_ipvsadm_save(want), parse_ipvsadm_save(have)
+    out: list[str] = []
+    for vs in h:
+        if vs not in w:
+            addr, _, port = vs.split(" ", 1)[1].rpartition(":")
+            if owned(addr, int(port)):
+                out.append(f"-D {vs}\n")
+    for vs, (opts, reals) in w.items():
+        cur = h.get(vs)
+        if cur is None:
+            out.append(f"-A {vs} {opts}\n")
+            out.extend(f"-a {vs} -r {r} {o}\n" for r, o in reals.items())
+            continue
+        if cur[0] != opts:
+            out.append(f"-E {vs} {opts}\n")
+        out.extend(f"-d {vs} -r {r}\n" for r in cur[1] if r not in reals)
+        for r, o in reals.items():
+            if r not in cur[1]:
+                out.append(f"-a {vs} -r {r} {o}\n")
+            elif cur[1][r] != o:
+                out.append(f"-e {vs} -r {r} {o}\n")
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class IpvsPlan:
+    """The steps of one IPVS apply; "" for a step in sync."""
+
+    prepare: str = ""  # shell: modules, sysctls, dummy interface
+    addresses: str = ""  # ip -batch input: the virtual addresses the interface lacks
+    ipset: str = ""  # ipset restore input
+    iptables: str = ""  # iptables-restore --noflush input
+    ipvsadm: str = ""  # ipvsadm -R input
+    finish: str = ""  # ip -batch input: the addresses no longer rendered, removed
+    undo_iptables: str = ""  # iptables-restore --noflush input that gives back the old chains
+    undo_ipvsadm: str = ""  # ipvsadm -R input that gives back the old virtual servers
+
+    @property
+    def empty(self) -> bool:
+        return not (self.prepare or self.addresses or self.ipset or self.iptables or self.ipvsadm or self.finish)
+
+    def summary(self) -> list[str]:
+        out = []
+        if self.prepare:
+            out.append("ipvs: modules, sysctls or dummy interface")
+        if self.addresses:
+            n = self.addresses.count("\n")
+            out.append(f"ipvs: {n} virtual address{'es' if n != 1 else ''} added")
+        if self.ipset:
+            out.append("ipvs: ipsets refilled")
+        if self.iptables:
+            out.append("ipvs: iptables chains")
+        if self.ipvsadm:
+            n = self.ipvsadm.count("\n")
+            out.append(f"ipvs: {n} virtual/real server change{'s' if n != 1 else ''}")
+        if self.finish:
+            out.append("ipvs: stale virtual addresses removed")
+        return out
+
+
+def ipvs_plan(rules: IpvsRules, live: IpvsLive, iptables: LiveTables, modules: Iterable[str]) -> IpvsPlan:
+    """What to run on a node (facts `live` and `iptables`) to give it `rules`."""
+    d = shlex.quote(DUMMY_INTERFACE)
+    prep: list[str] = []
+    missing_modules = [m for m in modules if m not in live.modules]
+    if missing_modules:
+        prep.append(f"for m in {' '.join(missing_modules)}; do modprobe \"$m\" || [ -d \"/sys/module/$m\" ] || exit 1; done")
+    wrong = {k: v for k, v in SYSCTLS.items() if live.sysctls.get(k) != v}
+    if not live.before and any(k in wrong for k in NODE_WIDE_SYSCTLS):
+        prep.append(_keep_before(live.sysctls))
+    if wrong or missing_modules:
+        prep.append("sysctl -q -w " + " ".join(f"{k}={v}" for k, v in (wrong or SYSCTLS).items()))
+    if not live.link:
+        prep.append(f"ip link add {d} type dummy")
+    have = set(live.addresses)
+    addresses = "".join(f"address add {a}/32 dev {d}\n" for a in rules.addresses if a not in have)
+    ipset = "" if _sets_in_sync(rules, live) else ipset_payload(rules, live)
+    ipt = rules.iptables_rules
+    iptables_payload = undo_ipt = ""
+    if not in_sync(ipt, iptables):
+        iptables_payload = restore_payload(ipt, iptables)
+        undo_ipt = rollback_payload(iptables, ipt)
+    ipvsadm = ipvsadm_update(rules, live.ipvsadm, live.addresses)
+    undo_ipvsadm = ""
+    if ipvsadm:
+        mine = set(rules.addresses) | set(rules.node_addresses) | set(live.addresses)
+        undo_ipvsadm = ipvsadm_edit(live.ipvsadm, rules.ipvsadm, lambda a, p: a in mine)
+    wanted = set(rules.addresses)
+    finish = "".join(f"address del {a}/32 dev {d}\n" for a in live.addresses if a not in wanted)
+    return IpvsPlan(" && ".join(prep), addresses, ipset, iptables_payload, ipvsadm, finish, undo_ipt, undo_ipvsadm)
+
+
+def _keep_before(sysctls: Mapping[str, str]) -> str:
+    """Shell that keeps the node's current values of `NODE_WIDE_SYSCTLS` in
+    `SYSCTLS_BEFORE` (``sysctl -p`` format), written once, atomically."""
+    body = "".join(f"{k} = {sysctls[k]}\n" for k in NODE_WIDE_SYSCTLS if k in sysctls)
+    f = shlex.quote(SYSCTLS_BEFORE)
+    return f"mkdir -p {shlex.quote(SYSCTLS_BEFORE.rsplit('/', 1)[0])} && printf %s {shlex.quote(body)} > {f}.tmp && mv {f}.tmp {f}"
+
+
+@dataclass(frozen=True, slots=True)
+class IpvsRemoval:
+    """What removes svcops's IPVS footprint from a node (after svcops's iptables rules
+    that use the sets are gone). Each part is empty when there is nothing of it."""
+
+    ipset: str = ""  # ipset restore input: destroy svcops's sets
+    ipvsadm: str = ""  # ipvsadm -R input: delete svcops's virtual servers
+    link: bool = False  # delete the dummy interface
+    sysctls: str = ""  # shell: the ARP sysctls back to the node's own values
+
+    @property
+    def empty(self) -> bool:
+        return not (self.ipset or self.ipvsadm or self.link or self.sysctls)
+
+
+def ipvs_removal(live: IpvsLive, node_addresses: Iterable[str]) -> IpvsRemoval:
+    """Removing svcops's IPVS footprint: its sets (temporary ones first), its virtual
+    servers (those on the dummy interface's addresses and on the node's own, i.e. node
+    ports: an `ipvsadm_update` to an empty render), the dummy interface, and the node's
+    own values of the ARP sysctls, kept when IPVS mode came (`SYSCTLS_BEFORE`)."""
+    destroy = "".join(f"destroy {n}\n" for n in sorted(live.sets, key=lambda n: (not n.endswith("-T"), n)))
+    mine = set(live.addresses) | set(node_addresses)
+    delete = ipvsadm_edit("", live.ipvsadm, lambda a, p: a in mine) if live.ipvsadm else ""
+    sysctls = ""
+    if live.before:
+        back = " ".join(f"{k}={v}" for k, v in sorted(live.before.items()))
+        sysctls = f"sysctl -q -w {back} && rm -f {shlex.quote(SYSCTLS_BEFORE)}"
+    return IpvsRemoval(destroy, delete, live.link, sysctls)
+
+
+def applied_state(rules: IpvsRules, modules: Iterable[str] = ()) -> IpvsLive:
+    """The IpvsLive a node holds once `rules` are applied (as `SvcopsIpvs` would read
+    it): for tests, dry runs and the qemu proof of an update."""
+    lo, hi = rules._node_port_range
+    save = [
+        f"create {s.name} {s.type} " + (f"range {lo}-{hi}" if s.type == "bitmap:port" else "family inet hashsize 1024 maxelem 262144")
+        for s in SETS
+    ]
+    for name, entries in rules.set_entries().items():
+        save.extend(f"add {name} {e}" for e in entries)
+    sets, members = parse_ipset_save("\n".join(save))
+    return IpvsLive(True, rules.addresses, sets, members, rules.ipvsadm, dict(SYSCTLS), frozenset(modules))

@@ -1,0 +1,299 @@
+"""Nodes and their workloads, from a pyinfra inventory's host data.
+
+svcops reads these keys of each host's data (``schemas/hostdata.schema.json``); they
+are top-level keys, so pyinfra's group_data files merge them as they merge any data::
+
+    svcops_interface: "eth0"              the interface the static address goes on
+    svcops_address:   "10.0.0.11"         the node's address: where its workloads without
+                                          their own address and its node ports are; with
+                                          nodeNetwork, svcops configures it (absent: allocated)
+    svcops_labels:    {zone: a}           the node's labels
+    svcops_workloads:                     the backends the node runs
+      - {name: web-1, address: 10.244.1.5, labels: {app: web},
+         ports: [{name: http, port: 80, protocol: TCP}]}
+    svcops_site:      "sites/prod"        the site folder (for the pyinfra path)
+
+`ssh_hostname` is pyinfra's own: svcops reaches the node there (default: the host name).
+
+`nodes_from_hosts` is the pure part: (name, data) pairs in, `Node`s and diagnostics
+out. `load_inventory` is the shell around it: it loads the inventory file with
+pyinfra's own loader (`pyinfra_cli.inventory.make_inventory`), so groups, group_data
+folders and data tuples mean exactly what they mean to ``pyinfra INVENTORY deploy.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import traceback
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+from svcops import schemas
+from svcops.site.diagnostics import Diagnostic, error
+from svcops.site.model import EMPTY, Node, Workload, WorkloadPort
+from svcops.site.validate import TRUSTED, Trust
+
+PREFIX = "svcops_"
+DEFAULT_INTERFACE = "eth0"
+
+
+# --- the pure part -------------------------------------------------------------------
+
+
+def nodes_from_hosts(
+    hosts: Iterable[tuple[str, Mapping]], source: str
+) -> tuple[tuple[Node, ...], list[Diagnostic]]:
+    """Host data -> Nodes, checked against the host-data schema and for meaning.
+
+    Meaning: workload names unique on a node, port names and (port, protocol) unique
+    in a workload, a node address used by one node only, a workload's own address
+    used on one node only. Diagnostics name `source` (the inventory file) and a field
+    such as ``node1: svcops_workloads[0].ports[1].port``; host data has no lines.
+    Every problem of every host is reported; a host with any is left out of the nodes.
+    """
+    nodes: list[Node] = []
+    diags: list[Diagnostic] = []
+    seen_nodes: set[str] = set()
+    node_addresses: dict[str, str] = {}  # address -> node
+    workload_addresses: dict[str, str] = {}  # address -> node
+    port_values: dict[tuple, WorkloadPort] = {}
+
+    for name, data in hosts:
+        where = f"{name}: "
+
+        def bad(field: str, message: str) -> None:
+            diags.append(error(source, None, where + field, message))
+
+        if name in seen_nodes:
+            diags.append(error(source, None, name, "the inventory names this host twice"))
+            continue
+        seen_nodes.add(name)
+        own = {k: v for k, v in data.items() if isinstance(k, str) and k.startswith(PREFIX)}
+        trust = TRUSTED
+        if not _fast_valid(own):
+            own = _plain(own)
+            problems = schemas.check_located("hostdata", own, file=source, line_of=_no_line, field_prefix=where)
+            diags += [d for _, d in problems]
+            # What the schema refused is not checked again; the rest is.
+            trust = Trust(p for p, _ in problems)
+        ok = trust.whole
+        ssh_host = data.get("ssh_hostname") or name
+        if not isinstance(ssh_host, str):
+            bad("ssh_hostname", f"must be a string, not {schemas.describe(ssh_host)}")
+
+        address = own.get("svcops_address") if ok("svcops_address") else None
+        if address is not None:
+            other = node_addresses.get(address)
+            if other is not None:
+                bad("svcops_address", f"{address} is already the address of node {other}")
+            else:
+                node_addresses[address] = name
+
+        workloads = []
+        names: dict[str, int] = {}
+        W = "svcops_workloads"
+        for i, w in enumerate((own.get(W) or ()) if trust.known(W) else ()):
+            if not trust.known(W, i):
+                continue
+            wname = w.get("name")
+            if ok(W, i, "name"):
+                if wname in names:
+                    bad(f"{W}[{i}].name", f'duplicate workload name "{wname}" (also {W}[{names[wname]}])')
+                else:
+                    names[wname] = i
+            waddr = w.get("address") if ok(W, i, "address") else None
+            if waddr is not None:
+                other = workload_addresses.setdefault(waddr, name)
+                if other != name:
+                    bad(f"{W}[{i}].address", f"{waddr} is already the address of a workload on node {other}")
+            ports = []
+            pnames: dict[str, int] = {}
+            pkeys: dict[tuple, int] = {}
+            for j, p in enumerate((w.get("ports") or ()) if trust.known(W, i, "ports") else ()):
+                if not trust.known(W, i, "ports", j):
+                    continue
+                pname = p.get("name")
+                protocol = p.get("protocol", "TCP")
+                if ok(W, i, "ports", j, "name"):
+                    if pname in pnames:
+                        bad(f"{W}[{i}].ports[{j}].name", f'duplicate port name "{pname}" (also {W}[{i}].ports[{pnames[pname]}])')
+                    else:
+                        pnames[pname] = j
+                if not (ok(W, i, "ports", j, "port") and ok(W, i, "ports", j, "protocol")):
+                    continue
+                number = int(p["port"])  # 80.0 is an integer to JSON Schema
+                key = (number, protocol)
+                if key in pkeys:
+                    bad(f"{W}[{i}].ports[{j}].port", f"duplicate port {number}/{protocol} (also {W}[{i}].ports[{pkeys[key]}])")
+                else:
+                    pkeys[key] = j
+                # Frozen values are shared: a fleet has many workloads with the same port.
+                wp = port_values.get((pname, number, protocol))
+                if wp is None:
+                    wp = port_values[(pname, number, protocol)] = WorkloadPort(pname, number, protocol)
+                ports.append(wp)
+            if trust:
+                labels = w.get("labels")
+                workloads.append(
+                    Workload(
+                        name=wname,
+                        node=name,
+                        address=waddr,
+                        labels=MappingProxyType(dict(labels)) if labels else EMPTY,
+                        ports=tuple(ports),
+                    )
+                )
+        if not trust or not isinstance(ssh_host, str):
+            continue  # reported above; a node is only made of well-formed data
+        labels = own.get("svcops_labels")
+        nodes.append(
+            Node(
+                name=name,
+                ssh_host=ssh_host,
+                interface=own.get("svcops_interface", DEFAULT_INTERFACE),
+                address=address,
+                labels=MappingProxyType(dict(labels)) if labels else EMPTY,
+                workloads=tuple(workloads),
+            )
+        )
+    return tuple(nodes), diags
+
+
+def common_data(hosts: Iterable[tuple[str, Mapping]]) -> dict[str, Any]:
+    """The svcops_* values every host has, with the same value (e.g. svcops_site)."""
+    common: dict[str, Any] | None = None
+    for _, data in hosts:
+        mine = {k: v for k, v in data.items() if isinstance(k, str) and k.startswith(PREFIX)}
+        if common is None:
+            common = mine
+        else:
+            common = {k: v for k, v in common.items() if k in mine and mine[k] == v}
+    return common or {}
+
+
+def _no_line(path: tuple) -> None:
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """Python inventory values as JSON values: tuples are lists, mappings are dicts."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# A fast check that accepts only host data the schema accepts. jsonschema takes about
+# 0.1 ms a workload, a second per 10,000; this takes a tenth of that. Anything it does
+# not accept goes to jsonschema, which finds and words the problems.
+_S = schemas.schema("hostdata")
+_D = _S["$defs"]
+_IPV4 = re.compile(_D["ipv4"]["pattern"]).search
+_LABEL_KEY = re.compile(_D["labels"]["propertyNames"]["pattern"]).search
+_LABEL_VALUE = re.compile(_D["labels"]["additionalProperties"]["pattern"]).search
+_WL = _D["workload"]["properties"]
+_WL_KEYS = frozenset(_WL)
+_WL_NAME = re.compile(_WL["name"]["pattern"]).search
+_PORT = _WL["ports"]["items"]["properties"]
+_PORT_KEYS = frozenset(_PORT)
+_PORT_NAME = re.compile(_PORT["name"]["pattern"]).search
+_PROTOCOLS = frozenset(_PORT["protocol"]["enum"])
+_IFACE = re.compile(_S["properties"]["svcops_interface"]["pattern"]).search
+_KEYS = frozenset(_S["properties"])
+
+
+def _labels_ok(labels: Any) -> bool:
+    return type(labels) is dict and all(
+        type(k) is str and type(v) is str and _LABEL_KEY(k) and _LABEL_VALUE(v) for k, v in labels.items()
+    )
+
+
+def _fast_valid(own: dict) -> bool:
+    if not own.keys() <= _KEYS:
+        return False
+    if "svcops_interface" in own and not (type(v := own["svcops_interface"]) is str and _IFACE(v)):
+        return False
+    if "svcops_address" in own and not (type(v := own["svcops_address"]) is str and _IPV4(v)):
+        return False
+    if "svcops_labels" in own and not _labels_ok(own["svcops_labels"]):
+        return False
+    if "svcops_site" in own and not (type(own["svcops_site"]) is str and own["svcops_site"]):
+        return False
+    if "svcops_workloads" not in own:
+        return True
+    workloads = own["svcops_workloads"]
+    if type(workloads) is not list:
+        return False
+    for w in workloads:
+        if type(w) is not dict or not w.keys() <= _WL_KEYS:
+            return False
+        name = w.get("name")
+        if type(name) is not str or not _WL_NAME(name):
+            return False
+        if "address" in w and not (type(a := w["address"]) is str and _IPV4(a)):
+            return False
+        if "labels" in w and not _labels_ok(w["labels"]):
+            return False
+        if "ports" in w:
+            ports = w["ports"]
+            if type(ports) is not list:
+                return False
+            for p in ports:
+                if type(p) is not dict or not p.keys() <= _PORT_KEYS:
+                    return False
+                n, num = p.get("name"), p.get("port")
+                if type(n) is not str or not _PORT_NAME(n) or type(num) is not int or not 1 <= num <= 65535:
+                    return False
+                if "protocol" in p and p["protocol"] not in _PROTOCOLS:
+                    return False
+    return True
+
+
+# --- the shell -----------------------------------------------------------------------
+
+
+def load_inventory(path: str) -> tuple[tuple[Node, ...], list[Diagnostic], dict]:
+    """Load a pyinfra inventory file; returns its nodes, diagnostics and common svcops data.
+
+    The common data holds the svcops_* values that every host has alike (such as
+    svcops_site). A missing or broken inventory is a Diagnostic, never a traceback.
+    """
+    if not Path(path).is_file():
+        # pyinfra would take a name that is not a file for a host name; svcops wants a file.
+        return (), [error(path, None, "", "inventory file not found")], {}
+    try:
+        hosts = _pyinfra_hosts(path)
+    except SyntaxError as e:
+        return (), [error(path, e.lineno, "", f"Python syntax error: {e.msg}")], {}
+    except Exception as e:  # the inventory is user code: anything can go wrong in it
+        cause = getattr(e, "exception", None) or e  # pyinfra wraps user errors: UnexpectedExternalError
+        return (), [error(path, _line_in(cause, path), "", f"cannot load the inventory: {type(cause).__name__}: {cause}")], {}
+    if not hosts:
+        return (), [error(path, None, "", "the inventory has no hosts")], {}
+    nodes, diags = nodes_from_hosts(hosts, path)
+    return nodes, diags, common_data(hosts)
+
+
+def _pyinfra_hosts(path: str) -> list[tuple[str, dict]]:
+    """(name, data) of every host, as pyinfra's CLI loads them (groups and group_data merged)."""
+    from pyinfra.api.state import State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    # pyinfra records the file it executes in the current State: give it one.
+    with ctx_state.use(State()):
+        inventory = make_inventory(path, cwd=os.getcwd())
+    return [(host.name, host.data.dict()) for host in inventory]
+
+
+def _line_in(exc: BaseException, path: str) -> int | None:
+    """The line of `path` where `exc` was raised, if it was raised there."""
+    target = os.path.realpath(path)
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if os.path.realpath(frame.filename) == target:
+            line = frame.lineno
+    return line

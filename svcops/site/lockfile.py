@@ -1,0 +1,353 @@
+"""svcops.lock: the allocations of a site, as a reviewable, mergeable text file.
+
+The lock lives in the site folder and is committed with it. It is YAML, one
+allocation a line, every section sorted by key, so that a diff shows exactly what
+`svcops plan` added or released and two branches merge cleanly::
+
+    # svcops.lock: allocations made by svcops (...)
+    version: 1
+    clusterIPs:
+      default/web: 10.96.38.122
+    nodePorts:
+      default/web:80/TCP: 31012
+    loadBalancerIPs:
+      default/web: 192.0.2.3
+    nodeAddresses:
+      node1: 10.0.0.57
+
+A lock that does not parse is an error naming the file and line, never silently
+rebuilt: rebuilding it would move every cluster IP and node port of the site.
+
+`parse_lock` and `dump_lock` are pure; `read_lock` and `write_lock` are the shell.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import netaddr
+import yaml
+
+from svcops.site.diagnostics import Diagnostic, error
+from svcops.site.model import Allocations
+
+__all__ = ["parse_lock", "dump_lock", "read_lock", "write_lock", "LOCK_VERSION"]
+
+LOCK_VERSION = 1
+
+HEADER = """\
+# svcops.lock: allocations made by svcops (cluster IPs, node ports, load-balancer
+# addresses, node addresses). Commit it with the site. An allocation recorded here
+# never moves; delete a line to let `svcops plan` allocate that one anew.
+"""
+
+# section in the file -> (attribute of Allocations, what a value is)
+SECTIONS = {
+    "clusterIPs": ("cluster_ips", "address"),
+    "nodePorts": ("node_ports", "port"),
+    "loadBalancerIPs": ("load_balancer_ips", "address"),
+    "nodeAddresses": ("node_addresses", "address"),
+}
+
+_SERVICE_KEY = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z]([-a-z0-9]*[a-z0-9])?$")
+_NODE_PORT_KEY = re.compile(r"^(?P<svc>[^:]+):(?P<port>[0-9]+)/(?P<proto>TCP|UDP|SCTP)$")
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+# --- parsing ------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_validator() -> Any | None:
+    """The validator of schemas/lock.schema.json, compiled once; None if it is absent."""
+    try:
+        resource = importlib.resources.files("svcops.schemas").joinpath("lock.schema.json")
+        if not resource.is_file():
+            return None
+        schema = json.loads(resource.read_text(encoding="utf-8"))
+    except (ModuleNotFoundError, OSError, ValueError):
+        return None
+    from jsonschema import Draft202012Validator
+
+    Draft202012Validator.check_schema(schema)
+    # Inline the schema's local "$ref"s: a lock has one entry per allocation, and
+    # resolving a reference per entry is most of jsonschema's time on a big lock.
+    try:
+        return Draft202012Validator(_inline_refs(schema, schema))
+    except RecursionError:  # a recursive schema: keep its references
+        return Draft202012Validator(schema)
+
+
+def _inline_refs(node: Any, root: dict) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/") and len(node) == 1:
+            target: Any = root
+            for part in ref[2:].split("/"):
+                target = target[part]
+            return _inline_refs(target, root)
+        return {k: _inline_refs(v, root) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline_refs(v, root) for v in node]
+    return node
+
+
+def _is_ipv4(text: object) -> bool:
+    """Whether `text` is an IPv4 address in its usual form (svcops is IPv4 only)."""
+    if not isinstance(text, str):
+        return False
+    try:
+        # Strict (inet_pton): "010.0.0.1", "1.2.3" and "167772161" are refused.
+        netaddr.IPAddress(text, 4)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _check_key(section: str, key: str) -> str | None:
+    """Why a key of `section` is malformed, or None."""
+    if section == "nodeAddresses":
+        return None if key else "a node name must not be empty"
+    if section == "nodePorts":
+        m = _NODE_PORT_KEY.match(key)
+        if not m or not _SERVICE_KEY.match(m["svc"]) or not 0 < int(m["port"]) <= 65535:
+            return f"{key!r} is not a node-port key (namespace/name:port/PROTOCOL, e.g. default/web:80/TCP)"
+        return None
+    if not _SERVICE_KEY.match(key):
+        return f"{key!r} is not a service key (namespace/name, e.g. default/web)"
+    return None
+
+
+def _construct(constructor: yaml.constructor.SafeConstructor, node: yaml.Node) -> Any:
+    """The value of a node; its text when it is no plain value (e.g. an unknown tag)."""
+    try:
+        return constructor.construct_object(node, deep=True)
+    except yaml.YAMLError:
+        return getattr(node, "value", None) if isinstance(node, yaml.ScalarNode) else node.tag
+
+
+def parse_lock(text: str, file: str = "svcops.lock") -> tuple[Allocations | None, list[Diagnostic]]:
+    """The allocations a lock file holds, or None with every error found.
+
+    Errors name the file, the line and the entry, e.g.
+    ``svcops.lock:7: clusterIPs.default/web: 'x' is not an IPv4 address``.
+    """
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(e, "problem", None) or str(e)
+        return None, [error(file, line, "", f"not valid YAML: {problem}")]
+    finally:
+        loader.dispose()
+
+    if root is None:
+        return None, [
+            error(file, 1, "", "the lock file is empty; delete it to start afresh "
+                  "(every allocation will then be made anew)")
+        ]
+    if not isinstance(root, yaml.MappingNode):
+        return None, [error(file, root.start_mark.line + 1, "", "the lock must be a mapping (version, clusterIPs, ...)")]
+
+    diags: list[Diagnostic] = []
+    constructor = yaml.constructor.SafeConstructor()
+    data: dict[str, Any] = {}  # what the file says, once checked: for the schema
+    lines: dict[tuple[str, ...], int] = {}  # path -> line, for the schema's errors
+    sections: dict[str, dict[str, Any]] = {attr: {} for attr, _ in SECTIONS.values()}
+    seen_top: set[str] = set()
+    version_seen = False
+    for knode, vnode in root.value:
+        key = knode.value if isinstance(knode, yaml.ScalarNode) else None
+        kline = knode.start_mark.line + 1
+        lines[(str(key),)] = kline
+        if key in seen_top:
+            diags.append(error(file, kline, str(key), "duplicate key"))
+            continue
+        seen_top.add(str(key))
+        if key == "version":
+            version_seen = True
+            value = _construct(constructor, vnode)
+            data["version"] = value
+            if value != LOCK_VERSION or isinstance(value, bool):
+                diags.append(
+                    error(file, vnode.start_mark.line + 1, "version",
+                          f"unsupported lock version {value!r} (this svcops reads version {LOCK_VERSION})")
+                )
+            continue
+        if key not in SECTIONS:
+            known = ", ".join(["version", *SECTIONS])
+            diags.append(error(file, kline, str(key), f"unknown key (expected: {known})"))
+            continue
+        attr, kind = SECTIONS[key]
+        if not isinstance(vnode, yaml.MappingNode):
+            diags.append(
+                error(file, vnode.start_mark.line + 1, key, "must be a mapping of key: value ({} when empty)")
+            )
+            continue
+        entries = data[key] = sections[attr]
+        seen: set[str] = set()
+        for enode, evnode in vnode.value:
+            eline = evnode.start_mark.line + 1
+            if not isinstance(enode, yaml.ScalarNode) or enode.tag != "tag:yaml.org,2002:str":
+                ekey = enode.value if isinstance(enode, yaml.ScalarNode) else "?"
+                diags.append(error(file, enode.start_mark.line + 1, f"{key}.{ekey}", "a key must be a string"))
+                continue
+            ekey = enode.value
+            fld = f"{key}.{ekey}"
+            lines[(key, ekey)] = eline
+            if ekey in seen:
+                diags.append(error(file, enode.start_mark.line + 1, fld, "duplicate key"))
+                continue
+            seen.add(ekey)
+            why = _check_key(key, ekey)
+            if why:
+                diags.append(error(file, enode.start_mark.line + 1, fld, why))
+                continue
+            if kind == "port":
+                value = _construct(constructor, evnode)
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 65535:
+                    diags.append(error(file, eline, fld, f"{value!r} is not a port number"))
+                    continue
+            else:
+                is_str = evnode.tag == "tag:yaml.org,2002:str"
+                value = evnode.value if is_str else _construct(constructor, evnode)
+                if not _is_ipv4(value):
+                    diags.append(error(file, eline, fld, f"{value!r} is not an IPv4 address"))
+                    continue
+            entries[ekey] = value
+    if not version_seen:
+        diags.append(error(file, root.start_mark.line + 1, "version", f"missing (write version: {LOCK_VERSION})"))
+
+    # The schema (schemas/lock.schema.json, what editors use) says nothing the checks
+    # above do not; it is a second opinion, heard only when they found nothing.
+    validator = _schema_validator()
+    if validator is not None and not diags:
+        for e in validator.iter_errors(data):
+            path = tuple(str(p) for p in e.absolute_path)
+            line = next((lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines), None)
+            message = e.schema.get("errorMessage", e.message) if isinstance(e.schema, dict) else e.message
+            diags.append(error(file, line, ".".join(path), message))
+
+    if diags:
+        return None, diags
+    return Allocations(**{attr: dict(sorted(v.items())) for attr, v in sections.items()}), []
+
+
+# --- dumping ------------------------------------------------------------------------
+
+# Keys written without quotes: those YAML reads back as the same string. Service
+# keys always are ("ns/name", "ns/name:80/TCP"); a node name is when it starts with a
+# letter and is no YAML word (yes, off, null...); anything else is quoted.
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[0-9]+/[A-Z]+)?$")
+_YAML_WORDS = {"yes", "no", "on", "off", "true", "false", "null"}
+
+
+def _key(key: str) -> str:
+    plain = _PLAIN_KEY.fullmatch(key) and (
+        "/" in key or (key[0].isalpha() and key.lower() not in _YAML_WORDS)
+    )
+    if plain:
+        return key
+    # Anything else (rare: odd inventory names) is quoted by YAML's own emitter.
+    return yaml.safe_dump(key, default_style='"', width=1 << 30, allow_unicode=True).rstrip("\n").removesuffix("\n...")
+
+
+def _value(value: object) -> str:
+    text = str(value)
+    return text if ":" not in text else json.dumps(text)  # IPv6 (never from svcops): quoted
+
+
+def dump_lock(allocs: Allocations) -> str:
+    """The lock file's text: a header comment, then each section sorted by key."""
+    out = [HEADER, f"version: {LOCK_VERSION}\n"]
+    for section, (attr, _) in SECTIONS.items():
+        entries = getattr(allocs, attr)
+        if not entries:
+            out.append(f"{section}: {{}}\n")
+            continue
+        out.append(f"{section}:\n")
+        out.extend(f"  {_key(k)}: {_value(entries[k])}\n" for k in sorted(entries))
+    return "".join(out)
+
+
+# --- the shell ----------------------------------------------------------------------
+
+
+def read_lock(path: str | os.PathLike[str], file: str | None = None) -> tuple[Allocations | None, list[Diagnostic]]:
+    """Read a lock file; a missing file is an empty lock (a site's first plan).
+
+    `file` is the name diagnostics give it; by default its base name ("svcops.lock"),
+    as the lock sits at the root of the site and diagnostics name files relative to it.
+    """
+    name = file if file is not None else os.path.basename(os.fspath(path))
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        return Allocations(), []
+    except OSError as e:
+        return None, [error(name, None, "", f"cannot read: {e.strerror or e}")]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        return None, [error(name, line, "", "not UTF-8 text")]
+    return parse_lock(text, name)
+
+
+def write_lock(path: str | os.PathLike[str], allocs: Allocations) -> bool:
+    """Write the lock atomically; return whether its content changed.
+
+    Nothing is written when the file already holds exactly this text (its
+    modification time stays, so a second `plan` touches nothing). Otherwise the text
+    goes to a temporary file in the same folder, is fsynced, and replaces the lock in
+    one rename: a crash leaves the old lock or the new one, never half of one.
+    """
+    path = Path(path)
+    text = dump_lock(allocs)
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    # Make the rename itself durable.
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+    return True

@@ -1,0 +1,317 @@
+"""The model: what a site, its nodes and its allocations mean, once loaded and checked.
+
+Every type here is a frozen value: the core (allocate -> resolve -> render) is a set
+of pure functions from these values to other values. Addresses are kept as plain
+strings in canonical form ("10.96.0.10", "192.0.2.0/28"); netaddr parses them where
+arithmetic is needed (allocation, validation), which keeps the hot paths of a
+10,000-service site free of object churn.
+
+The values of every stage live here: what was loaded (`Site`, `Service`, `Node`...),
+what compiling makes of it (`Allocations`, `ResolvedPort` and its `Endpoint`s,
+`HeadlessEndpoints`, `Announcement`), so that each stage's module (`svcops.compile`,
+`svcops.render`) needs only this module, never another stage's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, Mapping, NamedTuple
+
+Protocol = Literal["TCP", "UDP", "SCTP"]
+ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]
+ProxyMode = Literal["iptables", "ipvs", "nftables"]
+TrafficPolicy = Literal["Cluster", "Local"]
+
+EMPTY: Mapping[str, str] = MappingProxyType({})
+
+# Annotation that picks the load-balancer pool of a LoadBalancer service.
+POOL_ANNOTATION = "svcops.io/address-pool"
+# Annotation that picks the IPVS scheduler of a service (ipvs mode).
+SCHEDULER_ANNOTATION = "svcops.io/ipvs-scheduler"
+
+DEFAULT_AFFINITY_TIMEOUT = 10800  # Kubernetes' default: three hours
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a value was declared: a file and a 1-based line (None when unknown)."""
+
+    file: str
+    line: int | None = None
+
+
+# --- the cluster: svcops.yaml ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A load-balancer address pool: CIDRs or ranges ("192.0.2.10-192.0.2.20")."""
+
+    name: str
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeNetwork:
+    """The segment static node addresses come from (Debian ifupdown)."""
+
+    cidr: str
+    gateway: str | None = None
+    dns_servers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    service_cidr: str = "10.96.0.0/12"
+    node_port_range: tuple[int, int] = (30000, 32767)
+    proxy_mode: ProxyMode = "iptables"
+    cluster_domain: str = "cluster.local"
+    load_balancer_pools: tuple[Pool, ...] = ()
+    node_network: NodeNetwork | None = None
+    ipvs_scheduler: str = "rr"
+    source: Source = Source("svcops.yaml")
+    service_dns: bool = True  # serviceDNS: False = no DNS server on the nodes
+
+
+# --- services: services/*.yaml ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str  # "" when the service has a single unnamed port
+    protocol: Protocol
+    port: int
+    target_port: int | str  # a number, or the name of a workload's port
+    node_port: int | None = None  # as written in the manifest; None = allocate if needed
+    line: int | None = None
+
+    @property
+    def key(self) -> str:
+        """The port's identity inside its service: "8000/TCP"."""
+        return f"{self.port}/{self.protocol}"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    namespace: str
+    name: str
+    type: ServiceType = "ClusterIP"
+    ports: tuple[ServicePort, ...] = ()
+    # None: no selector (endpoints come from an Endpoints/EndpointSlice object).
+    selector: Mapping[str, str] | None = None
+    # As written: an address, "None" (headless), or None (allocate).
+    cluster_ip: str | None = None
+    external_ips: tuple[str, ...] = ()
+    load_balancer_ip: str | None = None
+    load_balancer_source_ranges: tuple[str, ...] = ()
+    external_name: str | None = None
+    session_affinity: Literal["None", "ClientIP"] = "None"
+    affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
+    external_traffic_policy: TrafficPolicy = "Cluster"
+    internal_traffic_policy: TrafficPolicy = "Cluster"
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    annotations: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    source: Source = Source("")
+
+    @property
+    def key(self) -> str:
+        """"namespace/name": the service's identity across the site and in the lock."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def headless(self) -> bool:
+        return self.cluster_ip == "None"
+
+    @property
+    def proxied(self) -> bool:
+        """Whether the node proxies this service (ExternalName and headless are DNS only)."""
+        return self.type != "ExternalName" and not self.headless
+
+    @property
+    def has_node_ports(self) -> bool:
+        return self.type in ("NodePort", "LoadBalancer")
+
+    @property
+    def pool(self) -> str | None:
+        return self.annotations.get(POOL_ANNOTATION)
+
+
+# --- hand-written endpoints: kind Endpoints / EndpointSlice -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointAddress:
+    ip: str
+    node: str | None = None  # nodeName; inferred from the inventory when absent
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPortSpec:
+    name: str
+    port: int
+    protocol: Protocol = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSubset:
+    addresses: tuple[EndpointAddress, ...]
+    ports: tuple[EndpointPortSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ManualEndpoints:
+    """An Endpoints object (or EndpointSlices, merged) for a service without selector."""
+
+    namespace: str
+    name: str  # the service's name
+    subsets: tuple[EndpointSubset, ...]
+    source: Source = Source("")
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A site folder, loaded and checked: svcops.yaml plus every manifest."""
+
+    root: str
+    cluster: Cluster
+    services: tuple[Service, ...]
+    endpoints: tuple[ManualEndpoints, ...] = ()
+
+
+# --- nodes and their workloads: the inventory's host data -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadPort:
+    name: str
+    port: int
+    protocol: Protocol = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A backend process on a node: what a selector matches."""
+
+    name: str
+    node: str
+    # Its own address on that node; None = the node's address (static or allocated).
+    address: str | None = None
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    ports: tuple[WorkloadPort, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    # The address svcops reaches the node on (pyinfra's ssh_hostname, else the name).
+    ssh_host: str
+    interface: str = "eth0"
+    # The static address as written in host data; None = allocate from nodeNetwork.
+    address: str | None = None
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    workloads: tuple[Workload, ...] = ()
+
+
+# --- allocations: svcops.lock -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Allocations:
+    """Everything allocated, keyed as in svcops.lock.
+
+    cluster_ips:        "ns/name" -> address
+    node_ports:         "ns/name:port/PROTO" -> port ("default/web:8000/TCP")
+    load_balancer_ips:  "ns/name" -> address
+    node_addresses:     node name -> address
+    """
+
+    cluster_ips: Mapping[str, str] = field(default_factory=dict)
+    node_ports: Mapping[str, int] = field(default_factory=dict)
+    load_balancer_ips: Mapping[str, str] = field(default_factory=dict)
+    node_addresses: Mapping[str, str] = field(default_factory=dict)
+
+
+def node_port_key(service: Service, port: ServicePort) -> str:
+    """Key of a node-port allocation in svcops.lock."""
+    return f"{service.key}:{port.key}"
+
+
+# --- resolved: one service port with everything a proxy needs ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    ip: str
+    port: int
+    node: str | None  # the node it runs on; None when it is outside every node
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedPort:
+    """One port of a proxied service, with its allocations and endpoints.
+
+    Endpoints are sorted (ip, port), so rendering is deterministic.
+    """
+
+    service: Service
+    port: ServicePort
+    cluster_ip: str
+    node_port: int | None
+    load_balancer_ip: str | None
+    endpoints: tuple[Endpoint, ...]
+
+    @property
+    def name(self) -> str:
+        """kube-proxy's "servicePortName": "ns/name:portname" (or "ns/name" if unnamed)."""
+        s = self.service.key
+        return f"{s}:{self.port.name}" if self.port.name else s
+
+
+# --- headless services: their endpoints, for DNS ---------------------------------
+
+
+class HeadlessEndpoints(NamedTuple):
+    """The endpoints of one headless service, for its DNS records (`svcops.render.dns`).
+
+    addresses: every endpoint address once, in numeric order (the A records); for a
+               service without ports, the addresses of what it selects (or of its
+               Endpoints object), as Kubernetes lists them
+    ports:     one ResolvedPort per service port (cluster_ip "None", no node port):
+               the SRV records, with each endpoint's own port
+    """
+
+    addresses: tuple[str, ...]
+    ports: tuple[ResolvedPort, ...]
+
+
+# --- what a node announces ---------------------------------------------------------
+
+# Linux keeps an address label in IFNAMSIZ bytes (15 characters), and iproute2 wants
+# it to start with the interface's name: "eth0:svc".
+LABEL_SUFFIX = ":svc"
+MAX_LABEL = 15
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """A load-balancer address one node puts on its interface and announces."""
+
+    address: str
+    interface: str
+    services: tuple[str, ...]  # "ns/name" of the services using the address
+
+    @property
+    def label(self) -> str | None:
+        return address_label(self.interface)
+
+
+def address_label(interface: str) -> str | None:
+    """The label marking svcops's addresses on `interface` ("eth0:svc"); None when the
+    interface's name is too long for one (svcops then knows them by its record file)."""
+    label = interface + LABEL_SUFFIX
+    return label if len(label) <= MAX_LABEL else None

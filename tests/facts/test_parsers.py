@@ -1,0 +1,70 @@
+"""Each fact's parser (pure): what `svcops.facts` makes of its command's output on a node.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from svcops.facts.dns import DnsState, parse_dns_state
+from svcops.facts.ipvs import parse_ipvs_state
+from svcops.facts.node import Address, parse_node_state
+from svcops.render import dns
+from svcops.render.ipvs import parse_ipvsadm_save
+
+
+def test_parse_node_state():
+    lines = [
+        "file " + "a" * 64 + " /etc/svcops/rules.v4",
+        "link /etc/systemd/system/svcops-rules.service",
+        "ip_forward 0",
+        "announced 192.0.2.5 eth0 eth0:svc",
+        'addresses [{"ifname":"eth0","addr_info":[{"family":"inet","local":"10.0.0.11","prefixlen":24,"label":"eth0"},'
+        '{"family":"inet","local":"192.0.2.5","prefixlen":32,"label":"eth0:svc"}]},{"ifname":"lo","addr_info":[]}]',
+    ]
+    st = parse_node_state(lines)
+    assert st.files == {"/etc/svcops/rules.v4": "a" * 64}
+    assert st.unit_link == "/etc/systemd/system/svcops-rules.service"
+    assert st.ip_forward == "0"
+    assert st.announced == ("192.0.2.5",)
+    assert st.addresses == (Address("10.0.0.11", 24, "eth0", "eth0"), Address("192.0.2.5", 32, "eth0", "eth0:svc"))
+
+
+def test_parse_ipvs_state():
+    lines = [
+        "missing kernel module ip_vs (IP Virtual Server)",
+        "module dummy",
+        "sysctl net.ipv4.vs.conntrack 1",
+        "link",
+        "addr 10.96.0.10/32",
+        "ipset create SVCOPS-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 262144",
+        "ipset add SVCOPS-CLUSTER-IP 10.96.0.10,tcp:80",
+        "vs -A -t 10.96.0.10:80 -s rr",
+        "vs -a -t 10.96.0.10:80 -r 10.0.0.11:80 -m -w 1",
+    ]
+    st = parse_ipvs_state(lines)
+    assert st.missing == ("kernel module ip_vs (IP Virtual Server)",)
+    assert st.present and st.live.link and st.live.addresses == ("10.96.0.10",)
+    assert st.live.members["SVCOPS-CLUSTER-IP"] == frozenset({"10.96.0.10,tcp:80"})
+    assert st.live.sysctls == {"net.ipv4.vs.conntrack": "1"} and "dummy" in st.live.modules
+    assert parse_ipvsadm_save(st.live.ipvsadm)["-t 10.96.0.10:80"][1] == {"10.0.0.11:80": "-m -w 1"}
+    assert not parse_ipvs_state([]).present
+
+
+def test_fact_output_is_parsed_with_resolv_conf_byte_for_byte():
+    resolv = "# dhcp\nnameserver 10.0.0.1  \n\nsearch a.test"  # trailing spaces, no final newline
+    lines = [
+        "installed yes",
+        "running yes",
+        f"file {'a' * 64} {dns.CONFIG_FILE}",
+        f"file {'b' * 64} /etc/powerdns/svcops/cluster.local.zone",
+        "domain corp.test.",
+        "link ../run/systemd/resolve/stub-resolv.conf",
+        "resolv " + base64.b64encode(resolv.encode()).decode(),
+    ]
+    state = parse_dns_state(lines)
+    assert state.installed and state.running and not state.systemd
+    assert state.files == {dns.CONFIG_FILE: "a" * 64, "/etc/powerdns/svcops/cluster.local.zone": "b" * 64}
+    assert state.resolv == resolv
+    assert state.resolv_link == "../run/systemd/resolve/stub-resolv.conf"
+    assert state.domain == "corp.test"
+    assert parse_dns_state(["domain "]) == DnsState()

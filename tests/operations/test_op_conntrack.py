@@ -1,0 +1,56 @@
+"""UDP conntrack cleanup as the rule operations run it (`svcops.operations.conntrack`): the
+flows to delete after a change, from the live state read before it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import render_fixtures as F
+from render_fixtures import simulated_live  # noqa: E402
+from udp_fixtures import CIP, SVC, nft_rules, resolved
+
+from svcops.operations.conntrack import cleanup_commands
+from svcops.render.conntrack import (
+    udp_ports,  # noqa: E402
+)
+from svcops.render.iptables import LiveTables, render_nodes, restore_payload
+from svcops.render.iptables_sync import simulate
+
+
+def live_with(ports, node: str = "node3") -> LiveTables:
+    """What a node's iptables-save shows once the rules for `ports` were restored."""
+    rules = render_nodes(F.CLUSTER, ports, ["node1", "node2", "node3"])[node]
+    return simulate(LiveTables(), restore_payload(rules, LiveTables()))
+
+
+def script_of(commands) -> str:
+    assert len(commands) == 1
+    return str(commands[0].get_raw_value())
+
+
+def test_an_endpoint_gone_from_the_site_gets_its_flows_deleted_after_the_restore():
+    before = resolved((SVC,), ("node1", "node2"))
+    after = resolved((SVC,), ("node1",))
+    commands = cleanup_commands(live_with(before), udp_ports(after, "node3"))
+    script = script_of(commands)
+    assert f"svcops_ct -D -p udp --orig-dst {CIP} --dst-nat 10.244.2.5" in script
+    assert "10.244.1.5" not in script  # the endpoint that stays keeps its flows
+    # The command is valid shell, and says so when the tool is missing.
+    assert subprocess.run(["sh", "-n", "-c", script], capture_output=True).returncode == 0
+    assert "conntrack not found" in script
+
+
+def test_no_cleanup_when_nothing_changed_or_none_was_asked_for():
+    ports = resolved((SVC,))
+    assert cleanup_commands(live_with(ports), udp_ports(ports, "node3")) == []
+    assert cleanup_commands(live_with(ports), None) == []
+    assert cleanup_commands(None, udp_ports(ports, "node3")) == []
+
+
+def test_nft_an_endpoint_gone_gets_its_flows_deleted():
+    before = resolved((SVC,), ("node1", "node2"))
+    after = resolved((SVC,), ("node1",))
+    script = script_of(cleanup_commands(simulated_live(nft_rules(before)), udp_ports(after, "node3")))
+    assert f"svcops_ct -D -p udp --orig-dst {CIP} --dst-nat 10.244.2.5" in script
+    assert "10.244.1.5" not in script

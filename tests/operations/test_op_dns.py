@@ -1,0 +1,347 @@
+"""The DNS operations (`svcops.operations.dns`): what `dns_plan` decides from the node's state,
+and the node-side scripts run for real against a pdns-recursor in a namespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import render_fixtures as F
+from paths import DNSQUERY
+
+from svcops.compile.endpoints import headless_endpoints
+from svcops.facts.dns import DnsState, SvcopsDns, _state_command, parse_dns_state
+from svcops.operations import dns as dns_ops
+from svcops.operations.dns import _reload_script, dns_plan, ready_script
+from svcops.render import dns
+from svcops.site.model import Cluster, ServicePort
+
+HTTP = ServicePort("http", "TCP", 80, "http")
+
+
+LISTEN = dns.DEFAULT_LISTEN
+
+
+PREVIOUS = "nameserver 127.0.0.2\nsearch example.test\n"
+
+
+def zone(services=None, cluster=F.CLUSTER) -> dns.Zone:
+    services = services if services is not None else (F.service("web", HTTP), F.service("db", HTTP, cluster_ip="None"))
+    site = F.site(services)
+    allocs = F.allocations(services)
+    return dns.render_zone(cluster, services, headless_endpoints(site, F.nodes(), allocs), allocs)
+
+
+def done_state(z: dns.Zone, resolv: str = PREVIOUS, **kw) -> DnsState:
+    """A node on which `z` is served and resolv.conf was rendered from `resolv`."""
+    files = dns.dns_files(z, dns.parse_upstreams(resolv, LISTEN), LISTEN)
+    digests = {p: hashlib.sha256(t.encode()).hexdigest() for p, t in files.files.items()}
+    rendered = dns.render_resolv_conf(resolv, LISTEN, z.domain)
+    base = dict(installed=True, running=True, files=digests, resolv=rendered)
+    base.update(kw)
+    return DnsState(**base)
+
+
+def test_fresh_node_gets_every_file_a_start_and_then_resolv_conf():
+    z = zone()
+    plan = dns_plan(DnsState(installed=True, resolv=PREVIOUS), z)
+    assert set(plan.write) == {dns.CONFIG_FILE, dns.FORWARD_FILE, dns.zone_path("cluster.local")}
+    assert plan.write[dns.zone_path("cluster.local")] == z.text
+    assert "+.=127.0.0.2\n" in plan.write[dns.FORWARD_FILE]
+    assert plan.action == "start" and not plan.install
+    assert plan.resolv == dns.render_resolv_conf(PREVIOUS, LISTEN, "cluster.local")
+
+
+def test_a_node_without_the_package_installs_it_first():
+    plan = dns_plan(DnsState(installed=False, resolv=PREVIOUS), zone())
+    assert plan.install and plan.action == "start"
+
+
+def test_a_node_in_sync_gets_nothing():
+    z = zone()
+    assert dns_plan(done_state(z), z).empty
+
+
+def test_changed_records_are_a_reload_and_leave_resolv_conf_alone():
+    old, new = zone(), zone((F.service("web", HTTP), F.service("api", HTTP)))
+    plan = dns_plan(done_state(old), new)
+    assert plan.write == {dns.zone_path("cluster.local"): new.text}
+    assert plan.action == "reload"
+    assert plan.resolv is None
+
+
+def test_a_stopped_server_is_started_even_when_its_files_are_right():
+    z = zone()
+    plan = dns_plan(done_state(z, running=False), z)
+    assert plan.action == "start" and not plan.write and plan.resolv is None
+
+
+def test_a_new_cluster_domain_is_a_reload_and_removes_the_old_zone():
+    old = zone()
+    new = zone(cluster=Cluster(cluster_domain="corp.example"))
+    plan = dns_plan(done_state(old), new)
+    # Only the settings' auth-zones line differs: reload-zones re-reads it, no restart.
+    assert plan.action == "reload"
+    assert plan.remove == (dns.zone_path("cluster.local"),)
+    assert dns.zone_path("corp.example") in plan.write and dns.CONFIG_FILE in plan.write
+    assert "search svc.corp.example corp.example example.test\n" in plan.resolv
+
+
+def test_any_other_settings_change_still_restarts():
+    z = zone()
+    state = done_state(z)
+    # The node's settings file as an older svcops wrote it (another text, same domain).
+    state = replace(state, files={**state.files, dns.CONFIG_FILE: "0" * 64})
+    assert dns_plan(state, zone(cluster=Cluster(cluster_domain="corp.example"))).action == "start"
+    assert dns_plan(state, z).action == "start"
+
+
+def test_resolv_conf_changed_by_dhcp_changes_the_forwarders_and_is_rendered_again():
+    z = zone()
+    state = done_state(z)
+    dhcp = "nameserver 127.0.0.9\n"  # DHCP wrote a new file over svcops's
+    plan = dns_plan(DnsState(installed=True, running=True, files=state.files, resolv=dhcp), z)
+    assert plan.write == {dns.FORWARD_FILE: plan.write[dns.FORWARD_FILE]} and "+.=127.0.0.9\n" in plan.write[dns.FORWARD_FILE]
+    assert plan.action == "reload"
+    assert dns.restore_resolv_conf(plan.resolv) == dhcp
+
+
+def test_a_symlinked_resolv_conf_is_replaced_by_a_file():
+    z = zone()
+    stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"
+    rendered = done_state(z, stub)
+    # Same text but still a symlink (systemd-resolved would rewrite its target).
+    plan = dns_plan(DnsState(True, False, True, rendered.files, rendered.resolv, "../run/systemd/resolve/stub-resolv.conf"), z)
+    assert plan.resolv == rendered.resolv
+    assert "+.=127.0.0.53\n" in dns.dns_files(z, dns.parse_upstreams(stub), LISTEN).files[dns.FORWARD_FILE]
+
+
+def test_without_a_search_line_the_host_names_domain_is_kept_in_the_search_list():
+    plan = dns_plan(DnsState(installed=True, resolv="nameserver 127.0.0.2\n", domain="corp.test"), zone())
+    assert "search svc.cluster.local cluster.local corp.test\n" in plan.resolv
+
+
+def test_no_upstream_but_itself_is_an_error_and_nothing_is_done():
+    plan = dns_plan(DnsState(installed=True, resolv=f"nameserver {LISTEN}\n"), zone())
+    assert "no upstream nameserver" in plan.error
+    assert not plan.write and plan.resolv is None
+
+
+QUERY = DNSQUERY
+
+
+OUTSIDE = "127.0.0.2"
+
+
+def _can_run() -> bool:
+    return os.geteuid() == 0 and all(shutil.which(b) for b in ("ip", "unshare", "nsenter", "pdns_recursor", "rec_control", "bash"))
+
+
+class FakeNode:
+    """A network namespace (lo + a veth end with an address) and a mount namespace with
+    /etc as an overlay of the machine's (writes land in a temp folder) and /run a
+    tmpfs, held by a `sleep`; commands run inside with nsenter."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.ns = f"svcops-dnsops-{uuid.uuid4().hex[:8]}"
+        self.tmp = tmp
+        for d in ("upper", "work"):
+            (tmp / d).mkdir()
+        subprocess.run(["ip", "netns", "add", self.ns], check=True)
+        self.holder: subprocess.Popen | None = None
+        self.outside: subprocess.Popen | None = None
+        try:
+            for cmd in (
+                ["link", "set", "lo", "up"],
+                ["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"],
+                ["addr", "add", "10.0.0.11/24", "dev", "eth0"],
+                ["link", "set", "eth0", "up"],
+            ):
+                subprocess.run(["ip", "-n", self.ns, *cmd], check=True)
+            script = (
+                f"mount -t overlay svcops-test -o lowerdir=/etc,upperdir={tmp}/upper,workdir={tmp}/work /etc && "
+                "mount -t tmpfs tmpfs /run && echo ready && exec sleep 600"
+            )
+            self.holder = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, "unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert self.holder.stdout.readline().strip() == "ready"
+            self.outside = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, sys.executable, QUERY, "serve", OUTSIDE, "ext.example.test=203.0.113.9"],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert self.outside.stdout.readline().strip() == "ready"
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, script: str, stdin: str | None = None, shell: str = "sh") -> subprocess.CompletedProcess:
+        argv = ["nsenter", f"--target={self.holder.pid}", "--mount", "--net", shell, "-c", script]
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+
+    def bash(self, script: str) -> subprocess.CompletedProcess:
+        """As the operation sends a script: `bash -s` with the script on stdin."""
+        return self.run("exec bash -s", stdin=script)
+
+    def write(self, path: str, text: str) -> None:
+        r = self.run(f"mkdir -p $(dirname {path}) && cat > {path}.svcops-tmp && mv -f {path}.svcops-tmp {path}", stdin=text)
+        assert r.returncode == 0, r.stderr
+
+    def ask(self, name: str) -> tuple:
+        r = self.run(f"exec {sys.executable} {QUERY} ask {LISTEN} {name} A 1")
+        return eval(r.stdout)  # noqa: S307  (our own repr)
+
+    def state(self) -> DnsState:
+        r = self.run(_state_command())
+        assert r.returncode == 0, r.stderr
+        return parse_dns_state(r.stdout.splitlines())
+
+    def close(self) -> None:
+        # Everything in the namespace was started here (the daemon included): end it by PID.
+        pids = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True, text=True).stdout.split()
+        for p in (self.outside, self.holder):
+            if p is not None:
+                p.kill()
+                p.wait()
+        for pid in pids:
+            try:
+                os.kill(int(pid), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+
+@pytest.fixture
+def fake_node(tmp_path):
+    if not _can_run():
+        pytest.skip("needs root, ip, unshare, nsenter, bash and pdns-recursor")
+    node = FakeNode(tmp_path)
+    try:
+        yield node
+    finally:
+        node.close()
+
+
+class FakeHost:
+    """Enough of a pyinfra host for an operation's generator: facts are read from the
+    fake node, no-ops are recorded."""
+
+    def __init__(self, node: FakeNode) -> None:
+        self.node = node
+        self.noops: list[str] = []
+
+    def get_fact(self, fact):
+        assert fact is SvcopsDns
+        return self.node.state()
+
+    def noop(self, message: str) -> None:
+        self.noops.append(message)
+
+
+def run_operation(node: FakeNode, op, monkeypatch, **kwargs) -> list[tuple[str, subprocess.CompletedProcess]]:
+    """Run a pyinfra operation's commands on the fake node in order, as pyinfra would
+    (``sh -c`` with the command's stdin), stopping at the first that fails. Returns
+    (command and its stdin, result) of each command run."""
+    fake = FakeHost(node)
+    monkeypatch.setattr(dns_ops, "host", fake)
+    done = []
+    for command in op._inner(**kwargs):
+        text = command.get_raw_value()
+        stdin = command.connector_arguments.get("_stdin")
+        r = node.run(text, stdin=stdin)
+        done.append((text + "\n" + (stdin or ""), r))
+        if r.returncode != 0:
+            break
+    return done
+
+
+def ran(steps, word: str) -> bool:
+    return any(word in text for text, _ in steps)
+
+
+def ok(steps) -> bool:
+    return all(r.returncode == 0 for _, r in steps)
+
+
+@pytest.mark.root
+def test_the_operation_starts_checks_reloads_restarts_and_removes_a_real_server(fake_node, monkeypatch):
+    node = fake_node
+    previous = f"nameserver {OUTSIDE}\nsearch example.test\n"
+    node.write(dns.RESOLV_CONF, previous)
+    before = node.state()
+    assert before.installed and not before.running
+    # Nothing listens yet: the readiness check says so, within its bound.
+    t = time.monotonic()
+    r = node.bash(ready_script(LISTEN, "cluster.local", seconds=1))
+    assert r.returncode == 1 and "does not answer" in r.stderr
+    assert time.monotonic() - t < 10
+
+    first = zone()
+    steps = run_operation(node, dns_ops.server, monkeypatch, zone=first)
+    assert ok(steps), steps[-1]
+    # The order that leaves no window: files, server, answers, and only then resolv.conf.
+    texts = [t for t, _ in steps]
+    assert [i for i, t in enumerate(texts) if "pdns_recursor --config" in t] == [len(texts) - 3]
+    assert "/dev/udp" in texts[-2] and f"> {dns.RESOLV_CONF}.svcops-tmp" in texts[-1]
+    web = F.allocations((F.service("web", HTTP),)).cluster_ips["default/web"]
+    getent = node.run("getent hosts web.default.svc.cluster.local; getent hosts web.default; getent ahostsv4 ext.example.test")
+    assert getent.stdout.split()[0] == web
+    assert web in getent.stdout.split()[2:3]
+    assert "203.0.113.9" in getent.stdout  # the outside world, through the forwarder
+    assert node.state().running
+    pid = node.run(f"cat {dns.SOCKET_DIR}/pdns_recursor-svcops.pid").stdout
+    assert run_operation(node, dns_ops.server, monkeypatch, zone=first) == []  # a second run does nothing
+
+    # Records change: a reload, checked by its output; the same process keeps serving.
+    second = zone((F.service("web", HTTP), F.service("api", HTTP)))
+    steps = run_operation(node, dns_ops.server, monkeypatch, zone=second)
+    assert ok(steps) and ran(steps, "reload-zones") and not ran(steps, "pdns_recursor --config"), steps
+    assert not ran(steps, f"{dns.RESOLV_CONF}.svcops-tmp")
+    assert node.ask("api.default.svc.cluster.local")[0] == 0
+    assert node.run(f"cat {dns.SOCKET_DIR}/pdns_recursor-svcops.pid").stdout == pid
+
+    # A broken zone: rec_control exits 0, the operation fails, the old records stay.
+    node.write(dns.zone_path("cluster.local"), second.text + "broken line without a type\n")
+    r = node.bash(_reload_script())
+    assert r.returncode == 1 and "keeps its previous records" in r.stderr
+    assert node.ask("api.default.svc.cluster.local")[0] == 0
+
+    # Another cluster domain: only auth-zones changes in the settings, which reload-zones
+    # re-reads; the same process serves the new domain, the old one is no longer ours.
+    third = zone(cluster=Cluster(cluster_domain="corp.example"))
+    steps = run_operation(node, dns_ops.server, monkeypatch, zone=third)
+    assert ok(steps), steps[-1]
+    assert ran(steps, "reload-zones") and not ran(steps, "pdns_recursor --config"), steps
+    assert node.run(f"cat {dns.SOCKET_DIR}/pdns_recursor-svcops.pid").stdout == pid
+    assert node.ask("web.default.svc.corp.example")[1][0][2] == web
+    assert node.ask("web.default.svc.cluster.local")[0] != 0  # no longer ours: forwarded, NXDOMAIN
+    st = node.state()
+    assert st.running and dns.zone_path("cluster.local") not in st.files
+    assert "search svc.corp.example corp.example example.test\n" in st.resolv
+    assert run_operation(node, dns_ops.server, monkeypatch, zone=third) == []
+
+    # Any other settings change (here the listen address) restarts the server.
+    steps = run_operation(node, dns_ops.server, monkeypatch, zone=third, listen="127.0.0.154")
+    assert ok(steps) and ran(steps, "pdns_recursor --config"), steps
+    assert node.run(f"cat {dns.SOCKET_DIR}/pdns_recursor-svcops.pid").stdout != pid
+    asked = node.run(f"exec {sys.executable} {QUERY} ask 127.0.0.154 web.default.svc.corp.example A 1")
+    assert web in asked.stdout
+    assert "nameserver 127.0.0.154\n" in node.state().resolv
+
+    # Taken off: the previous resolv.conf back, the server gone, its files removed.
+    steps = run_operation(node, dns_ops.absent, monkeypatch)
+    assert ok(steps), steps
+    st = node.state()
+    assert st.resolv == previous and not st.running and not st.files
+    assert node.run("getent ahostsv4 ext.example.test").stdout.split()[:1] == ["203.0.113.9"]
+    assert run_operation(node, dns_ops.absent, monkeypatch) == []

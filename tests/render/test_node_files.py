@@ -1,0 +1,143 @@
+"""The files svcops persists on a node (`svcops.render.node_files`): boot payload, restore script
+and unit for every proxy mode, and the other modes' files removed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from modes_fixtures import compiled, files_of, live_state, ns_sh, root
+from netns import netns
+from render_fixtures import rendered
+
+from svcops.render.iptables import JUMPS, parse_iptables_save
+from svcops.render.iptables_sync import (
+    expected_tables,
+)
+from svcops.render.ipvs import DUMMY_INTERFACE
+from svcops.render.nftables_sync import (
+    transactions,
+)
+from svcops.render.node_files import (
+    IPSET_FILE,
+    IPVS_ADDRESSES_FILE,
+    IPVSADM_FILE,
+    NFT_FILE,
+    RESTORE_SCRIPT,
+    RULES_FILE,
+    SYSCTL_FILE,
+    UNIT_FILE,
+    UNIT_LINK,
+    boot_payload,
+    node_files,
+    restore_script,
+    unit_text,
+)
+
+
+def test_boot_payload_holds_the_chains_and_rules_but_no_jump():
+    rules = rendered("load-balancer")
+    boot = parse_iptables_save(boot_payload(rules))
+    want = expected_tables(rules)
+    for t in ("filter", "nat"):
+        assert boot.table(t).chains == want.table(t).chains
+        assert boot.table(t).jumps == ()
+
+
+def test_restore_script_restores_then_inserts_each_missing_jump_in_order():
+    script = restore_script(JUMPS)
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/sh"
+    restore_at = lines.index(f"iptables-restore -w 5 --noflush {RULES_FILE}")
+    ensures = [ln for ln in lines if ln.startswith("ensure ")]
+    assert len(ensures) == len(JUMPS) and lines.index(ensures[0]) > restore_at
+    # Each is inserted at the top when missing: per chain, bottom-up.
+    for chain in ("INPUT", "FORWARD", "OUTPUT"):
+        specs = [j.spec for j in JUMPS if j.table == "filter" and j.chain == chain]
+        got = [ln.split(" ", 3)[3] for ln in ensures if ln.startswith(f"ensure filter {chain} ")]
+        assert got == list(reversed(specs))
+    assert '-C "$c" "$@" 2>/dev/null || iptables -w 5 -t "$t" -I "$c" 1 "$@"' in script
+
+
+def test_restore_script_is_valid_shell():
+    if not shutil.which("sh"):
+        pytest.skip("no sh")
+    r = subprocess.run(["sh", "-n"], input=restore_script(JUMPS), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_unit_runs_the_script_once_before_the_network():
+    text = unit_text()
+    sections = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("["):
+            current = sections.setdefault(line, {})
+        elif "=" in line:
+            k, v = line.split("=", 1)
+            current[k] = v
+    assert "network-pre.target" in sections["[Unit]"]["Before"].split()
+    # After the loaders that flush the whole ruleset (Debian's nftables.conf does).
+    assert {"nftables.service", "netfilter-persistent.service"} <= set(sections["[Unit]"]["After"].split())
+    assert sections["[Unit]"]["DefaultDependencies"] == "no"
+    assert sections["[Service]"]["Type"] == "oneshot"
+    assert sections["[Service]"]["RemainAfterExit"] == "yes"
+    assert sections["[Service]"]["ExecStart"].endswith("/etc/svcops/restore")
+    assert sections["[Install]"]["WantedBy"] == "multi-user.target"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+def test_the_unit_passes_systemd_analyze_verify(tmp_path):
+    # systemd's own parser: no warning (an unknown key or value prints one), exit 0.
+    unit = tmp_path / "svcops-rules.service"
+    unit.write_text(unit_text())
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
+
+
+def test_node_files_and_their_symlink():
+    rules = rendered("cluster-ip")
+    files = node_files(rules, "auto eth0\n", ())
+    assert "net.ipv4.ip_forward = 1" in files.files[SYSCTL_FILE].splitlines()
+    assert files.files[UNIT_FILE] == unit_text()
+    assert files.link == (UNIT_LINK, UNIT_FILE)
+    assert files.files["/etc/network/interfaces.d/svcops"] == "auto eth0\n"
+    assert "/etc/network/interfaces.d/svcops" not in node_files(rules, "", ()).files
+
+
+
+
+def test_boot_files_follow_the_mode_and_the_other_modes_files_go():
+    ipt, nft, ipvs = files_of("iptables"), files_of("nftables"), files_of("ipvs")
+    assert RULES_FILE in ipt.files and NFT_FILE not in ipt.files
+    assert set(ipt.remove) == {NFT_FILE, IPSET_FILE, IPVSADM_FILE, IPVS_ADDRESSES_FILE}
+    assert NFT_FILE in nft.files and RULES_FILE in nft.remove
+    assert "iptables" not in nft.files[RESTORE_SCRIPT] and "svcops_nft_load /etc/svcops/rules.nft" in nft.files[RESTORE_SCRIPT]
+    for f in (RULES_FILE, IPSET_FILE, IPVSADM_FILE, IPVS_ADDRESSES_FILE):
+        assert f in ipvs.files
+    assert ipvs.remove == (NFT_FILE,)
+    script = ipvs.files[RESTORE_SCRIPT]
+    order = [script.index(s) for s in ("modprobe", "sysctl -q -p", f"ip link add {DUMMY_INTERFACE}", "ipset restore", "iptables-restore", "ipvsadm -R")]
+    assert order == sorted(order)
+    assert "net.ipv4.vs.conntrack = 1" in ipvs.files[SYSCTL_FILE]
+    for files in (ipt, nft, ipvs):
+        r = subprocess.run(["sh", "-n"], input=files.files[RESTORE_SCRIPT], text=True, capture_output=True)
+        assert r.returncode == 0, r.stderr
+
+
+@root
+@pytest.mark.root
+def test_nftables_restore_script_rebuilds_the_table_and_touches_nothing_else(tmp_path):
+    files = files_of("nftables")
+    script = files.files[RESTORE_SCRIPT].replace(NFT_FILE, str(tmp_path / "rules.nft"))
+    script = script.replace("/etc/svcops/announce", str(tmp_path / "announce"))
+    (tmp_path / "rules.nft").write_text(files.files[NFT_FILE])
+    rules = compiled("nftables").outputs["node1"].nftables
+    with netns() as ns:
+        ns_sh(ns, "nft add table inet theirs; nft add chain inet theirs input '{ type filter hook input priority 0; }'")
+        for _ in range(2):  # idempotent
+            ns_sh(ns, script)
+            assert transactions(rules, live_state(ns).live) == []
+        assert "table inet theirs" in ns_sh(ns, "nft list tables").stdout

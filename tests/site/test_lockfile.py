@@ -1,0 +1,224 @@
+"""svcops.lock: what survives a round trip, what a bad lock says, how it is written."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from svcops.site import lockfile
+from svcops.site.lockfile import dump_lock, parse_lock, read_lock, write_lock
+from svcops.site.model import Allocations
+
+label = st.from_regex(r"[a-z]([-a-z0-9]{0,8}[a-z0-9])?", fullmatch=True)
+service_key = st.builds(lambda ns, n: f"{ns}/{n}", label, label)
+ipv4 = st.integers(0, 2**32 - 1).map(lambda v: f"{v >> 24}.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}")
+port = st.integers(1, 65535)
+node_port_key = st.builds(lambda s, p, proto: f"{s}:{p}/{proto}", service_key, port, st.sampled_from(["TCP", "UDP", "SCTP"]))
+# Inventory names can be anything pyinfra accepts: words YAML would read as booleans
+# or numbers, addresses, names with spaces or quotes.
+node_name = st.one_of(
+    st.from_regex(r"[a-z][a-z0-9.-]{0,10}", fullmatch=True),
+    st.sampled_from(["yes", "no", "on", "null", "true", "1", "0x1f", "1e3", "10.0.0.1", "12:30", "~", "A\n"]),
+    st.text(min_size=1, max_size=12),
+)
+
+allocations = st.builds(
+    Allocations,
+    st.dictionaries(service_key, ipv4, max_size=20),
+    st.dictionaries(node_port_key, port, max_size=20),
+    st.dictionaries(service_key, ipv4, max_size=5),
+    st.dictionaries(node_name, ipv4, max_size=8),
+)
+
+EXAMPLE = Allocations(
+    {"default/web": "10.96.0.40", "kube-system/dns": "10.96.0.10"},
+    {"default/web:80/TCP": 30080, "default/web:53/UDP": 30053},
+    {"default/web": "192.0.2.1"},
+    {"node2": "10.0.0.12", "node1": "10.0.0.11"},
+)
+
+
+# --- dump and parse -----------------------------------------------------------------
+
+
+@settings(max_examples=200)
+@given(allocations)
+def test_dump_then_parse_gives_the_same_allocations(allocs):
+    text = dump_lock(allocs)
+    parsed, diags = parse_lock(text)
+    assert diags == []
+    assert parsed == allocs
+    assert yaml.safe_load(text)["nodeAddresses"] == dict(allocs.node_addresses)  # plain YAML for any tool
+
+
+def test_dump_is_human_readable_sorted_one_allocation_a_line():
+    text = dump_lock(EXAMPLE)
+    lines = text.splitlines()
+    assert lines[0].startswith("#")  # a header that says what the file is
+    body = [ln for ln in lines if not ln.startswith("#")]
+    assert body[0] == "version: 1"
+    sections = {}
+    current = None
+    for ln in body[1:]:
+        if not ln.startswith(" "):
+            current = ln.rstrip(":")
+            sections[current] = []
+        else:
+            sections[current].append(ln.strip())
+    assert list(sections) == ["clusterIPs", "nodePorts", "loadBalancerIPs", "nodeAddresses"]
+    for entries in sections.values():
+        keys = [e.rsplit(": ", 1)[0] for e in entries]
+        assert keys == sorted(keys)
+    assert "  default/web:80/TCP: 30080" in lines
+    assert "  kube-system/dns: 10.96.0.10" in lines
+
+
+def test_dump_does_not_depend_on_insertion_order():
+    reordered = Allocations(*(dict(reversed(list(getattr(EXAMPLE, f).items())))
+                              for f in ("cluster_ips", "node_ports", "load_balancer_ips", "node_addresses")))
+    assert dump_lock(reordered) == dump_lock(EXAMPLE)
+
+
+def test_empty_allocations_round_trip():
+    assert parse_lock(dump_lock(Allocations())) == (Allocations(), [])
+
+
+# --- malformed locks: every error, with file and line -------------------------------
+
+GOOD_HEAD = "# a comment\nversion: 1\n"
+
+BAD = [
+    (GOOD_HEAD + "clusterIPs:\n  default/web: x\n",
+     ["svcops.lock:4: clusterIPs.default/web: 'x' is not an IPv4 address"]),
+    (GOOD_HEAD + "clusterIPs:\n  default/a: 10.96.0.1\n  default/b: 10.96.0.256\n  default/c: 010.96.0.1\n",
+     ["svcops.lock:5: clusterIPs.default/b: '10.96.0.256' is not an IPv4 address",
+      "svcops.lock:6: clusterIPs.default/c: '010.96.0.1' is not an IPv4 address"]),
+    (GOOD_HEAD + "nodePorts:\n  default/web:80/TCP: '30080'\n  default/web:81/TCP: 70000\n",
+     ["svcops.lock:4: nodePorts.default/web:80/TCP: '30080' is not a port number",
+      "svcops.lock:5: nodePorts.default/web:81/TCP: 70000 is not a port number"]),
+    (GOOD_HEAD + "nodePorts:\n  default/web:80: 30080\n",
+     ["svcops.lock:4: nodePorts.default/web:80: 'default/web:80' is not a node-port key "
+      "(namespace/name:port/PROTOCOL, e.g. default/web:80/TCP)"]),
+    (GOOD_HEAD + "loadBalancerIPs:\n  web: 192.0.2.1\n",
+     ["svcops.lock:4: loadBalancerIPs.web: 'web' is not a service key (namespace/name, e.g. default/web)"]),
+    (GOOD_HEAD + "clusterIPs:\n  default/web: 10.96.0.1\n  default/web: 10.96.0.2\n",
+     ["svcops.lock:5: clusterIPs.default/web: duplicate key"]),
+    (GOOD_HEAD + "nodeAddresses: [node1]\n",
+     ["svcops.lock:3: nodeAddresses: must be a mapping of key: value ({} when empty)"]),
+    (GOOD_HEAD + "clusterIps: {}\n",
+     ["svcops.lock:3: clusterIps: unknown key (expected: version, clusterIPs, nodePorts, loadBalancerIPs, nodeAddresses)"]),
+    ("version: 2\n", ["svcops.lock:1: version: unsupported lock version 2 (this svcops reads version 1)"]),
+    ("clusterIPs: {}\n", ["svcops.lock:1: version: missing (write version: 1)"]),
+    (GOOD_HEAD + "clusterIPs:\n  default/web: [10.96.0.1\n",
+     ["svcops.lock:5: not valid YAML: did not find expected ',' or ']'"]),
+    ("- version: 1\n", ["svcops.lock:1: the lock must be a mapping (version, clusterIPs, ...)"]),
+    ("# only a comment\n", ["svcops.lock:1: the lock file is empty; delete it to start afresh "
+                            "(every allocation will then be made anew)"]),
+    (GOOD_HEAD + "<<<<<<< HEAD\nclusterIPs: {}\n", None),  # a git conflict marker: some YAML error
+]
+
+
+@pytest.mark.parametrize("text,expected", BAD)
+def test_a_malformed_lock_is_an_error_with_its_line_never_an_empty_lock(text, expected):
+    allocs, diags = parse_lock(text)
+    assert allocs is None
+    assert diags and all(d.is_error for d in diags)
+    if expected is not None:
+        assert [str(d) for d in diags] == expected
+    else:
+        assert all(re.match(r"svcops\.lock:\d+: ", str(d)) for d in diags)
+
+
+def test_errors_name_the_file_given():
+    _, diags = parse_lock("version: 1\nclusterIPs: {default/web: nope}\n", "site/svcops.lock")
+    assert str(diags[0]) == "site/svcops.lock:2: clusterIPs.default/web: 'nope' is not an IPv4 address"
+
+
+def test_the_schema_shipped_with_svcops_accepts_what_dump_writes():
+    validator = lockfile._schema_validator()
+    if validator is None:
+        pytest.skip("schemas/lock.schema.json is not installed")
+    data = yaml.safe_load(dump_lock(EXAMPLE))
+    assert list(validator.iter_errors(data)) == []
+
+
+# --- read and write -----------------------------------------------------------------
+
+
+def test_a_missing_lock_is_an_empty_one(tmp_path):
+    assert read_lock(tmp_path / "svcops.lock") == (Allocations(), [])
+
+
+def test_read_lock_names_the_file_relative_to_the_site(tmp_path):
+    path = tmp_path / "svcops.lock"
+    path.write_text("version: 1\nnodePorts: {default/a:80/TCP: x}\n")
+    allocs, diags = read_lock(path)
+    assert allocs is None
+    assert [str(d) for d in diags] == ["svcops.lock:2: nodePorts.default/a:80/TCP: 'x' is not a port number"]
+
+
+def test_a_lock_that_is_not_utf8_is_an_error(tmp_path):
+    path = tmp_path / "svcops.lock"
+    path.write_bytes(b"version: 1\nclusterIPs:\n  default/a: \xff\n")
+    allocs, diags = read_lock(path)
+    assert allocs is None and [str(d) for d in diags] == ["svcops.lock:3: not UTF-8 text"]
+
+
+def test_write_then_read_round_trips(tmp_path):
+    path = tmp_path / "svcops.lock"
+    assert write_lock(path, EXAMPLE) is True
+    assert read_lock(path) == (EXAMPLE, [])
+    assert path.read_text() == dump_lock(EXAMPLE)
+
+
+def test_write_lock_does_nothing_when_unchanged(tmp_path):
+    path = tmp_path / "svcops.lock"
+    write_lock(path, EXAMPLE)
+    before = os.stat(path)
+    assert write_lock(path, EXAMPLE) is False
+    after = os.stat(path)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_write_lock_replaces_atomically_through_a_temporary_file_in_the_same_folder(tmp_path, monkeypatch):
+    path = tmp_path / "svcops.lock"
+    write_lock(path, EXAMPLE)
+    os.chmod(path, 0o640)
+    replaced = []
+    real_replace, real_fsync = os.replace, os.fsync
+    synced = []
+
+    def spy_replace(src, dst):
+        # At the moment of the rename, the old lock is still whole and the new text is on disk.
+        assert path.read_text() == dump_lock(EXAMPLE)
+        replaced.append((os.path.dirname(src), os.fspath(dst), open(src).read()))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy_replace)
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    changed = Allocations({"default/web": "10.96.0.41"})
+    assert write_lock(path, changed) is True
+    assert replaced == [(str(tmp_path), str(path), dump_lock(changed))]
+    assert synced, "the new content was not fsynced before the rename"
+    assert read_lock(path) == (changed, [])
+    assert os.stat(path).st_mode & 0o777 == 0o640  # the lock keeps its permissions
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["svcops.lock"]  # no temporary left
+
+
+def test_a_failed_write_leaves_the_old_lock_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "svcops.lock"
+    write_lock(path, EXAMPLE)
+
+    def boom(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        write_lock(path, Allocations())
+    assert read_lock(path) == (EXAMPLE, [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["svcops.lock"]
