@@ -21,7 +21,7 @@ iptables-mode payload. Every guest/native ratio is printed; the steps that canno
 here (insmod, sysctls, ipvsadm -R, ipvsadm-save) get a native *estimate*: guest time
 divided by the highest and the lowest ratio measured.
 
-The steps are those of `svcops.operations.ipvs_rules` (svcops/ipvs_apply.py's plan,
+The steps are those of `svcops.operations.ipvs.rules` (svcops/render/ipvs_sync.py's plan,
 computed on the host by svcops's pure functions, as the operation does):
 
     cold     a clean node: `ipvs_plan(rules, IpvsLive(), LiveTables(), modules)`, i.e.

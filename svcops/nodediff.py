@@ -1,6 +1,6 @@
 """What an apply would change on one node, from its live facts: `svcops apply --dry`.
 
-Pure: the node's plan (`svcops.deploy.NodePlan`) and its facts in, a `NodeDiff` out.
+Pure: the node's plan (`svcops.compile.nodeplan.NodePlan`) and its facts in, a `NodeDiff` out.
 The same decisions the operations take (`svcops.operations`), so a dry run shows what
 a real run does.
 """
@@ -171,6 +171,6 @@ def _dns_lines(plan, dns) -> list[str]:
         return []
     from svcops.operations.dns import dns_plan
 
-    if plan.dns_zone is None:  # serviceDNS: false: what dns_absent would take off
+    if plan.dns_zone is None:  # serviceDNS: false: what dns.absent would take off
         return ["dns: - svcops's DNS server (serviceDNS: false), resolv.conf given back"] if dns.present else []
     return dns_plan(dns, plan.dns_zone).summary()

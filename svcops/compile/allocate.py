@@ -557,7 +557,7 @@ def allocate(
     Errors (conflicts, full pools, lock entries that left their range) are returned,
     all of them, sorted by file and line; the allocations they concern are left out.
 
-    >>> from svcops.model import ServicePort
+    >>> from svcops.site.model import ServicePort
     >>> web = Service("default", "web", ports=(ServicePort("", "TCP", 80, 8080),))
     >>> allocs, errors = allocate(Cluster(service_cidr="10.96.0.0/24"), [web], [], Allocations())
     >>> errors, list(allocs.cluster_ips)

@@ -1,7 +1,7 @@
 """Every svcops fact in one round trip, reused by svcops's consecutive operations.
 
 pyinfra runs a fact's command each time an operation asks for it, and svcops's
-operations on a node ask for five facts (`svcops.facts`, `svcops.dns_ops.SvcopsDns`),
+operations on a node ask for five facts (`svcops.facts`, `svcops.facts.dns.SvcopsDns`),
 some of them several times: eight SSH round trips a node when nothing changes (2.5 s
 for 20 lab nodes, most of a no-op apply). Here the first svcops operation on a host
 reads all of them with one command (`SvcopsFacts`), and the next operation uses those

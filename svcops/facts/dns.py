@@ -44,7 +44,7 @@ class DnsState:
 
     @property
     def present(self) -> bool:
-        """Whether anything of svcops's DNS is on the node (what `dns_absent` takes off)."""
+        """Whether anything of svcops's DNS is on the node (what `svcops.operations.dns.absent` takes off)."""
         return bool(self.files or self.running or dns.is_rendered_resolv_conf(self.resolv))
 
 

@@ -21,7 +21,7 @@ class IpvsState:
     """What `SvcopsIpvs` reports.
 
     missing:  what the node lacks for IPVS mode ("kernel module ip_vs ...", "ipvsadm ...")
-    live:     svcops's IPVS footprint (`svcops.ipvs_apply.IpvsLive`)
+    live:     svcops's IPVS footprint (`svcops.render.ipvs_sync.IpvsLive`)
     """
 
     missing: tuple[str, ...] = ()

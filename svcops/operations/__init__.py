@@ -8,7 +8,7 @@ what differs, so a second run with nothing changed runs nothing::
     from svcops.deploy import compiled_site
     from svcops.operations import iptables
 
-    out = compiled_site("sites/prod").compiled.outputs[host.name]
+    out = compiled_site("sites/prod").node(host.name).output
     iptables.rules(name="svcops rules", rules=out.iptables)
 
 or all of them at once, for the site named by ``svcops_site`` in the inventory's data

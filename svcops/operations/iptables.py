@@ -3,7 +3,7 @@
     from svcops.deploy import compiled_site
     from svcops.operations import iptables
 
-    iptables.rules(name="svcops rules", rules=compiled_site("sites/prod").outputs[host.name].iptables)
+    iptables.rules(name="svcops rules", rules=compiled_site("sites/prod").node(host.name).output.iptables)
 
 Why one payload and not pyinfra's ``iptables.rule``: pyinfra's own operation runs one
 ``iptables-save`` and one ``iptables`` per rule (1,000 rules took 94 s) and is not
@@ -74,7 +74,7 @@ def rules(
         from svcops.deploy import compiled_site
         iptables.rules(
             name="svcops rules",
-            rules=compiled_site("sites/prod").outputs[host.name].iptables,
+            rules=compiled_site("sites/prod").node(host.name).output.iptables,
         )
     """
     live = node_fact(host, SvcopsIptables)

@@ -109,7 +109,7 @@ def _arping(address: str, interface: str) -> str:
 @marks_changes
 def lb_addresses(announced: Sequence[Announcement], recorded: Sequence[str] = ()):
     """
-    Announce the load-balancer addresses this node was chosen for (`svcops.announce`):
+    Announce the load-balancer addresses this node was chosen for (`svcops.compile.announce`):
     each is added as a /32 labelled "<interface>:svc" and announced with gratuitous
     ARP (``arping -U``, from iputils-arping). Addresses svcops put here before and that
     another node now announces are removed: those labelled as svcops's, and those in

@@ -175,7 +175,7 @@ def render_zone(
 ) -> Zone:
     """The zone file of the cluster domain: every service's records, sorted by service.
 
-    `headless` is `svcops.endpoints.headless_endpoints(...)`: the endpoints of the
+    `headless` is `svcops.compile.endpoints.headless_endpoints(...)`: the endpoints of the
     headless services (a headless service missing from it has no records). Cluster
     IPs come from `allocations` (or the manifest's own clusterIP). The SOA serial is
     fixed, so the text (and its digest) changes only when a record does.

@@ -709,7 +709,7 @@ def _render(p: _Port, local: tuple[int, ...] | None, cluster_chains: bool, out: 
 def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequence[str]) -> dict[str, IptablesRules]:
     """svcops's iptables rules for every node, sharing everything that can be shared.
 
-    `ports` as `svcops.endpoints.resolve` returns them; their order is the order of
+    `ports` as `svcops.compile.endpoints.resolve` returns them; their order is the order of
     the rules. Ports without a Local traffic policy come first, in one block of
     strings every node shares; Local-policy ports follow, rendered once per distinct
     set of local endpoints. `cluster` carries no setting that changes iptables rules

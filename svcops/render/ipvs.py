@@ -110,7 +110,7 @@ SYSCTLS: Mapping[str, str] = {
     "net.ipv4.vs.expire_quiescent_template": "1",
     # kube-proxy's strictARP: the dummy interface's addresses are on every node, so only
     # the interface that really holds an address may answer ARP for it (load-balancer
-    # addresses are announced by one node, see svcops.announce).
+    # addresses are announced by one node, see svcops.compile.announce).
     "net.ipv4.conf.all.arp_ignore": "1",
     "net.ipv4.conf.all.arp_announce": "2",
 }
@@ -532,7 +532,7 @@ def render_nodes(
 ) -> dict[str, IpvsRules]:
     """svcops's IPVS-mode rules for every node, sharing everything that can be shared.
 
-    `ports` as `svcops.endpoints.resolve` returns them. `nodes`: (node name, the node's
+    `ports` as `svcops.compile.endpoints.resolve` returns them. `nodes`: (node name, the node's
     own addresses): each address gets a virtual server per node port, and is never put
     on the dummy interface. Raises ValueError for a scheduler that is not IPVS's
     (`svcops validate` reports it first).

@@ -14,7 +14,7 @@ IPVS mode is applied in kube-proxy's order (`svcops.render.ipvs`):
     5. the virtual addresses no longer rendered are removed from the dummy interface
        (``ip -batch`` again)
 
-`ipvs_plan` decides each step from the node's facts (`svcops.facts.IpvsState`,
+`ipvs_plan` decides each step from the node's facts (`svcops.facts.ipvs.IpvsState`,
 ``SvcopsIptables``); a step already in sync is left out, so a node in sync gets no
 command. Leaving IPVS mode (`ipvs_removal`): after the new mode's iptables rules
 replaced svcops's chains, svcops's sets are destroyed, its virtual servers deleted and
@@ -50,7 +50,7 @@ __all__ = ["applied_state", "IpvsLive", "IpvsPlan", "ipvs_plan", "ipvs_removal",
 
 @dataclass(frozen=True, slots=True)
 class IpvsLive:
-    """svcops's IPVS state on a node (what `svcops.facts.SvcopsIpvs` reads).
+    """svcops's IPVS state on a node (what `svcops.facts.ipvs.SvcopsIpvs` reads).
 
     link:       the dummy interface exists
     addresses:  its addresses, without the prefix length

@@ -42,7 +42,7 @@ Per service port (a "unit"), chains named as kube-proxy names them (nftables all
 
 and its map elements, each with ``comment "<unit> <digest>"``: the digest of
 everything the unit holds on that node, so the live listing tells which version of
-each unit a node has (`svcops.render.nft_live`).
+each unit a node has (`svcops.render.nftables_live`).
 
 Applying: a kernel spends most of a big transaction validating it (measured: a
 10,000-service table in one transaction ~56 s, in 1,000-service chunks 12.5 s, a
@@ -467,7 +467,7 @@ def _unit(p: _Port, local: tuple[int, ...] | None) -> NftUnit:
 def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequence[str]) -> dict[str, NftRules]:
     """svcops's nftables units for every node, sharing everything that can be shared.
 
-    `ports` as `svcops.endpoints.resolve` returns them. Ports without a Local traffic
+    `ports` as `svcops.compile.endpoints.resolve` returns them. Ports without a Local traffic
     policy give one unit every node shares; Local-policy ports come after them, one
     unit per distinct set of local endpoints. `cluster` carries no setting that
     changes the rules today; kept for the same signature as the other renderers.

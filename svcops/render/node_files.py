@@ -14,7 +14,7 @@ up), runs ``/etc/svcops/restore``, an idempotent shell script:
 That is iptables mode. The script and the files follow the site's proxy mode:
 
     nftables   /etc/svcops/rules.nft, loaded one transaction at a time (a chunked
-               file, `svcops.nft_apply`): the whole table ip svcops, replacing any
+               file, `svcops.render.nftables_sync`): the whole table ip svcops, replacing any
                svcops table there; iptables is not used at all
     ipvs       modules (ip_vs, its schedulers, dummy), the IPVS sysctls, the dummy
                interface svcops-ipvs0 with /etc/svcops/ipvs-addresses, ipset restore of

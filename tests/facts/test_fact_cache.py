@@ -1,4 +1,4 @@
-"""svcops.factcache: every svcops fact in one round trip, reused only while nothing can
+"""svcops.facts.cache: every svcops fact in one round trip, reused only while nothing can
 have changed the node.
 
 The decision is tested with stand-ins for pyinfra's state and host (which operation

@@ -278,7 +278,7 @@ def proof_site():
 
 
 # The UDP service's endpoints: node1 itself and web-2's address; the update drops web-2's
-# (its conntrack entries must go with it: svcops.conntrack).
+# (its conntrack entries must go with it: svcops.render.conntrack).
 UDP_ENDPOINTS = ("10.0.0.11", "10.244.2.7")
 
 
@@ -334,7 +334,7 @@ def update_site():
 
 
 def write_update(dest: Path) -> None:
-    """svcops's IPVS apply steps (`svcops.ipvs_apply.ipvs_plan`) from the proof site's
+    """svcops's IPVS apply steps (`svcops.render.ipvs_sync.ipvs_plan`) from the proof site's
     render to `update_site`'s, on a node holding the first; then the steps that leave
     IPVS mode (`ipvs_removal`, after svcops's iptables chains are gone)."""
     from svcops.compile.pipeline import no_iptables_rules
@@ -358,7 +358,7 @@ def write_update(dest: Path) -> None:
     (u / "iptables").write_text(plan.iptables)
     (u / "ipvsadm").write_text(plan.ipvsadm)
     (u / "finish").write_text(plan.finish)
-    # The UDP flows to real servers that are gone, deleted as `ipvs_rules` does.
+    # The UDP flows to real servers that are gone, deleted as `svcops.operations.ipvs.rules` does.
     from svcops.render.conntrack import conntrack_script, stale_conntrack, udp_ports_from_ipvsadm
 
     owned = set(new.addresses) | set(live.addresses)

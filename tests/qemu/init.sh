@@ -30,7 +30,7 @@ done
 # --- the proof: this guest is node1 (10.0.0.11) of tests/qemu/harness.py's site
 P=/payload/proof
 /usr/sbin/ip link set lo up
-# svcops's cold apply, step by step (svcops.ipvs_apply.ipvs_plan on a clean node)
+# svcops's cold apply, step by step (svcops.render.ipvs_sync.ipvs_plan on a clean node)
 sh -e $P/prepare || say "APPLY-FAIL prepare"
 /usr/sbin/ip -batch $P/addresses || say "APPLY-FAIL addresses"
 say "KEPT $(tr '\n' ' ' < /etc/svcops/ipvs-sysctls.before)"
@@ -62,7 +62,7 @@ done < $P/probes
 ipvsadm -L -n --stats | sed "s/^/SVCOPS STATS /"
 ipvsadm -L -n -c | sed "s/^/SVCOPS CONNS /"
 
-# --- an update, as svcops apply runs it (svcops.ipvs_apply.ipvs_plan): from the proof
+# --- an update, as svcops apply runs it (svcops.render.ipvs_sync.ipvs_plan): from the proof
 # site to tests/qemu/harness.py's update_site, on this live node
 U=/payload/update
 # UDP flows from the client to the UDP service first (busybox's tftp: a new source port
@@ -102,7 +102,7 @@ uprobe added 6 10.96.0.20 80
 uprobe lonely-gone 2 10.96.0.13 80
 uprobe web-local-node-port 6 10.0.0.11 30080
 
-# --- leaving IPVS mode (svcops.ipvs_apply.ipvs_removal): svcops's chains first, then
+# --- leaving IPVS mode (svcops.render.ipvs_sync.ipvs_removal): svcops's chains first, then
 # its sets, virtual servers and the dummy interface
 R=/payload/removal
 iptables-restore --noflush < $R/iptables || say "APPLY-FAIL removal-iptables"

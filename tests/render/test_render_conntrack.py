@@ -1,4 +1,4 @@
-"""Stale UDP conntrack entries (svcops.conntrack): which flows to delete, read back from a
+"""Stale UDP conntrack entries (svcops.render.conntrack): which flows to delete, read back from a
 node's live rules, and the real kernel deleting them.
 
 The `root` test builds a throwaway network namespace with two local endpoint addresses,

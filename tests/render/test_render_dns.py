@@ -1,4 +1,4 @@
-"""Service DNS (svcops.dns): golden files, what each record means, resolv.conf, and a real
+"""Service DNS (svcops.render.dns): golden files, what each record means, resolv.conf, and a real
 pdns-recursor on loopback.
 
 Golden files: tests/golden/dns/ hold the exact files a node gets for the site below.
