@@ -1,0 +1,11 @@
+"""What the user wrote: a site folder and an inventory's host data, loaded and checked.
+
+    yamlsrc       YAML with the line of every value (strict, as Kubernetes decodes)
+    diagnostics   every problem, as file:line: field: message
+    svcops.schemas (schemas/ at the top of the repository) the JSON Schemas of each kind
+    validate      what the schemas cannot say: Kubernetes' validation and defaulting
+    model         the frozen values the core passes along, from every stage
+    load          a site folder in, a checked Site (or every error) out
+    lockfile      svcops.lock: allocations as a reviewable, mergeable file
+    hostdata      nodes and workloads from a pyinfra inventory's host data
+"""

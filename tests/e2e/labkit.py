@@ -47,7 +47,7 @@ def run(argv: list[str], timeout: float = 180, check: bool = False, input: str |
     return r
 
 
-# Module scope: the lab goes down when the module ends, so tests/test_lab.py (which
+# Module scope: the lab goes down when the module ends, so tests/lab/test_lab.py (which
 # refuses to touch a lab it did not make) runs on its own lab afterwards.
 @pytest.fixture(scope="module")
 def lab():

@@ -22,7 +22,7 @@ Run it by hand (as root; downloads into the cache on first use):
 
     .venv/bin/python tests/qemu/harness.py [--cache /var/cache/svcops-qemu] [--timeout 300]
 
-tests/test_ipvs_qemu.py runs the same and checks the report. Everything built goes to
+tests/qemu/test_ipvs_qemu.py runs the same and checks the report. Everything built goes to
 the cache directory (the kernel package) and a temporary directory (the initramfs);
 nothing is written into the repository.
 """
@@ -289,7 +289,7 @@ def udp_endpoints(addresses: tuple[str, ...]):
     return ManualEndpoints("default", "udp", (subset,), Source("endpoints/udp.yaml", 1))
 
 
-# label, requests, from where, address, port; expectations are in tests/test_ipvs_qemu.py.
+# label, requests, from where, address, port; expectations are in tests/qemu/test_ipvs_qemu.py.
 PROBES = (
     ("node-cluster-ip", 6, "node", "10.96.0.10", 80),
     ("client-cluster-ip", 6, "client", "10.96.0.10", 80),

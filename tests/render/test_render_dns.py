@@ -4,7 +4,7 @@ pdns-recursor on loopback.
 Golden files: tests/golden/dns/ hold the exact files a node gets for the site below.
 After an intended change, regenerate them and review the diff:
 
-    SVCOPS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_dns.py
+    SVCOPS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/render/test_render_dns.py
 
 Tests marked `root` run the real server (Debian's pdns-recursor, with the rendered
 files at their real paths through a private mount namespace) inside a throwaway

@@ -2,7 +2,7 @@
 
 Regenerate the golden files after an intended change (and review the diff) with:
 
-    SVCOPS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_render_ifupdown.py
+    SVCOPS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/render/test_render_ifupdown.py
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ the ``ipset restore`` input one node gets; tests/golden/ipvs/iptables.txt holds 
 ``iptables-restore --noflush`` input, the same for every node and scenario. After an
 intended change, regenerate them and review the diff:
 
-    SVCOPS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_render_ipvs.py
+    SVCOPS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/render/test_render_ipvs.py
 
 Tests marked `root` load the payloads with the real ``ipset`` and ``iptables-restore``
 in throwaway network namespaces (this machine's kernel has no IPVS: tests/qemu/ proves
-the ``ipvsadm`` part in an emulated Debian kernel, see tests/test_ipvs_qemu.py).
+the ``ipvsadm`` part in an emulated Debian kernel, see tests/qemu/test_ipvs_qemu.py).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Golden files: tests/golden/nftables/<scenario>.txt hold the exact `nft -f` paylo
 same scenarios as iptables mode. After an intended change of the rules, regenerate
 them and review the diff:
 
-    SVCOPS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_render_nftables.py
+    SVCOPS_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/render/test_render_nftables.py
 
 Tests marked `root` load payloads with the real `nft` into throwaway network
 namespaces ("svnft-<pid>-<n>", deleted after); the machine's own ruleset is never
