@@ -46,9 +46,13 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 
 from svcops.compile.nodeplan import NodePlan, SitePlan, plan_site
+from svcops.compile.pipeline import compile_site
 from svcops.operations import dns, iptables, ipvs, nftables, node
 from svcops.operations.guard import set_nodelay
 from svcops.site.diagnostics import Diagnostic, has_errors, sort_key
+from svcops.site.hostdata import nodes_from_hosts
+from svcops.site.load import load_site
+from svcops.site.lockfile import read_lock, write_lock
 
 __all__ = ["SiteError", "compile_from_hosts", "compiled_site", "node_operations", "services", "LOCK_NAME"]
 
@@ -68,11 +72,6 @@ def compile_from_hosts(
 ) -> SitePlan:
     """Load the site and its lock, compile it for `hosts` (name, data), and record
     new allocations in the lock (when `write`). Raises SiteError with every problem."""
-    from svcops.compile.pipeline import compile_site
-    from svcops.site.hostdata import nodes_from_hosts
-    from svcops.site.load import load_site
-    from svcops.site.lockfile import read_lock, write_lock
-
     diags: list[Diagnostic] = []
     nodes, node_diags = nodes_from_hosts(hosts, source)
     diags += node_diags

@@ -10,8 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from svcops.facts.node import NodeState
+from svcops.operations.dns import dns_plan
 from svcops.render.iptables import LiveTables
 from svcops.render.iptables_sync import TablesDiff, diff_tables
+from svcops.render.ipvs import ipvs_modules
+from svcops.render.ipvs_sync import ipvs_plan, ipvs_removal
+from svcops.render.nftables_sync import DELETE_TABLE, transactions
 from svcops.render.node_files import sha256_text
 from svcops.site.model import address_label
 
@@ -89,10 +93,6 @@ class NodeDiff:
 def mode_changes(out, nft=None, ipvs=None, iptables: LiveTables | None = None) -> list[str]:
     """The nftables / IPVS lines of the diff, from the SvcopsNftables and SvcopsIpvs
     facts (None: not read)."""
-    from svcops.render.ipvs import ipvs_modules
-    from svcops.render.ipvs_sync import ipvs_plan, ipvs_removal
-    from svcops.render.nftables_sync import DELETE_TABLE, transactions
-
     lines: list[str] = []
     if nft is not None:
         want = out.nftables if out.mode == "nftables" else None
@@ -169,8 +169,6 @@ def node_diff(
 def _dns_lines(plan, dns) -> list[str]:
     if dns is None:
         return []
-    from svcops.operations.dns import dns_plan
-
     if plan.dns_zone is None:  # serviceDNS: false: what dns.absent would take off
         return ["dns: - svcops's DNS server (serviceDNS: false), resolv.conf given back"] if dns.present else []
     return dns_plan(dns, plan.dns_zone).summary()
