@@ -17,6 +17,7 @@ from pyinfra.api import FactBase
 
 from svcops.render import dns
 from svcops.render.dns import CONFIG_FILE, DATA_DIR, FORWARD_FILE, RESOLV_CONF, rec_control
+from svcops.render.plain import plain
 
 __all__ = ["SvcopsDns", "DnsState", "parse_dns_state"]
 
@@ -46,6 +47,10 @@ class DnsState:
     def present(self) -> bool:
         """Whether anything of svcops's DNS is on the node (what `svcops.operations.dns.absent` takes off)."""
         return bool(self.files or self.running or dns.is_rendered_resolv_conf(self.resolv))
+
+    def to_json(self) -> dict:
+        """Plain data, for ``pyinfra INVENTORY fact ...`` (see `svcops.render.plain`)."""
+        return plain(self)
 
 
 def _state_command() -> str:

@@ -13,6 +13,7 @@ from pyinfra.api import FactBase
 
 from svcops.render.ipvs import DUMMY_INTERFACE, SYSCTLS, SYSCTLS_BEFORE, parse_ipvsadm_save
 from svcops.render.ipvs_sync import IpvsLive, parse_ipset_save
+from svcops.render.plain import plain
 
 __all__ = ["SvcopsIpvs", "IpvsState", "parse_ipvs_state"]
 
@@ -32,6 +33,10 @@ class IpvsState:
         """Whether anything of svcops's IPVS mode is on the node."""
         live = self.live
         return live.link or bool(live.sets) or bool(live.before) or bool(parse_ipvsadm_save(live.ipvsadm))
+
+    def to_json(self) -> dict:
+        """Plain data, for ``pyinfra INVENTORY fact ...`` (see `svcops.render.plain`)."""
+        return plain(self)
 
 
 _IPVS_MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh", "ip_vs_sed", "ip_vs_nq", "nf_conntrack", "dummy")

@@ -14,6 +14,7 @@ from pyinfra.api import FactBase
 from svcops.render.nftables import LIVE_COMMANDS, NftLive, parse_nft_list
 from svcops.render.nftables_sync import STATE_PREFIX
 from svcops.render.node_files import NFT_FILE
+from svcops.render.plain import plain
 
 __all__ = ["SvcopsNftables", "NftState", "parse_nft_state"]
 
@@ -29,6 +30,10 @@ class NftState:
     available: bool = True
     live: NftLive = field(default_factory=NftLive)
     boot_state: str = ""
+
+    def to_json(self) -> dict:
+        """Plain data, for ``pyinfra INVENTORY fact ...`` (see `svcops.render.plain`)."""
+        return plain(self)
 
 
 _NFT_MISSING = "svcops-nft missing"

@@ -15,6 +15,7 @@ from typing import Mapping
 from pyinfra.api import FactBase
 
 from svcops.render.node_files import ANNOUNCE_FILE, MANAGED_FILES, UNIT_LINK
+from svcops.render.plain import plain
 
 __all__ = ["SvcopsNodeState", "NodeState", "Address", "parse_node_state"]
 
@@ -47,6 +48,10 @@ class NodeState:
 
     def has_address(self, address: str, interface: str | None = None) -> bool:
         return any(a.address == address and (interface is None or a.interface == interface) for a in self.addresses)
+
+    def to_json(self) -> dict:
+        """Plain data, for ``pyinfra INVENTORY fact ...`` (see `svcops.render.plain`)."""
+        return plain(self)
 
 
 def _state_command() -> str:

@@ -52,6 +52,7 @@ import netaddr
 
 from svcops.gcpause import gc_paused
 from svcops.render import chains as C
+from svcops.render.plain import plain
 from svcops.site.model import Cluster, Endpoint, ResolvedPort
 
 __all__ = [
@@ -186,6 +187,10 @@ class LiveTables:
 
     def table(self, name: str) -> LiveTable:
         return self.tables.get(name) or LiveTable()
+
+    def to_json(self) -> dict:
+        """Plain data, for ``pyinfra INVENTORY fact ...`` (see `svcops.render.plain`)."""
+        return plain(self)
 
 
 def _target(rule: str) -> str | None:

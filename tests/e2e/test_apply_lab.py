@@ -10,6 +10,7 @@ pytest runs all iptables-mode scenarios, then all nftables-mode ones, on the sam
 
 from __future__ import annotations
 
+import json
 import re
 
 import labkit
@@ -320,7 +321,7 @@ def test_11_reboot_drill_restores_the_rules_from_the_boot_unit(walkthrough, prox
     assert set(got) == ALL
 
 
-def test_13_the_pyinfra_path_gives_the_same_result(tmp_path):
+def test_13_the_pyinfra_path_gives_the_same_result(tmp_path, proxy_mode):
     other = make_site(tmp_path / "other", {}, with_walkthrough=False)
     apply(other)
     site = make_site(tmp_path, {})
@@ -329,6 +330,14 @@ def test_13_the_pyinfra_path_gives_the_same_result(tmp_path):
     again = apply(site)
     assert results(again) == {n: "unchanged" for n in NODES}, again.stdout
     assert set(backends(curl("node2", f"http://{CLUSTER_IP}:8000/", 30))) == ALL
+    # svcops's facts, read as the README shows: pyinfra's own fact command prints them.
+    r = run([PYINFRA, "-y", INVENTORY, "fact", "svcops.facts.iptables.SvcopsIptables"], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    facts, _ = json.JSONDecoder().raw_decode(out[out.index("{", out.index("Fact data for")) :])
+    assert sorted(facts) == sorted(NODES)
+    if proxy_mode == "iptables":
+        assert all("SVCOPS-SERVICES" in f["tables"]["nat"]["chains"] for f in facts.values()), facts
 
 
 def test_14_each_node_has_its_own_static_address_file_and_stays_reachable(walkthrough):

@@ -4,11 +4,17 @@
 from __future__ import annotations
 
 import base64
+import json
+
+import render_fixtures as F
+from udp_fixtures import SVC, resolved
 
 from svcops.facts.dns import DnsState, parse_dns_state
 from svcops.facts.ipvs import parse_ipvs_state
+from svcops.facts.nftables import parse_nft_state
 from svcops.facts.node import Address, parse_node_state
 from svcops.render import dns
+from svcops.render.iptables import parse_iptables_save, render_nodes, restore_payload
 from svcops.render.ipvs import parse_ipvsadm_save
 
 
@@ -68,3 +74,29 @@ def test_fact_output_is_parsed_with_resolv_conf_byte_for_byte():
     assert state.resolv_link == "../run/systemd/resolve/stub-resolv.conf"
     assert state.domain == "corp.test"
     assert parse_dns_state(["domain "]) == DnsState()
+
+
+# --- on the command line: ``pyinfra INVENTORY fact svcops.facts.node.SvcopsNodeState`` ----
+
+
+def _json_as_pyinfra_prints_it(value) -> object:
+    """pyinfra's CLI prints a fact's value with its own encoder (which calls ``to_json``)."""
+    from pyinfra_cli.util import json_encode
+
+    return json.loads(json.dumps(value, default=json_encode))
+
+
+def test_every_facts_value_prints_as_json_on_pyinfras_command_line():
+    rules = render_nodes(F.CLUSTER, resolved((SVC,)), ["node1"])["node1"]
+    iptables = _json_as_pyinfra_prints_it(parse_iptables_save(restore_payload(rules)))
+    assert "SVCOPS-SERVICES" in iptables["tables"]["nat"]["chains"]
+    assert iptables["tables"]["filter"]["foreign_refs"] == []
+    node = _json_as_pyinfra_prints_it(parse_node_state(["ip_forward 1", 'addresses [{"ifname":"eth0","addr_info":[{"family":"inet","local":"10.0.0.11","prefixlen":24}]}]']))
+    assert node["addresses"] == [{"address": "10.0.0.11", "prefixlen": 24, "interface": "eth0", "label": "eth0"}]
+    ipvs = _json_as_pyinfra_prints_it(parse_ipvs_state(["module ip_vs", "module dummy", "ipset create SVCOPS-CLUSTER-IP hash:ip,port family inet",
+                                                        "ipset add SVCOPS-CLUSTER-IP 10.96.0.10,udp:53"]))
+    assert ipvs["live"]["modules"] == ["dummy", "ip_vs"] and ipvs["live"]["members"] == {"SVCOPS-CLUSTER-IP": ["10.96.0.10,udp:53"]}
+    nft = _json_as_pyinfra_prints_it(parse_nft_state(["svcops-nft boot ", "table ip svcops {", "}"]))
+    assert nft["available"] is True and nft["live"]["exists"] is True
+    dns_state = _json_as_pyinfra_prints_it(parse_dns_state(["installed yes", "domain corp.test"]))
+    assert dns_state["installed"] is True and dns_state["domain"] == "corp.test"
