@@ -96,6 +96,9 @@ class NodePlan:
 
 @dataclass(frozen=True, slots=True)
 class SitePlan:
+    """A compiled site with every node's announcements: `node(name)` is that node's plan.
+    (`diagnostics` and `lock_written`: what loading it said, for the caller to print.)"""
+
     compiled: Compiled
     announced: Mapping[str, tuple[Announcement, ...]]
     diagnostics: tuple[Diagnostic, ...] = ()
