@@ -19,8 +19,6 @@ from svcops.render.ipvs_sync import IpvsLive, parse_ipset_save
 from svcops.render.nftables import LIVE_COMMANDS
 
 EXAMPLE = ROOT / "examples" / "walkthrough"
-
-
 INVENTORY = str(ROOT / "inventory" / "example.py")
 
 

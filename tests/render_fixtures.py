@@ -189,14 +189,15 @@ def simulated_live(rules: NftRules) -> NftLive:
     return NftLive(True, chains, sets, maps)
 
 
+NODES = ["node1", "node2", "node3"]
+
+
 def rendered(name: str, node: str = "node1"):
     """The iptables rules scenario `name` gives `node`."""
     services, manual, _ = SCENARIOS[name]
     ports, _ = resolve(site(services, manual), nodes(), allocations(services))
-    return render_iptables(CLUSTER, ports, ["node1", "node2", "node3"])[node]
+    return render_iptables(CLUSTER, ports, NODES)[node]
 
-
-NODES = ["node1", "node2", "node3"]
 
 # Other tools' rules on a node (docker, ufw): svcops must never touch them.
 FOREIGN_SAVE = """\

@@ -43,7 +43,6 @@ then the server stopped and its files removed.
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import struct
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ from svcops.facts.dns import DnsState, SvcopsDns
 from svcops.operations.util import error, fail, write_file
 from svcops.render import dns
 from svcops.render.dns import DEFAULT_LISTEN, PACKAGE, RESOLV_CONF, SERVICE_UNIT, SOCKET_DIR, Zone, rec_control
+from svcops.render.node_files import sha256_text
 
 __all__ = ["server", "absent", "DnsPlan", "dns_plan", "ready_script"]
 
@@ -101,10 +101,6 @@ class DnsPlan:
         return out
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def dns_plan(state: DnsState, zone: Zone, listen: str = DEFAULT_LISTEN) -> DnsPlan:
     """What to do on a node in `state` so that it serves `zone` on `listen`.
 
@@ -119,7 +115,7 @@ def dns_plan(state: DnsState, zone: Zone, listen: str = DEFAULT_LISTEN) -> DnsPl
     zone_file = dns.zone_path(zone.domain)
     write = {}
     for path, text in files.files.items():
-        digest = zone.digest if path == zone_file else _sha(text)
+        digest = zone.digest if path == zone_file else sha256_text(text)
         if state.files.get(path) != digest:
             write[path] = text
     remove = tuple(sorted(p for p in state.files if p.endswith(".zone") and p != zone_file))

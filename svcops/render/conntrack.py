@@ -31,9 +31,10 @@ when nothing matched: `conntrack_script` treats that as success.
 
 The previous state comes from the node itself (`udp_ports_from_iptables`: the live
 ``iptables-save``; `udp_ports_from_ipvsadm`: ``ipvsadm-save -n`` in IPVS mode, whose
-UDP virtual servers, keyed by address and port, stand for service ports; nftables
-mode: `svcops.render.conntrack.udp_ports_from_nft`), not from a cache on the controller, so a node that missed an
-apply, or that someone changed by hand, is still cleaned. The next state is the
+UDP virtual servers, keyed by address and port, stand for service ports;
+`udp_ports_from_nft`: svcops's live nftables table), not from a cache on the
+controller, so a node that missed an apply, or that someone changed by hand, is still
+cleaned. The next state is the
 rendered one (`udp_ports` of the resolved ports, seen from that node).
 """
 

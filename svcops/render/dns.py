@@ -74,6 +74,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping, Sequence
 
+from svcops.render.node_files import sha256_text
 from svcops.site.model import Allocations, Cluster, HeadlessEndpoints, Service
 
 __all__ = [
@@ -224,7 +225,7 @@ def render_zone(
                 if p.name:
                     out.append(f"_{p.name}._{p.protocol.lower()}.{name} IN SRV 0 100 {p.port} {fqdn}\n")
     text = "".join(out)
-    return Zone(domain, text, hashlib.sha256(text.encode()).hexdigest())
+    return Zone(domain, text, sha256_text(text))
 
 
 # --- the node's files -----------------------------------------------------------------
@@ -335,7 +336,7 @@ def only_auth_zones_differ(new_config: str, old_sha: str | None, old_domains: It
         return False
     for d in old_domains:
         candidate = re.sub(r"(?m)^auth-zones=.*$", f"auth-zones={d}={zone_path(d)}", new_config)
-        if hashlib.sha256(candidate.encode()).hexdigest() == old_sha:
+        if sha256_text(candidate) == old_sha:
             return True
     return False
 
