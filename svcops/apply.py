@@ -90,6 +90,21 @@ class ApplyOptions:
     yes: bool = False
     json: bool = False
     rollback_after: int | None = None
+    lock_timeout: float | None = None
+    node_timeout: float | None = None
+    command_timeout: int | None = None
+
+    def txn(self):
+        """The nodes' transaction options (`svcops.deploy.TxnOptions`)."""
+        from svcops.deploy import TxnOptions
+
+        d = TxnOptions()
+        return TxnOptions(
+            self.rollback_after or d.rollback_after,
+            self.lock_timeout if self.lock_timeout is not None else d.lock_timeout,
+            self.node_timeout or d.node_timeout,
+            self.command_timeout or d.deadline,
+        )
 
 
 # --- the shell ---------------------------------------------------------------------------
@@ -227,47 +242,119 @@ def _print_diffs(diffs: dict, unreachable: list[str], names: list[str], out: Tex
                 print(f"      {line}", file=out)
 
 
-def _run_batch(opts: ApplyOptions, plan, names: list[str]) -> dict[str, NodeResult]:
+class _Interrupt:
+    """Ctrl-C during the pushes: stop starting changes, undo what is half-done on every
+    node (each node's guard does it), and say so. A second Ctrl-C only repeats where
+    things stand: the undo must not be cut short."""
+
+    def __init__(self, err: TextIO):
+        self.err = err
+        self.hit = 0
+        self.state = None
+
+    def __call__(self) -> None:
+        import gevent
+
+        from svcops.operations import txn
+
+        self.hit += 1
+        if self.hit > 1:
+            print("\nsvcops apply: still stopping: nodes are being rolled back (bounded by --command-timeout)", file=self.err)
+            return
+        print("\nsvcops apply: interrupted: no further changes; nodes in the middle of one are rolled back", file=self.err)
+        txn.STOPPING.set()
+        state = self.state
+        if state is None:
+            return
+        for h in list(state.inventory):
+            g = txn.guard_of(h)
+            if g is not None and g.status == "open":
+                gevent.spawn(g.abort, "interrupted (Ctrl-C)")
+
+
+def _result(n: str, h, metas, state, interrupted: bool) -> NodeResult:
+    """One node's result, from its operations and its transaction's outcome."""
+    from svcops.operations import txn
+
+    g = txn.guard_of(h) if h is not None else None
+    if g is not None and g.status == "open":
+        # An operation failed (or the run stopped) before the commit: undo it all now.
+        g.abort("interrupted (Ctrl-C)" if interrupted else "an operation failed")
+    done = [(label, m) for label, m in metas if m.is_complete()]
+    failed = [label for label, m in done if m.did_error()]
+    changed = [label for label, m in done if m.did_change() and label not in ("begin", "commit")]
+    if g is None or g.status == "failed":
+        why = f"failed: {failed[0]}" if failed else "failed: not run"
+        return NodeResult(n, "failed", [why])
+    if g.status == "committed":
+        return NodeResult(n, "changed" if changed or g.changed else "unchanged", changed)
+    if g.status == "busy":
+        return NodeResult(n, "failed", [g.detail])
+    if g.status == "unreachable":
+        if g.changed:
+            detail = f"{g.detail}; rollback pending: the node undoes this apply by itself within {g.rollback_after} s of losing svcops"
+            return NodeResult(n, "rollback-pending" if interrupted else "unreachable", [detail])
+        return NodeResult(n, "unreachable", [f"{g.detail}; nothing was changed on it"])
+    what = f"{failed[0]} failed" if failed and not interrupted else (g.detail or "stopped")
+    if g.status == "undo-failed":
+        return NodeResult(n, "failed", [f"{what}; the rollback failed (see /run/svcops/undo-*.log on the node)"])
+    # rolled-back
+    if interrupted:
+        return NodeResult(n, "rolled-back", ["interrupted: rolled back" if g.changed else "interrupted before any change"])
+    return NodeResult(n, "failed", [f"{what}; rolled back" if g.changed else f"{what}; nothing was changed"])
+
+
+def _run_batch(opts: ApplyOptions, plan, names: list[str], interrupt: "_Interrupt | None" = None) -> dict[str, NodeResult]:
     from pyinfra.api.exceptions import PyinfraError
     from pyinfra.api.operations import run_ops
     from pyinfra.api.state import StateStage
     from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 
     from svcops.deploy import node_operations
+    from svcops.operations import txn
 
     state, inventory = _make_state(opts.inventory, names)
+    if interrupt is not None:
+        interrupt.state = state
     results: dict[str, NodeResult] = {}
     metas: dict[str, list] = {}
+    options = opts.txn()
     try:
+        if txn.STOPPING.is_set():
+            raise PyinfraError("interrupted")
         _connect(state)
         state.set_stage(StateStage.Prepare)
         with ctx_state.use(state), ctx_inventory.use(inventory), ctx_config.use(state.config):
             for h in inventory:
                 if h in state.active_hosts:
                     with ctx_host.use(h):
-                        metas[h.name] = node_operations(plan.node(h.name), opts.rollback_after)
+                        metas[h.name] = node_operations(plan.node(h.name), options=options)
             state.set_stage(StateStage.Execute)
             try:
-                run_ops(state)
+                # no_wait: each node runs its own operations, so a slow or unreachable node
+                # holds up nobody else.
+                run_ops(state, no_wait=True)
             except PyinfraError:
                 pass  # "No hosts remaining!": every host failed; reported per node
+        interrupted = txn.STOPPING.is_set()
+        for n in names:
+            h = inventory.get_host(n)
+            if n not in metas:
+                results[n] = NodeResult(n, "unreachable", ["could not connect (see above)"])
+                continue
+            results[n] = _result(n, h, metas[n], state, interrupted)
+    except PyinfraError:
+        for n in names:
+            results.setdefault(n, NodeResult(n, "skipped", ["not started: interrupted"]))
     finally:
         state.set_stage(StateStage.Disconnect)
+        for h in inventory:
+            g = txn.guard_of(h)
+            if g is not None:
+                g.close()
         _disconnect(state)
-    for n in names:
-        h = inventory.get_host(n)
-        if n not in metas:
-            results[n] = NodeResult(n, "unreachable", ["could not connect (see above)"])
-            continue
-        done = [(label, m) for label, m in metas[n] if m.is_complete()]
-        failed = [label for label, m in done if m.did_error()] or (
-            ["not run"] if h in state.failed_hosts else []
-        )
-        if failed or h in state.failed_hosts:
-            results[n] = NodeResult(n, "failed", [f"failed: {failed[0]}"])
-            continue
-        changed = [label for label, m in done if m.did_change()]
-        results[n] = NodeResult(n, "changed" if changed else "unchanged", changed)
+        if interrupt is not None:
+            interrupt.state = None
     return results
 
 
@@ -341,18 +428,39 @@ def run(opts: ApplyOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr, 
             print("svcops apply: not applied", file=err)
             return 1
 
+    import signal
+
+    import gevent
+
+    from svcops.operations import txn
+
     results: dict[str, NodeResult] = {}
-    done = failed = 0
     groups = batches(names, opts.serial)
+    interrupt = _Interrupt(err)
+    txn.STOPPING.clear()
+    handler = gevent.signal_handler(signal.SIGINT, interrupt)
+    try:
+        _batches(opts, plan, groups, results, interrupt, err)
+    finally:
+        handler.cancel()
+    elapsed = time.monotonic() - start
+    return _report(names, results, interrupt.hit > 0, elapsed, out, err)
+
+
+def _batches(opts, plan, groups, results, interrupt, err) -> None:
+    from svcops.operations import txn
+
+    done = failed = 0
     stopped = False
     for i, group in enumerate(groups):
-        if stopped:
+        if stopped or txn.STOPPING.is_set():
+            why = "interrupted" if txn.STOPPING.is_set() else "too many failures in earlier batches"
             for n in group:
-                results[n] = NodeResult(n, "skipped", ["not started: too many failures in earlier batches"])
+                results[n] = NodeResult(n, "skipped", [f"not started: {why}"])
             continue
         if len(groups) > 1:
             print(f"\nsvcops: batch {i + 1}/{len(groups)}: {', '.join(group)}", file=err)
-        batch = _run_batch(opts, plan, group)
+        batch = _run_batch(opts, plan, group, interrupt)
         results.update(batch)
         done += len(group)
         failed += sum(1 for r in batch.values() if not r.ok)
@@ -362,11 +470,24 @@ def run(opts: ApplyOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr, 
                 file=err,
             )
             stopped = True
-    elapsed = time.monotonic() - start
+
+
+def _report(names, results, interrupted: bool, elapsed: float, out: TextIO, err: TextIO) -> int:
     print(f"\nsvcops apply: results ({elapsed:.1f} s):", file=out)
     for n in names:
         r = results[n]
         detail = f" ({', '.join(r.details)})" if r.details else ""
         print(f"  {n}: {r.status}{detail}", file=out)
+    if interrupted:
+        finished = [n for n in names if results[n].ok]
+        back = [n for n in names if results[n].status in ("rolled-back", "skipped")]
+        pending = [n for n in names if results[n].status in ("rollback-pending", "unreachable", "failed")]
+        print(
+            f"svcops apply: interrupted: finished {len(finished)} ({', '.join(finished) or '-'}), "
+            f"rolled back or not started {len(back)} ({', '.join(back) or '-'}), "
+            f"not confirmed {len(pending)} ({', '.join(pending) or '-'})",
+            file=err,
+        )
+        return 130
     bad = [r for r in results.values() if not r.ok]
     return 1 if bad else 0

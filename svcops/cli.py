@@ -63,6 +63,24 @@ def _positive_int(text: str) -> int:
     return n
 
 
+def _seconds(text: str, least: float) -> float:
+    try:
+        n = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (n >= least) or n != n or n == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be {'more than' if least > 0 else 'at least'} 0 seconds, not {text}")
+    return n
+
+
+def _positive_float(text: str) -> float:
+    return _seconds(text, 1e-9)
+
+
+def _nonnegative_float(text: str) -> float:
+    return _seconds(text, 0.0)
+
+
 def _percent(text: str) -> float:
     try:
         n = float(text)
@@ -201,7 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
             "  svcops apply -i inventory/lab.py -y                     # the site named by svcops_site\n"
             "  svcops apply -i inventory/prod.py -y sites/prod --limit 'web-*,db1'\n"
             "  svcops apply -i inventory/prod.py -y --serial 5 --fail-percent 10\n\n"
-            "exit status: 0 every node ok, 1 errors or any node failed (or was not reached)"
+            "Each node is changed as one transaction: svcops holds the node's lock (a second apply\n"
+            "waits --lock-timeout, then fails naming the holder), every step leaves its undo on the\n"
+            "node, and a fresh SSH login commits. A failure, Ctrl-C, a killed svcops or a cut\n"
+            "connection undoes the node's steps on the node itself: it ends wholly old or wholly new.\n\n"
+            "exit status: 0 every node ok, 1 errors or any node failed (or was not reached),\n"
+            "130 interrupted (the report says which nodes finished and which were rolled back)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -222,7 +245,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--rollback-after",
         type=_positive_int,
         metavar="SECONDS",
-        help="dead-man switch delay: a node undoes the apply by itself if not confirmed (default 60)",
+        help="a node undoes the apply by itself after this long without a word from svcops (cut off, hung) (default 60)",
+    )
+    p.add_argument(
+        "--lock-timeout",
+        type=_nonnegative_float,
+        metavar="SECONDS",
+        help="wait this long for a node (or the site) another apply holds, then fail naming it (default 30)",
+    )
+    p.add_argument(
+        "--node-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="a node that does not answer for this long is reported unreachable; the others go on (default 10)",
+    )
+    p.add_argument(
+        "--command-timeout",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="the longest any one remote command or step may run (default 300)",
     )
     _add_site(p)
 
@@ -529,6 +570,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
         yes=args.yes,
         json=args.json,
         rollback_after=args.rollback_after,
+        lock_timeout=args.lock_timeout,
+        node_timeout=args.node_timeout,
+        command_timeout=args.command_timeout,
     )
     return run(opts)
 

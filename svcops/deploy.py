@@ -12,7 +12,8 @@ policies and load-balancer announcements depend on every node, not only the ones
 ``--limit`` selects), writes allocations to the site's ``svcops.lock`` as ``svcops
 plan`` does, and then, for the current host, runs:
 
-    svcops | iptables rules            one iptables-restore of the chains that differ, rolled back if SSH breaks
+    svcops | begin                     the node's lock and transaction (svcops.operations.txn)
+    svcops | iptables rules            one iptables-restore of the chains that differ
     svcops | nftables table            table ip svcops: chunked cold start, small updates
     svcops | ipvs                      IPVS mode (its first operation) / its removal
     svcops | load-balancer addresses   the addresses this node announces (gratuitous ARP)
@@ -21,6 +22,11 @@ plan`` does, and then, for the current host, runs:
     svcops | persisted files           boot payload, restore script, unit, sysctl, ifupdown file
     svcops | service dns               pdns-recursor for the cluster domain, resolv.conf (svcops.operations.dns);
                                        with serviceDNS: false, svcops's DNS taken off instead
+    svcops | commit                    a fresh SSH login proves access, then the node commits
+
+Between begin and commit everything is one transaction on the node: a failure, Ctrl-C,
+the controller's death or a lost connection undoes every step on the node itself, so
+each node ends wholly as it was or wholly as the site says.
 
 The rule operations follow the site's proxy mode; the other modes' operations remove
 what they left (switching a site's mode and applying leaves nothing of the old one):
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -47,14 +54,14 @@ from pyinfra.api.exceptions import PyinfraError
 
 from svcops.compile.nodeplan import NodePlan, SitePlan, plan_site
 from svcops.compile.pipeline import compile_site
-from svcops.operations import dns, iptables, ipvs, nftables, node
+from svcops.operations import dns, iptables, ipvs, nftables, node, txn
 from svcops.operations.guard import set_nodelay
 from svcops.site.diagnostics import Diagnostic, has_errors, sort_key
 from svcops.site.hostdata import nodes_from_hosts
 from svcops.site.load import load_site
 from svcops.site.lockfile import read_lock, write_lock
 
-__all__ = ["SiteError", "compile_from_hosts", "compiled_site", "node_operations", "services", "LOCK_NAME"]
+__all__ = ["SiteError", "TxnOptions", "compile_from_hosts", "compiled_site", "node_operations", "services", "LOCK_NAME"]
 
 LOCK_NAME = "svcops.lock"
 
@@ -123,12 +130,39 @@ def compiled_site(site: str | None = None, inventory=None) -> SitePlan:
     return plan
 
 
-def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ssh: bool = True) -> list[tuple[str, object]]:
+@dataclass(frozen=True)
+class TxnOptions:
+    """How each node's transaction behaves (`svcops.operations.txn`)."""
+
+    rollback_after: int = txn.DEFAULT_ROLLBACK_AFTER  # controller silence before a node undoes the apply
+    lock_timeout: float = txn.DEFAULT_LOCK_TIMEOUT  # waiting for a node another apply holds
+    node_timeout: float = txn.DEFAULT_NODE_TIMEOUT  # no answer for this long: unreachable
+    deadline: int = txn.DEFAULT_STEP_DEADLINE  # one remote command or step at most
+    verify_ssh: bool = True  # commit through a fresh SSH login
+
+
+def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ssh: bool = True, options: TxnOptions | None = None) -> list[tuple[str, object]]:
     """Add the svcops operations for the current host (inside a pyinfra deploy or state);
-    returns (label, OperationMeta) for each."""
-    kwargs = {} if rollback_after is None else {"rollback_after": rollback_after}
+    returns (label, OperationMeta) for each. They run as one transaction on the node:
+    `txn.begin` first, `txn.commit` last (`svcops.operations.txn`)."""
+    o = options or TxnOptions(rollback_after if rollback_after is not None else txn.DEFAULT_ROLLBACK_AFTER, verify_ssh=verify_ssh)
+    timeout = {"_timeout": o.deadline + 30}  # every command and fact read, on the controller's side too
+    kwargs = {"rollback_after": o.rollback_after, **timeout}
+    verify_ssh = o.verify_ssh
     out = plan.output
-    metas: list[tuple[str, object]] = []
+    metas: list[tuple[str, object]] = [
+        (
+            "begin",
+            txn.begin(
+                name="svcops | begin (lock the node)",
+                lock_timeout=o.lock_timeout,
+                rollback_after=o.rollback_after,
+                node_timeout=o.node_timeout,
+                deadline=o.deadline,
+                **timeout,
+            ),
+        )
+    ]
 
     def add_iptables():
         metas.append(
@@ -151,8 +185,8 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
         else:
             add_iptables()
             add_nftables(None)
-        metas.append(("ipvs", ipvs.absent(name="svcops | ipvs (none)", node_addresses=out.node_addresses)))
-    metas.append(("load-balancer addresses", node.lb_addresses(name="svcops | load-balancer addresses", announced=plan.announced)))
+        metas.append(("ipvs", ipvs.absent(name="svcops | ipvs (none)", node_addresses=out.node_addresses, **timeout)))
+    metas.append(("load-balancer addresses", node.lb_addresses(name="svcops | load-balancer addresses", announced=plan.announced, **timeout)))
     # Always added (a no-op without an address): every host gets the same operations in
     # the same order, which is how pyinfra's API lines operations up across hosts.
     metas.append(
@@ -163,15 +197,17 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
                 address=out.address if plan.prefixlen is not None else None,
                 prefixlen=plan.prefixlen or 32,
                 interface=out.node.interface,
+                **timeout,
             ),
         )
     )
-    metas.append(("ip forwarding", node.ip_forward(name="svcops | ip forwarding")))
-    metas.append(("persisted files", node.files(name="svcops | persisted files", files=plan.files)))
+    metas.append(("ip forwarding", node.ip_forward(name="svcops | ip forwarding", **timeout)))
+    metas.append(("persisted files", node.files(name="svcops | persisted files", files=plan.files, **timeout)))
     if plan.dns_zone is not None:
-        metas.append(("service dns", dns.server(name="svcops | service dns", zone=plan.dns_zone)))
+        metas.append(("service dns", dns.server(name="svcops | service dns", zone=plan.dns_zone, **timeout)))
     else:  # serviceDNS: false: svcops's DNS off the node, if it was there
-        metas.append(("service dns", dns.absent(name="svcops | service dns (none)")))
+        metas.append(("service dns", dns.absent(name="svcops | service dns (none)", **timeout)))
+    metas.append(("commit", txn.commit(name="svcops | commit (fresh SSH login)", verify_ssh=verify_ssh, **timeout)))
     return metas
 
 

@@ -53,7 +53,8 @@ from pyinfra.api import StringCommand, operation
 
 from svcops.facts.cache import marks_changes, node_fact
 from svcops.facts.dns import DnsState, SvcopsDns
-from svcops.operations.util import error, fail, write_file
+from svcops.operations import txn
+from svcops.operations.util import error, fail
 from svcops.render import dns
 from svcops.render.dns import DEFAULT_LISTEN, PACKAGE, RESOLV_CONF, SERVICE_UNIT, SOCKET_DIR, Zone, rec_control
 from svcops.render.node_files import sha256_text
@@ -242,18 +243,38 @@ def server(zone: Zone | None, listen: str = DEFAULT_LISTEN):
         host.noop(f"the DNS server on {listen} serves {zone.domain} and resolv.conf points at it")
         return
     if plan.install:
-        yield _bash(_install_script(state.systemd))
+        yield from txn.step("dns-install", "bash -s", None, _install_script(state.systemd))
+    # Registered first, so that it runs last when the apply is undone: once the old files
+    # are back, the server is given them again (or stopped, if it was not running).
+    yield from txn.step("dns-server", ":", _server_back(state, plan))
     for path, text in plan.write.items():
-        yield write_file(path, text, dir_mode="755")
+        yield from txn.replace_file(path, text, dir_mode="755")
     if plan.action == "start":
-        yield _bash(_start_script(state.systemd))
+        yield from txn.step("dns-start", "bash -s", None, _start_script(state.systemd))
     elif plan.action == "reload":
-        yield _bash(_reload_script())
+        yield from txn.step("dns-reload", "bash -s", None, _reload_script())
     if plan.remove:
-        yield StringCommand("rm -f " + " ".join(shlex.quote(p) for p in plan.remove))
+        yield from txn.remove_files(plan.remove)
     if plan.resolv is not None:
-        yield _bash(ready_script(listen, zone.domain))
-        yield write_file(RESOLV_CONF, plan.resolv, dir_mode="755")
+        yield StringCommand("bash -s", _stdin=ready_script(listen, zone.domain))
+        yield from txn.replace_file(RESOLV_CONF, plan.resolv, dir_mode="755")
+
+
+def _stop_script(systemd: bool) -> str:
+    if systemd:
+        return f"systemctl disable --now --quiet {SERVICE_UNIT}\n"
+    return f"PATH=$PATH:/usr/sbin {rec_control()} quit-nicely >/dev/null 2>&1 || true\n"
+
+
+def _server_back(state: DnsState, plan: DnsPlan) -> str:
+    """The undo of `server`'s changes to the running server, once its files are back."""
+    if not (state.installed and state.running):
+        return _stop_script(state.systemd)
+    if plan.action == "start":
+        return _start_script(state.systemd)
+    if plan.action == "reload":
+        return _reload_script()
+    return "true\n"
 
 
 @operation()
@@ -269,13 +290,10 @@ def absent():
         yield fail("the node's DNS state")
         return
     if dns.is_rendered_resolv_conf(state.resolv):
-        yield write_file(RESOLV_CONF, dns.restore_resolv_conf(state.resolv), dir_mode="755")
+        yield from txn.replace_file(RESOLV_CONF, dns.restore_resolv_conf(state.resolv), dir_mode="755")
     if state.running:
-        if state.systemd:
-            yield StringCommand(f"systemctl disable --now --quiet {SERVICE_UNIT}")
-        else:
-            yield StringCommand(f"PATH=$PATH:/usr/sbin {rec_control()} quit-nicely >/dev/null")
+        yield from txn.step("dns-stop", _stop_script(state.systemd).strip(), _start_script(state.systemd))
     if state.files:
-        yield StringCommand("rm -f " + " ".join(shlex.quote(p) for p in sorted(state.files)))
+        yield from txn.remove_files(sorted(state.files))
     if not state.present:
         host.noop("svcops's DNS is not on this node")

@@ -13,15 +13,14 @@ for the same).
 
 from __future__ import annotations
 
-import secrets
-
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
 
 from svcops.facts.cache import marks_changes, node_fact
 from svcops.facts.iptables import NO_IPTABLES, SvcopsIptables
 from svcops.operations.conntrack import cleanup_commands
-from svcops.operations.guard import DEFAULT_ROLLBACK_AFTER, RUN_DIR, arm_and_run
+from svcops.operations import txn
+from svcops.operations.txn import DEFAULT_ROLLBACK_AFTER
 from svcops.operations.util import error, fail
 from svcops.render.iptables import CHUNK_CHAINS, IptablesRules, restore_transactions
 from svcops.render.iptables_sync import in_sync, rollback_payload, simulate
@@ -61,11 +60,10 @@ def rules(
     as they are. When the live svcops chains, rules and jumps already equal the
     rendered ones, no command runs at all.
 
-    Never cut SSH: before the restore a dead-man switch is armed on the node (a
-    detached ``setsid`` timer holding a rollback payload computed on the controller
-    from the live state); after it, the controller logs in afresh and disarms it. If
-    that fresh login fails, the controller rolls back through the still-open
-    connection, the node would do so by itself anyway, and the operation fails.
+    All or nothing, never cutting SSH: the restore is one step of the node's
+    transaction (`svcops.operations.txn`), whose undo is a rollback payload computed on
+    the controller from the live state; `txn.commit` logs in afresh before it commits.
+    Used on its own (no ``txn.begin`` before it), the operation is its own transaction.
 
     **Example:**
 
@@ -90,9 +88,9 @@ def rules(
     if in_sync(rules, live):
         host.noop("svcops rules are in sync")
         return
-    token = secrets.token_hex(6)
-    d = RUN_DIR
-    apply_path = f"{d}/apply.{token}"
+    implicit = yield from txn.ensure(rollback_after=rollback_after)
+    d = txn.files_dir()
+    apply_path = f"{d}/iptables.apply"
     txs = restore_transactions(rules, live, chunk)
     payload = "".join(txs)
     yield StringCommand(f"mkdir -p {d} && chmod 700 {d} && cat > {apply_path}", _stdin=payload)
@@ -103,15 +101,13 @@ def rules(
         # that fails leaves the earlier ones committed: give the chains back at once.
         after = simulate(live, payload)
         partial = rollback_payload(live, rules, jumps=False, after=after)
-        yield StringCommand(f"cat > {d}/rollback-partial.{token}", _stdin=partial)
-        restore = f"{{ {restore} || {{ iptables-restore -w 5 --noflush {d}/rollback-partial.{token}; false; }}; }}"
-    if not verify_ssh:
-        yield StringCommand(f"{restore} && rm -f {apply_path}")
-        yield from cleanup_commands(live, udp_ports)
-        return
-    yield StringCommand(f"cat > {d}/rollback.{token}", _stdin=rollback_payload(live, rules, after=after))
+        yield StringCommand(f"cat > {d}/iptables.rollback-partial", _stdin=partial)
+        restore = f"{{ {restore} || {{ iptables-restore -w 5 --noflush {d}/iptables.rollback-partial; false; }}; }}"
     # A restore that fails changed nothing (it is atomic, or was undone at once when cut
-    # into transactions): the guard cancels its switch.
-    yield from arm_and_run(token, restore, rollback_after)
-    # After the new rules (and SSH) stand: flows deleted earlier would be re-made by the old rules.
+    # into transactions); the undo gives back the previous svcops chains and jumps.
+    yield StringCommand(f"cat > {d}/iptables.rollback", _stdin=rollback_payload(live, rules, after=after))
+    yield from txn.step("iptables", restore, f"iptables-restore -w 5 --noflush {d}/iptables.rollback\n")
+    # After the new rules stand: flows deleted earlier would be re-made by the old rules.
     yield from cleanup_commands(live, udp_ports)
+    if implicit:
+        yield from txn.finish(verify_ssh)

@@ -12,7 +12,6 @@ chains, virtual servers) is decided by the core from the node's facts
 
 from __future__ import annotations
 
-import secrets
 import shlex
 from typing import Sequence
 
@@ -23,12 +22,13 @@ from svcops.facts.cache import marks_changes, node_fact
 from svcops.facts.iptables import NO_IPTABLES, SvcopsIptables
 from svcops.facts.ipvs import SvcopsIpvs
 from svcops.operations.conntrack import cleanup_commands
-from svcops.operations.guard import DEFAULT_ROLLBACK_AFTER, RUN_DIR, guarded
+from svcops.operations import txn
+from svcops.operations.txn import DEFAULT_ROLLBACK_AFTER
 from svcops.operations.util import error, fail
 from svcops.render.conntrack import udp_ports_from_ipvsadm
 from svcops.render.ipvs import DUMMY_INTERFACE as DUMMY
 from svcops.render.ipvs import ipvs_modules
-from svcops.render.ipvs_sync import ipvs_plan, ipvs_removal
+from svcops.render.ipvs_sync import ipvs_plan, ipvs_removal, removal_undo
 
 __all__ = ["rules", "absent"]
 
@@ -71,42 +71,45 @@ def rules(
     if plan.empty:
         host.noop("svcops's IPVS rules are in sync")
         return
-    token = secrets.token_hex(6)
-    d = RUN_DIR
+    implicit = yield from txn.ensure(rollback_after=rollback_after)
+    d = txn.files_dir()
     yield StringCommand(f"mkdir -p {d} && chmod 700 {d}")
     run = ["set -e\n"]
     undo = []
     if plan.prepare:
         run.append(plan.prepare + "\n")
     if plan.addresses:
-        yield StringCommand(f"cat > {d}/addresses.{token}", _stdin=plan.addresses)
-        run.append(f"ip -batch {d}/addresses.{token}\n")
+        yield StringCommand(f"cat > {d}/ipvs.addresses", _stdin=plan.addresses)
+        run.append(f"ip -batch {d}/ipvs.addresses\n")
     if plan.ipset:
-        yield StringCommand(f"cat > {d}/ipset.{token}", _stdin=plan.ipset)
-        run.append(f"ipset restore < {d}/ipset.{token}\n")
+        yield StringCommand(f"cat > {d}/ipvs.ipset", _stdin=plan.ipset)
+        run.append(f"ipset restore < {d}/ipvs.ipset\n")
     if plan.iptables:
-        yield StringCommand(f"cat > {d}/apply.{token}", _stdin=plan.iptables)
-        yield StringCommand(f"cat > {d}/rollback.{token}", _stdin=plan.undo_iptables)
-        run.append(f"iptables-restore -w 5 --noflush {d}/apply.{token}\n")
-        undo.append(f"iptables-restore -w 5 --noflush {d}/rollback.{token}\n")
+        yield StringCommand(f"cat > {d}/ipvs.iptables", _stdin=plan.iptables)
+        yield StringCommand(f"cat > {d}/ipvs.iptables-rollback", _stdin=plan.undo_iptables)
+        run.append(f"iptables-restore -w 5 --noflush {d}/ipvs.iptables\n")
+        undo.append(f"iptables-restore -w 5 --noflush {d}/ipvs.iptables-rollback\n")
     if plan.ipvsadm:
-        yield StringCommand(f"cat > {d}/ipvsadm.{token}", _stdin=plan.ipvsadm)
-        yield StringCommand(f"cat > {d}/undo-ipvsadm.{token}", _stdin=plan.undo_ipvsadm)
+        yield StringCommand(f"cat > {d}/ipvs.ipvsadm", _stdin=plan.ipvsadm)
+        yield StringCommand(f"cat > {d}/ipvs.ipvsadm-undo", _stdin=plan.undo_ipvsadm)
         if plan.iptables:
             # The virtual servers failed after the chains changed: put the chains back.
-            run.append(f"ipvsadm -R < {d}/ipvsadm.{token} || {{ iptables-restore -w 5 --noflush {d}/rollback.{token}; exit 1; }}\n")
+            run.append(f"ipvsadm -R < {d}/ipvs.ipvsadm || {{ iptables-restore -w 5 --noflush {d}/ipvs.iptables-rollback; exit 1; }}\n")
         else:
-            run.append(f"ipvsadm -R < {d}/ipvsadm.{token}\n")
-        undo.insert(0, f"ipvsadm -R < {d}/undo-ipvsadm.{token}\n")
+            run.append(f"ipvsadm -R < {d}/ipvs.ipvsadm\n")
+        undo.insert(0, f"ipvsadm -R < {d}/ipvs.ipvsadm-undo\n")
     if plan.finish:
-        yield StringCommand(f"cat > {d}/stale-addresses.{token}", _stdin=plan.finish)
-        run.append(f"ip -batch {d}/stale-addresses.{token}\n")
-    yield from guarded(token, "".join(run), "".join(undo) or "true\n", rollback_after, verify_ssh)
+        yield StringCommand(f"cat > {d}/ipvs.stale-addresses", _stdin=plan.finish)
+        run.append(f"ip -batch {d}/ipvs.stale-addresses\n")
+    yield StringCommand(f"cat > {d}/ipvs.run", _stdin="".join(run))
+    yield from txn.step("ipvs", f"sh {d}/ipvs.run", "".join(undo) or None)
     if conntrack_cleanup and plan.ipvsadm:
         owned = set(rules.addresses) | set(state.live.addresses)
         before = udp_ports_from_ipvsadm(state.live.ipvsadm, owned, rules.node_addresses)
         after = udp_ports_from_ipvsadm(rules.ipvsadm, owned, rules.node_addresses)
         yield from cleanup_commands(None, after, previous=before)
+    if implicit:
+        yield from txn.finish(verify_ssh)
 
 
 @operation()
@@ -127,11 +130,17 @@ def absent(node_addresses: Sequence[str] = ()):
     if removal.empty:
         host.noop("no svcops IPVS state")
         return
+    # One step, so that the undo (everything back, should this apply be undone) is whole.
+    d = txn.files_dir()
+    run = []
     if removal.ipset:
-        yield StringCommand("ipset restore", _stdin=removal.ipset)
+        yield StringCommand(f"mkdir -p {d} && cat > {d}/ipvs-off.ipset", _stdin=removal.ipset)
+        run.append(f"ipset restore < {d}/ipvs-off.ipset")
     if removal.ipvsadm:
-        yield StringCommand("ipvsadm -R", _stdin=removal.ipvsadm)
+        yield StringCommand(f"mkdir -p {d} && cat > {d}/ipvs-off.ipvsadm", _stdin=removal.ipvsadm)
+        run.append(f"ipvsadm -R < {d}/ipvs-off.ipvsadm")
     if removal.link:
-        yield StringCommand(f"ip link del {shlex.quote(DUMMY)}")
+        run.append(f"ip link del {shlex.quote(DUMMY)}")
     if removal.sysctls:
-        yield StringCommand(removal.sysctls)
+        run.append(removal.sysctls)
+    yield from txn.step("ipvs-off", " && ".join(run), removal_undo(state.live, node_addresses))

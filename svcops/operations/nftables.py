@@ -7,12 +7,10 @@
 
 What to send is the core's decision (`svcops.render.nftables_sync.transactions`, from
 the live table `svcops.facts.nftables.SvcopsNftables` reads); the change runs under
-the SSH guard (`svcops.operations.guard`).
+the node's transaction (`svcops.operations.txn`).
 """
 
 from __future__ import annotations
-
-import secrets
 
 from pyinfra import host
 from pyinfra.api import StringCommand, operation
@@ -20,7 +18,8 @@ from pyinfra.api import StringCommand, operation
 from svcops.facts.cache import marks_changes, node_fact
 from svcops.facts.nftables import SvcopsNftables
 from svcops.operations.conntrack import cleanup_commands
-from svcops.operations.guard import DEFAULT_ROLLBACK_AFTER, RUN_DIR, guarded
+from svcops.operations import txn
+from svcops.operations.txn import DEFAULT_ROLLBACK_AFTER
 from svcops.operations.util import error, fail
 from svcops.render.nftables_sync import (
     LOADER,
@@ -82,26 +81,28 @@ def rules(
     if not txs:
         host.noop("the svcops table is in sync" if rules is not None else "no svcops table")
         return
-    token = secrets.token_hex(6)
-    d = RUN_DIR
-    lib = f"{d}/lib.{token}"
-    yield StringCommand(f"mkdir -p {d} && chmod 700 {d} && cat > {d}/apply.{token}", _stdin=chunked(txs))
+    implicit = yield from txn.ensure(rollback_after=rollback_after)
+    d = txn.files_dir()
+    lib = f"{d}/nft.lib"
+    yield StringCommand(f"mkdir -p {d} && chmod 700 {d} && cat > {d}/nft.apply", _stdin=chunked(txs))
     yield StringCommand(f"cat > {lib}", _stdin=LOADER)
     if not state.live.exists:
-        yield StringCommand(f"cat > {d}/rollback.{token}", _stdin=removal())
+        yield StringCommand(f"cat > {d}/nft.rollback", _stdin=removal())
     elif state.boot_state and state.boot_state == live_fingerprint(state.live):
-        yield StringCommand(f"cp {NFT_FILE} {d}/rollback.{token}")
+        yield StringCommand(f"cp {NFT_FILE} {d}/nft.rollback")
     else:
-        yield StringCommand(f"{{ {ROLLBACK_FROM_LISTING}; }} > {d}/rollback.{token}")
+        yield StringCommand(f"{{ {ROLLBACK_FROM_LISTING}; }} > {d}/nft.rollback")
     run = (
         f". {lib}\n"
-        f"svcops_nft_load {d}/apply.{token}; rc=$?\n"
+        f"svcops_nft_load {d}/nft.apply; rc=$?\n"
         '[ "$rc" = 0 ] && exit 0\n'
         'echo "svcops: nft transaction $rc failed" >&2\n'
         # Transaction 1 failing changed nothing; a later one leaves earlier ones applied.
-        f'if [ "$rc" -gt 1 ]; then svcops_nft_load {d}/rollback.{token} || echo "svcops: the rollback failed too" >&2; fi\n'
+        f'if [ "$rc" -gt 1 ]; then svcops_nft_load {d}/nft.rollback || echo "svcops: the rollback failed too" >&2; fi\n'
         "exit 1\n"
     )
-    undo = f". {lib}\nsvcops_nft_load {d}/rollback.{token}\n"
-    yield from guarded(token, run, undo, rollback_after, verify_ssh)
+    yield StringCommand(f"cat > {d}/nft.run", _stdin=run)
+    yield from txn.step("nftables", f"sh {d}/nft.run", f". {lib}\nsvcops_nft_load {d}/nft.rollback\n")
     yield from cleanup_commands(state.live, udp_ports)
+    if implicit:
+        yield from txn.finish(verify_ssh)

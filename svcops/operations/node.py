@@ -15,11 +15,12 @@ import shlex
 from typing import Sequence
 
 from pyinfra import host
-from pyinfra.api import StringCommand, operation
+from pyinfra.api import operation
 
 from svcops.facts.cache import marks_changes, node_fact
 from svcops.facts.node import SvcopsNodeState
-from svcops.operations.util import fail, write_file
+from svcops.operations import txn
+from svcops.operations.util import fail
 from svcops.render.node_files import NodeFiles, sha256_text
 from svcops.site.model import Announcement, address_label
 
@@ -45,14 +46,16 @@ def files(files: NodeFiles):
     modes = files.modes or {}
     for path, text in files.files.items():
         if state.files.get(path) != sha256_text(text):
-            yield write_file(path, text, modes.get(path, "644"))
+            yield from txn.replace_file(path, text, modes.get(path, "644"))
     gone = [p for p in files.remove if p in state.files]
     if gone:
         # Rule files of the proxy mode the site left.
-        yield StringCommand("rm -f " + " ".join(shlex.quote(p) for p in gone))
+        yield from txn.remove_files(gone)
     link, target = files.link
     if state.unit_link != target:
-        yield StringCommand(f"mkdir -p {shlex.quote(link.rsplit('/', 1)[0])} && ln -sfn {shlex.quote(target)} {shlex.quote(link)}")
+        ln = f"mkdir -p {shlex.quote(link.rsplit('/', 1)[0])} && ln -sfn {shlex.quote(target)} {shlex.quote(link)}"
+        previous = f"ln -sfn {shlex.quote(state.unit_link)} {shlex.quote(link)}" if state.unit_link else f"rm -f {shlex.quote(link)}"
+        yield from txn.step("unit-link", ln, previous + "\n")
 
 
 @operation()
@@ -69,7 +72,8 @@ def ip_forward():
     if state.ip_forward == "1":
         host.noop("net.ipv4.ip_forward is 1")
         return
-    yield "sysctl -q -w net.ipv4.ip_forward=1"
+    undo = f"sysctl -q -w net.ipv4.ip_forward={shlex.quote(state.ip_forward)}\n" if state.ip_forward else None
+    yield from txn.step("ip-forward", "sysctl -q -w net.ipv4.ip_forward=1", undo)
 
 
 @operation()
@@ -93,7 +97,15 @@ def static_address(address: str | None, prefixlen: int, interface: str):
     if any(a.address == address and a.prefixlen == prefixlen and a.interface == interface for a in state.addresses):
         host.noop(f"{address}/{prefixlen} is on {interface}")
         return
-    yield f"ip addr replace {shlex.quote(f'{address}/{prefixlen}')} dev {shlex.quote(interface)}"
+    dev = shlex.quote(interface)
+    before = [a for a in state.addresses if a.address == address and a.interface == interface]
+    # The address was not there (else it could be the session's): taking it off again is safe.
+    undo = (
+        f"ip addr replace {shlex.quote(f'{address}/{before[0].prefixlen}')} dev {dev}\n"
+        if before
+        else f"ip addr del {shlex.quote(f'{address}/{prefixlen}')} dev {dev} 2>/dev/null || true\n"
+    )
+    yield from txn.step("static-address", f"ip addr replace {shlex.quote(f'{address}/{prefixlen}')} dev {dev}", undo)
 
 
 def _arping(address: str, interface: str) -> str:
@@ -129,7 +141,12 @@ def lb_addresses(announced: Sequence[Announcement], recorded: Sequence[str] = ()
             continue
         label = a.label
         lbl = f" label {shlex.quote(label)}" if label else ""
-        yield f"ip addr replace {shlex.quote(a.address + '/32')} dev {shlex.quote(a.interface)}{lbl} && {_arping(a.address, a.interface)}"
+        addr, dev = shlex.quote(a.address + "/32"), shlex.quote(a.interface)
+        yield from txn.step(
+            "lb-address",
+            f"ip addr replace {addr} dev {dev}{lbl} && {_arping(a.address, a.interface)}",
+            f"ip addr del {addr} dev {dev} 2>/dev/null || true\n",
+        )
     recorded_set = set(recorded) | set(state.announced)
     # Never the address this connection came in on, whatever a record says.
     session = host.data.get("ssh_hostname") or host.name
@@ -137,4 +154,6 @@ def lb_addresses(announced: Sequence[Announcement], recorded: Sequence[str] = ()
         if (addr.address, addr.interface) in wanted or addr.prefixlen != 32 or addr.address == session:
             continue
         if addr.label == address_label(addr.interface) or addr.address in recorded_set:
-            yield f"ip addr del {shlex.quote(f'{addr.address}/{addr.prefixlen}')} dev {shlex.quote(addr.interface)}"
+            a, dev = shlex.quote(f"{addr.address}/{addr.prefixlen}"), shlex.quote(addr.interface)
+            lbl = f" label {shlex.quote(addr.label)}" if addr.label else ""
+            yield from txn.step("lb-address-off", f"ip addr del {a} dev {dev}", f"ip addr replace {a} dev {dev}{lbl}\n")

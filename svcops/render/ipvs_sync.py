@@ -45,7 +45,7 @@ from svcops.render.ipvs import (
     parse_ipvsadm_save,
 )
 
-__all__ = ["applied_state", "IpvsLive", "IpvsPlan", "ipvs_plan", "ipvs_removal", "IpvsRemoval", "ipvsadm_edit", "ipset_payload", "parse_ipset_save"]
+__all__ = ["applied_state", "IpvsLive", "IpvsPlan", "ipvs_plan", "ipvs_removal", "IpvsRemoval", "removal_undo", "ipvsadm_edit", "ipset_payload", "parse_ipset_save"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,3 +272,30 @@ def applied_state(rules: IpvsRules, modules: Iterable[str] = ()) -> IpvsLive:
         save.extend(f"add {name} {e}" for e in entries)
     sets, members = parse_ipset_save("\n".join(save))
     return IpvsLive(True, rules.addresses, sets, members, rules.ipvsadm, dict(SYSCTLS), frozenset(modules))
+
+
+def removal_undo(live: IpvsLive, node_addresses: Iterable[str]) -> str:
+    """A shell script that gives back what `ipvs_removal` takes off a node in state
+    `live` (the undo of leaving IPVS mode, should the apply that leaves it be undone):
+    the dummy interface and its addresses, svcops's sets with their members, its
+    virtual servers, and IPVS mode's values of the ARP sysctls."""
+    out: list[str] = []
+    if live.link:
+        out.append(f"ip link show {DUMMY_INTERFACE} >/dev/null 2>&1 || ip link add {DUMMY_INTERFACE} type dummy\n")
+        if live.addresses:
+            batch = "".join(f"address replace {a}/32 dev {DUMMY_INTERFACE}\n" for a in live.addresses)
+            out.append(f"ip -batch - <<'SVCOPS_EOF'\n{batch}SVCOPS_EOF\n")
+    if live.sets:
+        lines = [f"create {n} {opts}\n" for n, opts in sorted(live.sets.items())]
+        lines += [f"add {n} {e}\n" for n in sorted(live.members) for e in sorted(live.members[n])]
+        out.append(f"ipset restore -exist <<'SVCOPS_EOF'\n{''.join(lines)}SVCOPS_EOF\n")
+    mine = set(live.addresses) | set(node_addresses)
+    back = ipvsadm_edit(live.ipvsadm, "", lambda a, p: a in mine) if live.ipvsadm else ""
+    if back:
+        out.append(f"ipvsadm -R <<'SVCOPS_EOF'\n{back}SVCOPS_EOF\n")
+    if live.before:
+        ipvs_values = " ".join(f"{k}={v}" for k, v in sorted(live.sysctls.items()) if k in live.before)
+        out.append(_keep_before(live.before) + "\n")
+        if ipvs_values:
+            out.append(f"sysctl -q -w {ipvs_values}\n")
+    return "".join(out)
