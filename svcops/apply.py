@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, TextIO
+
+import click
 
 __all__ = [
     "NodeResult",
@@ -304,9 +307,60 @@ def _result(n: str, h, metas, state, interrupted: bool) -> NodeResult:
     return NodeResult(n, "failed", [f"{what}; rolled back" if g.changed else f"{what}; nothing was changed"])
 
 
+class _QuietStatus:
+    """A logging filter dropping pyinfra's bare per-host "Success" / "No changes" lines:
+    with every node on its own pace they would not say which operation they are about;
+    `_run_each_node` prints its own, naming it."""
+
+    _BARE = re.compile(r"^\s*\[[^\]]*\]\s*(Success|No changes)\s*$")
+
+    def filter(self, record) -> bool:
+        return not self._BARE.match(click.unstyle(record.getMessage()))
+
+
+def _run_each_node(state) -> None:
+    """Every node runs its own operations in order, without waiting for the others at
+    each operation (as pyinfra's default does): a slow or unreachable node holds up
+    nobody else. A node stops at its first failed operation."""
+    import gevent
+    from pyinfra import logger
+    from pyinfra.api.exceptions import PyinfraError
+    from pyinfra.api.operations import run_host_op
+    from pyinfra.context import ctx_host, ctx_state
+
+    state.is_executing = True
+    order = state.get_op_order()
+
+    def one(h) -> bool:
+        with ctx_state.use(state), ctx_host.use(h):
+            for op in order:
+                ok = run_host_op(state, h, op)
+                meta = state.get_op_meta(op)
+                name = ", ".join(sorted(meta.names)) or "operation"
+                if ok:
+                    changed = state.get_op_data_for_host(h, op).operation_meta.did_change()
+                    word = click.style("changed", "green") if changed else click.style("no change", "cyan")
+                    logger.info(f"{h.print_prefix}{name}: {word}")
+                else:
+                    logger.info(f"{h.print_prefix}{name}: {click.style('failed', 'red')}")
+                    return False
+        return True
+
+    quiet = _QuietStatus()
+    logger.addFilter(quiet)
+    try:
+        greenlets = {state.pool.spawn(one, h): h for h in list(state.inventory.get_active_hosts())}
+        gevent.joinall(list(greenlets))
+    finally:
+        logger.removeFilter(quiet)
+    try:
+        state.fail_hosts({h for g, h in greenlets.items() if not (g.successful() and g.value)})
+    except PyinfraError:
+        pass  # "No hosts remaining!": every node failed; each is reported on its own
+
+
 def _run_batch(opts: ApplyOptions, plan, names: list[str], interrupt: "_Interrupt | None" = None) -> dict[str, NodeResult]:
     from pyinfra.api.exceptions import PyinfraError
-    from pyinfra.api.operations import run_ops
     from pyinfra.api.state import StateStage
     from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 
@@ -330,12 +384,7 @@ def _run_batch(opts: ApplyOptions, plan, names: list[str], interrupt: "_Interrup
                     with ctx_host.use(h):
                         metas[h.name] = node_operations(plan.node(h.name), options=options)
             state.set_stage(StateStage.Execute)
-            try:
-                # no_wait: each node runs its own operations, so a slow or unreachable node
-                # holds up nobody else.
-                run_ops(state, no_wait=True)
-            except PyinfraError:
-                pass  # "No hosts remaining!": every host failed; reported per node
+            _run_each_node(state)
         interrupted = txn.STOPPING.is_set()
         for n in names:
             h = inventory.get_host(n)

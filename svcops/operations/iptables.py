@@ -93,7 +93,7 @@ def rules(
     apply_path = f"{d}/iptables.apply"
     txs = restore_transactions(rules, live, chunk)
     payload = "".join(txs)
-    yield StringCommand(f"mkdir -p {d} && chmod 700 {d} && cat > {apply_path}", _stdin=payload)
+    yield StringCommand(f"{txn.dir_ready(d)} && cat > {apply_path}", _stdin=payload)
     restore = f"iptables-restore -w 5 --noflush {apply_path}"
     after = None  # the state after the apply, simulated once for both rollbacks
     if len(txs) > 1:

@@ -73,7 +73,7 @@ def rules(
         return
     implicit = yield from txn.ensure(rollback_after=rollback_after)
     d = txn.files_dir()
-    yield StringCommand(f"mkdir -p {d} && chmod 700 {d}")
+    yield StringCommand(txn.dir_ready(d))
     run = ["set -e\n"]
     undo = []
     if plan.prepare:
@@ -134,10 +134,10 @@ def absent(node_addresses: Sequence[str] = ()):
     d = txn.files_dir()
     run = []
     if removal.ipset:
-        yield StringCommand(f"mkdir -p {d} && cat > {d}/ipvs-off.ipset", _stdin=removal.ipset)
+        yield StringCommand(f"{txn.dir_ready(d)} && cat > {d}/ipvs-off.ipset", _stdin=removal.ipset)
         run.append(f"ipset restore < {d}/ipvs-off.ipset")
     if removal.ipvsadm:
-        yield StringCommand(f"mkdir -p {d} && cat > {d}/ipvs-off.ipvsadm", _stdin=removal.ipvsadm)
+        yield StringCommand(f"{txn.dir_ready(d)} && cat > {d}/ipvs-off.ipvsadm", _stdin=removal.ipvsadm)
         run.append(f"ipvsadm -R < {d}/ipvs-off.ipvsadm")
     if removal.link:
         run.append(f"ip link del {shlex.quote(DUMMY)}")

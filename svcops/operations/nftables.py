@@ -84,7 +84,7 @@ def rules(
     implicit = yield from txn.ensure(rollback_after=rollback_after)
     d = txn.files_dir()
     lib = f"{d}/nft.lib"
-    yield StringCommand(f"mkdir -p {d} && chmod 700 {d} && cat > {d}/nft.apply", _stdin=chunked(txs))
+    yield StringCommand(f"{txn.dir_ready(d)} && cat > {d}/nft.apply", _stdin=chunked(txs))
     yield StringCommand(f"cat > {lib}", _stdin=LOADER)
     if not state.live.exists:
         yield StringCommand(f"cat > {d}/nft.rollback", _stdin=removal())

@@ -372,7 +372,11 @@ def ensure(lock_timeout=DEFAULT_LOCK_TIMEOUT, rollback_after=DEFAULT_ROLLBACK_AF
     """For an operation used on its own: open a transaction when none is open (a
     generator: ``implicit = yield from txn.ensure()``; True when it opened one)."""
     h = ctx_host.get()
-    if current(h) is not None or not _executing():
+    g = _GUARDS.get(h)
+    if g is not None and g.status != "open":
+        yield error(f"svcops: this node's apply was stopped ({g.status}); nothing more is changed")
+        return False
+    if g is not None or not _executing():
         return False
     why = _open(h, lock_timeout, rollback_after, DEFAULT_NODE_TIMEOUT, DEFAULT_STEP_DEADLINE)
     if why:
@@ -402,9 +406,13 @@ def step(what: str, change: str, undo: str | None = None, stdin: str | None = No
     stdin:  the change's standard input
 
     Outside a transaction (a plain pyinfra deploy without `begin`), just the change."""
-    g = current()
+    g = _GUARDS.get(ctx_host.get())
     if g is None:
         yield StringCommand(change, _stdin=stdin) if stdin is not None else StringCommand(change)
+        return
+    if g.status != "open":
+        # The transaction ended (rolled back, unreachable, interrupted): nothing more.
+        yield error(f"svcops: this node's apply was stopped ({g.status}); nothing more is changed")
         return
     g.seq += 1
     g.changed = True
@@ -517,3 +525,13 @@ def remove_files(paths):
 # Set by `svcops apply` on Ctrl-C: no transaction may begin any more (one that gets its
 # lock afterwards gives it back at once).
 STOPPING = gevent.event.Event()
+
+
+def dir_ready(d: str) -> str:
+    """Shell that makes sure `d` (from `files_dir`) can take an operation's files: inside
+    a transaction only while it is armed (an upload never re-creates the folder of a
+    transaction that ended); outside one, the folder is made."""
+    g = current()
+    if g is not None and d == txn_dir(g.token):
+        return f'{{ [ -e {d}/armed ] || {{ echo "svcops: this apply was stopped on the node" >&2; exit 1; }}; }}'
+    return f"mkdir -p {d} && chmod 700 {d}"

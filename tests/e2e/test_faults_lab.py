@@ -244,15 +244,14 @@ def test_05_a_step_that_fails_late_undoes_the_whole_node(on_a, proxy_mode):
     sh("node3", f"mkdir -p {boot}.svcops-tmp")
     try:
         r = apply(on_a["B"], "--rollback-after", "5", check=False)
-        assert r.returncode == 1
-        st = results(r)
-        assert st == {"node1": "changed", "node2": "changed", "node3": "failed"}, r.stdout
-        assert "rolled back" in r.stdout, r.stdout
         settle()
-        assert whole(on_a, "node3") == "A"
-        assert whole(on_a, "node1") == whole(on_a, "node2") == "B"
     finally:
         sh("node3", f"rmdir {boot}.svcops-tmp")
+    assert r.returncode == 1
+    assert results(r) == {"node1": "changed", "node2": "changed", "node3": "failed"}, r.stdout
+    assert "persisted files failed; rolled back" in r.stdout, r.stdout
+    assert whole(on_a, "node3") == "A"
+    assert whole(on_a, "node1") == whole(on_a, "node2") == "B"
     r = apply(on_a["B"], "--rollback-after", "5")
     assert results(r)["node3"] == "changed"
     assert whole(on_a, "node3") == "B"
