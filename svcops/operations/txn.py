@@ -316,12 +316,12 @@ _GUARDS: "weakref.WeakKeyDictionary[object, NodeGuard]" = weakref.WeakKeyDiction
 
 def guard_of(h) -> NodeGuard | None:
     """The transaction of host `h` in this run (open or finished), if any."""
-    return _GUARDS.get(h)
+    return _GUARDS.get(h) if h is not None else None
 
 
 def current(h=None) -> NodeGuard | None:
     """The open transaction of the current host (None outside one)."""
-    g = _GUARDS.get(h if h is not None else ctx_host.get())  # type: ignore[attr-defined]
+    g = guard_of(h if h is not None else ctx_host.get())
     return g if g is not None and g.status == "open" else None
 
 
@@ -372,7 +372,7 @@ def ensure(lock_timeout=DEFAULT_LOCK_TIMEOUT, rollback_after=DEFAULT_ROLLBACK_AF
     """For an operation used on its own: open a transaction when none is open (a
     generator: ``implicit = yield from txn.ensure()``; True when it opened one)."""
     h = ctx_host.get()
-    g = _GUARDS.get(h)
+    g = guard_of(h)
     if g is not None and g.status != "open":
         yield error(f"svcops: this node's apply was stopped ({g.status}); nothing more is changed")
         return False
@@ -406,7 +406,7 @@ def step(what: str, change: str, undo: str | None = None, stdin: str | None = No
     stdin:  the change's standard input
 
     Outside a transaction (a plain pyinfra deploy without `begin`), just the change."""
-    g = _GUARDS.get(ctx_host.get())
+    g = guard_of(ctx_host.get())
     if g is None:
         yield StringCommand(change, _stdin=stdin) if stdin is not None else StringCommand(change)
         return
@@ -430,7 +430,7 @@ def token() -> str | None:
 
 def abort(h, why: str = "") -> str:
     """Undo host `h`'s open transaction now (see `NodeGuard.abort`); its outcome."""
-    g = _GUARDS.get(h)
+    g = guard_of(h)
     return g.abort(why) if g is not None else "none"
 
 

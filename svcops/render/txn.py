@@ -54,18 +54,18 @@ HOLDER_FILE = f"{RUN_DIR}/holder"
 BUSY_EXIT = 75  # EX_TEMPFAIL: another apply holds the node
 
 
-def txn_dir(token: str) -> str:
+def txn_dir(token: str, run_dir: str = RUN_DIR) -> str:
     """The folder of one apply's transaction on a node."""
-    return f"{RUN_DIR}/txn.{token}"
+    return f"{run_dir}/txn.{token}"
 
 
-def undo_path(token: str, seq: int, what: str) -> str:
+def undo_path(token: str, seq: int, what: str, run_dir: str = RUN_DIR) -> str:
     """Where step `seq` of the transaction keeps its undo script (run newest first)."""
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in what)[:40]
-    return f"{txn_dir(token)}/undo/{seq:04d}-{safe}"
+    return f"{txn_dir(token, run_dir)}/undo/{seq:04d}-{safe}"
 
 
-def guard_script() -> str:
+def guard_script(run_dir: str = RUN_DIR) -> str:
     """The node guard (see the module's docstring); bash, run as
     ``bash -c SCRIPT svcops-guard TOKEN WAIT SILENCE DEADLINE HOLDER``:
 
@@ -74,7 +74,7 @@ def guard_script() -> str:
     DEADLINE  seconds an undo script may run
     HOLDER    who this apply is, for the next one that has to wait
     """
-    d = RUN_DIR
+    d = shlex.quote(run_dir)
     return f"""\
 token=$1 wait=$2 silence=$3 deadline=$4 holder=$5
 D={d}
@@ -146,10 +146,10 @@ done
 """
 
 
-def step_command(token: str, change: str, deadline: int) -> str:
+def step_command(token: str, change: str, deadline: int, run_dir: str = RUN_DIR) -> str:
     """`change` (a shell command) as one step of the transaction: under the step lock,
     only while the transaction is armed, bounded by `deadline` seconds on the node."""
-    t = txn_dir(token)
+    t = txn_dir(token, run_dir)
     body = (
         f'[ -e {t}/armed ] || {{ echo "svcops: this apply was stopped on the node (rolled back or committed); '
         f'nothing more is changed" >&2; exit 1; }}\n{change}'
@@ -158,10 +158,10 @@ def step_command(token: str, change: str, deadline: int) -> str:
     return f"flock -o {t}/step timeout -k 5 {int(deadline)} sh -c {shlex.quote(body)}"
 
 
-def commit_command(token: str) -> str:
+def commit_command(token: str, run_dir: str = RUN_DIR) -> str:
     """Run through a *fresh* SSH connection: commit (the rename fails when the guard
     already undid the apply)."""
-    t = txn_dir(token)
+    t = txn_dir(token, run_dir)
     return f"mv {t}/armed {t}/committed || {{ echo 'svcops: the node already rolled this apply back' >&2; exit 3; }}"
 
 

@@ -1,13 +1,198 @@
-"""The SSH guard's dead-man switch (`svcops.operations.guard`): it fires only while still armed.
+"""The node guard (`svcops.render.txn`), run for real with bash in a folder of its own:
+it holds the node, undoes its apply unless committed (on abort, end of input, or
+silence), waits for a step in progress before undoing, refuses steps once it is over,
+repairs what a killed guard left, and cancels older svcops's dead-man switches.
 """
 
 from __future__ import annotations
 
-from svcops.operations.guard import deadman_script
+import os
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from svcops.render.txn import BUSY_EXIT, commit_command, guard_script, step_command, txn_dir, undo_path
+
+pytestmark = pytest.mark.skipif(not shutil.which("flock") or not shutil.which("bash"), reason="needs bash and flock")
 
 
-def test_deadman_script_fires_only_if_still_armed():
-    text = deadman_script("abc123", 45)
-    assert "sleep 45" in text
-    assert "if mv /run/svcops/armed.abc123 /run/svcops/fired.abc123 2>/dev/null; then" in text
-    assert "iptables-restore -w 5 --noflush /run/svcops/rollback.abc123" in text
+class Guard:
+    """One guard process, spoken to as the controller does."""
+
+    def __init__(self, run: Path, token: str, wait: int = 5, silence: int = 30, holder: str = "tester pid 1"):
+        self.run, self.token = run, token
+        self.p = subprocess.Popen(
+            ["bash", "-c", guard_script(str(run)), "svcops-guard", token, str(wait), str(silence), "20", holder],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )  # fmt: skip
+
+    def word(self, seconds: float = 10) -> str | None:
+        ready, _, _ = select.select([self.p.stdout], [], [], seconds)
+        return self.p.stdout.readline().strip() if ready else None
+
+    def say(self, word: str) -> None:
+        self.p.stdin.write(word + "\n")
+        self.p.stdin.flush()
+
+    @property
+    def dir(self) -> Path:
+        return Path(txn_dir(self.token, str(self.run)))
+
+    def undo(self, seq: int, script: str) -> None:
+        Path(undo_path(self.token, seq, f"s{seq}", str(self.run))).write_text(script)
+
+    def step(self, change: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", "-c", step_command(self.token, change, 20, str(self.run))], capture_output=True, text=True, timeout=30)
+
+    def end(self) -> int:
+        try:
+            self.p.stdin.close()
+        except BrokenPipeError:
+            pass
+        return self.p.wait(30)
+
+
+@pytest.fixture
+def run(tmp_path):
+    return tmp_path / "run"
+
+
+def test_it_holds_the_node_and_a_second_one_is_told_who_holds_it(run):
+    a = Guard(run, "aaaa", holder="alice@ops pid 7 (svcops apply)")
+    assert a.word() == "locked"
+    b = Guard(run, "bbbb", wait=1)
+    assert b.word() == "busy alice@ops pid 7 (svcops apply)"
+    assert b.p.wait(10) == BUSY_EXIT
+    a.say("done")
+    assert a.p.wait(10) == 0
+    c = Guard(run, "cccc", wait=1)
+    assert c.word() == "locked"  # the lock went with the first guard
+    c.end()
+
+
+def test_end_of_input_undoes_every_step_newest_first(run, tmp_path):
+    log = tmp_path / "log"
+    g = Guard(run, "t1")
+    assert g.word() == "locked"
+    for i in (1, 2, 3):
+        g.undo(i, f"echo undo{i} >> {log}\n")
+        assert g.step(f"echo step{i} >> {log}").returncode == 0
+    g.end()  # the controller went away without committing
+    assert log.read_text().split() == ["step1", "step2", "step3", "undo3", "undo2", "undo1"]
+    assert not g.dir.exists()
+    assert not (run / "holder").exists()
+
+
+def test_a_commit_through_another_connection_means_nothing_is_undone(run, tmp_path):
+    log = tmp_path / "log"
+    g = Guard(run, "t2")
+    assert g.word() == "locked"
+    g.undo(1, f"echo undo >> {log}\n")
+    assert g.step(f"echo step >> {log}").returncode == 0
+    assert subprocess.run(["sh", "-c", commit_command("t2", str(run))]).returncode == 0
+    g.end()
+    assert log.read_text().split() == ["step"]
+    # A commit after the guard undid the apply fails (the node went back).
+    assert subprocess.run(["sh", "-c", commit_command("t2", str(run))], capture_output=True).returncode != 0
+
+
+def test_abort_answers_and_later_steps_are_refused(run, tmp_path):
+    log = tmp_path / "log"
+    g = Guard(run, "t3")
+    assert g.word() == "locked"
+    g.undo(1, f"echo undo >> {log}\n")
+    assert g.step(f"echo step >> {log}").returncode == 0
+    g.say("abort")
+    assert g.word() == "rolled-back"
+    r = g.step(f"echo late >> {log}")
+    assert r.returncode != 0 and "stopped" in r.stderr
+    g.say("abort")
+    assert g.word() == "nothing"  # undone once only
+    g.say("done")
+    assert g.p.wait(10) == 0
+    assert log.read_text().split() == ["step", "undo"]
+
+
+def test_silence_undoes_the_apply_by_itself(run, tmp_path):
+    log = tmp_path / "log"
+    g = Guard(run, "t4", silence=2)
+    assert g.word() == "locked"
+    g.undo(1, f"echo undo >> {log}\n")
+    assert g.step(f"echo step >> {log}").returncode == 0
+    g.say("ping")
+    assert g.word() == "pong"
+    # No word for two seconds: the guard takes the controller for gone.
+    assert g.p.wait(15) == 0
+    assert log.read_text().split() == ["step", "undo"]
+
+
+def test_the_undo_waits_for_a_step_in_progress(run, tmp_path):
+    log = tmp_path / "log"
+    g = Guard(run, "t5")
+    assert g.word() == "locked"
+    g.undo(1, f"echo undo >> {log}\n")
+    slow = subprocess.Popen(["sh", "-c", step_command("t5", f"sleep 1; echo step >> {log}", 20, str(run))])
+    time.sleep(0.3)
+    g.say("abort")
+    assert g.word() == "rolled-back"
+    assert slow.wait(10) == 0
+    assert log.read_text().split() == ["step", "undo"]  # never the undo before the step's end
+    g.end()
+
+
+def test_a_failed_undo_is_said_and_its_output_kept(run):
+    g = Guard(run, "t6")
+    assert g.word() == "locked"
+    g.undo(1, "echo 'cannot put it back' >&2; exit 1\n")
+    assert g.step("true").returncode == 0
+    g.say("abort")
+    assert g.word() == "undo-failed"
+    g.say("done")
+    g.p.wait(10)
+    assert "cannot put it back" in (run / "undo-t6.log").read_text()
+
+
+def test_what_a_killed_guard_left_is_undone_before_the_next_apply(run, tmp_path):
+    log = tmp_path / "log"
+    g = Guard(run, "t7")
+    assert g.word() == "locked"
+    g.undo(1, f"echo undo-old >> {log}\n")
+    assert g.step(f"echo step-old >> {log}").returncode == 0
+    g.p.kill()  # the guard itself is killed: nothing undoes its apply...
+    g.p.wait(10)
+    nxt = Guard(run, "t8")
+    # ...until the next apply's guard, which repairs it before it says it holds the node.
+    assert nxt.word() == "repaired txn.t7 rolled-back"
+    assert nxt.word() == "locked"
+    assert log.read_text().split() == ["step-old", "undo-old"]
+    assert not Path(txn_dir("t7", str(run))).exists()
+    nxt.end()
+
+
+def test_an_older_svcops_dead_man_switch_is_cancelled_and_never_fires(run, tmp_path):
+    run.mkdir(parents=True)
+    fired = tmp_path / "fired"
+    # Older svcops: a detached timer that undoes its apply unless armed.TOKEN is gone.
+    (run / "armed.old1").write_text("")
+    timer = subprocess.Popen(
+        ["setsid", "sh", "-c", f"echo $$ > {run}/pid.old1; sleep 2; mv {run}/armed.old1 {run}/fired.old1 && touch {fired}"],
+    )
+    time.sleep(0.3)
+    g = Guard(run, "t9")
+    assert g.word() == "locked"
+    timer.wait(10)
+    assert not fired.exists()
+    assert (run / "cancelled.old1").exists()
+    g.end()
+
+
+def test_a_step_outside_an_armed_transaction_runs_nothing(run, tmp_path):
+    run.mkdir(parents=True)
+    os.makedirs(txn_dir("gone", str(run)))
+    r = subprocess.run(["sh", "-c", step_command("gone", f"touch {tmp_path}/ran", 20, str(run))], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert not (tmp_path / "ran").exists()
