@@ -182,7 +182,7 @@ def _disconnect(state) -> None:
         pass
 
 
-def _gather(state, plan) -> dict:
+def _gather(state, plan, node_timeout: float, timeout: int) -> dict:
     """Facts of every connected host, in parallel; name -> NodeDiff (or an error text)."""
     import gevent
     from pyinfra.context import ctx_host, ctx_state
@@ -194,15 +194,16 @@ def _gather(state, plan) -> dict:
     from svcops.facts.nftables import SvcopsNftables
     from svcops.facts.node import SvcopsNodeState
     from svcops.nodediff import node_diff
+    from svcops.operations.txn import Pulse
 
     hosts = [h for h in state.inventory if h in state.active_hosts]
 
     def one(h):
         with ctx_state.use(state), ctx_host.use(h):
             # One round trip; a part that failed is read again on its own (pyinfra reports it).
-            got = h.get_fact(SvcopsFacts) or {}
+            got = h.get_fact(SvcopsFacts, _timeout=timeout) or {}
             live, node_state, nft, ipvs, dns = (
-                got[cls.__name__] if cls.__name__ in got else h.get_fact(cls)
+                got[cls.__name__] if cls.__name__ in got else h.get_fact(cls, _timeout=timeout)
                 for cls in (SvcopsIptables, SvcopsNodeState, SvcopsNftables, SvcopsIpvs, SvcopsDns)
             )
         if live is None or node_state is None or nft is None or ipvs is None or dns is None:
@@ -210,7 +211,18 @@ def _gather(state, plan) -> dict:
         session = h.data.get("ssh_hostname") or h.name
         return node_diff(plan.node(h.name), live, node_state, session, nft, ipvs, dns)
 
-    greenlets = {state.pool.spawn(one, h): h for h in hosts}
+    def watched(h):
+        try:
+            pulse = Pulse(h, node_timeout)
+        except Exception as e:
+            return f"could not read the node's state: {type(e).__name__}: {e}"
+        try:
+            got = one(h)
+        finally:
+            pulse.stop()
+        return "unreachable: it stopped answering while its state was read" if pulse.lost else got
+
+    greenlets = {state.pool.spawn(watched, h): h for h in hosts}
     gevent.joinall(list(greenlets))
     out = {}
     for g, h in greenlets.items():
@@ -223,7 +235,8 @@ def _dry(opts: ApplyOptions, plan, names: list[str], out: TextIO) -> tuple[dict,
     state, _ = _make_state(opts.inventory, names)
     try:
         _connect(state)
-        diffs = _gather(state, plan)
+        o = opts.txn()
+        diffs = _gather(state, plan, o.node_timeout, o.deadline)
     finally:
         _disconnect(state)
     unreachable = [n for n in names if n not in diffs]

@@ -208,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
             "over SSH with pyinfra: one `iptables-restore --noflush` of the svcops chains that differ,\n"
             "the load-balancer addresses it announces, its static address, ip_forward, and the files\n"
             "that restore all of it at boot (svcops-rules.service). A node already in sync gets no\n"
-            "command. After the restore svcops logs in afresh; if it cannot, the node's previous\n"
-            "rules come back (a dead-man switch on the node does it even if svcops is gone).\n\n"
+            "command. Each node is one transaction: after the change svcops logs in afresh and\n"
+            "commits; if it cannot, or anything fails, the node's previous state comes back (the\n"
+            "node itself does it when svcops is killed or cut off).\n\n"
             "Without -y: with a terminal, the per-node diff is shown and svcops asks; without one,\n"
             "it refuses. Host keys are checked strictly unless the inventory says otherwise."
         ),

@@ -29,9 +29,14 @@ The modules:
     dns         server: pdns-recursor for the cluster domain and resolv.conf;
                 absent: svcops's DNS taken off again
     conntrack   the stale-UDP-flow cleanup the rule operations run after a change
-    guard       the SSH dead-man switch every rule operation runs under
+    txn         begin / commit: the node's transaction (its lock, undoable steps, the
+                guard that undoes them unless a fresh SSH login commits)
+    guard       fresh SSH logins (the commit's proof that the rules let operators in)
     util        small command builders they share
 
 `svcops.deploy.node_operations` picks the rule operations from the site's
-``proxyMode``; the other modes' operations then remove what their mode left.
+``proxyMode``; the other modes' operations then remove what their mode left; it puts
+``txn.begin`` first and ``txn.commit`` last. A rule operation used on its own (no
+``txn.begin`` before it) is its own transaction, deciding from facts read before it
+takes the node's lock; the others then change the node without a transaction.
 """

@@ -50,7 +50,7 @@ def rules(
     A node that cannot do IPVS (no module ip_vs or dummy, no ipvsadm or ipset) fails
     with what it lacks, and nothing is changed: run this operation first.
 
-    SSH safety as in iptables mode: the dead-man switch's rollback restores the
+    SSH safety as in iptables mode: the transaction's undo restores the
     previous iptables chains and virtual servers.
 
     + conntrack_cleanup: after the change, delete the conntrack entries of UDP flows

@@ -535,3 +535,46 @@ def dir_ready(d: str) -> str:
     if g is not None and d == txn_dir(g.token):
         return f'{{ [ -e {d}/armed ] || {{ echo "svcops: this apply was stopped on the node" >&2; exit 1; }}; }}'
     return f"mkdir -p {d} && chmod 700 {d}"
+
+
+class Pulse:
+    """A heartbeat to a node outside any transaction (`svcops apply --dry` reading
+    facts): an echo loop on its own channel; a node silent for `node_timeout` seconds
+    has its connection cut, so that nothing waits on it any longer."""
+
+    _ECHO = "while read -r -t 600 w; do echo pong; done"
+
+    def __init__(self, h, node_timeout: float = DEFAULT_NODE_TIMEOUT):
+        self.lost = False
+        self._last = time.monotonic()
+        self._link = _Link(getattr(h, "connector", None), ["bash", "-c", self._ECHO])
+        self._greenlets = [gevent.spawn(self._read), gevent.spawn(self._beat, h, node_timeout)]
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self._link.recv()
+            except Exception:
+                data = b""
+            if not data:
+                return
+            self._last = time.monotonic()
+
+    def _beat(self, h, node_timeout: float) -> None:
+        while True:
+            gevent.sleep(HEARTBEAT)
+            try:
+                self._link.send("ping\n")
+            except Exception:
+                pass
+            silent = time.monotonic() - self._last
+            if silent > node_timeout:
+                self.lost = True
+                h.log_styled(f"svcops: the node has not answered for {silent:.0f} s: unreachable", fg="red", log_func=logger.error)
+                self._link.cut()
+                return
+
+    def stop(self) -> None:
+        for g in self._greenlets:
+            g.kill(block=False)
+        self._link.close()

@@ -117,9 +117,9 @@ def rollback_payload(
 ) -> str:
     """The `iptables-restore --noflush` payload that undoes applying `rules` to `live`.
 
-    Computed on the controller before the apply, uploaded with it, and run by the
-    node's dead-man switch (or by the controller) when the fresh SSH connection fails
-    after the apply. Applying `restore_payload(rules, live)` and then this payload gives
+    Computed on the controller before the apply, uploaded with it, and run as the
+    rules step's undo by the node's guard (`svcops.render.txn`) when the apply is not
+    committed. Applying `restore_payload(rules, live)` and then this payload gives
     back exactly `live`'s svcops chains, their rules and the order of svcops's jumps
     (a jump re-inserted goes to the top of its built-in chain); foreign rules are never
     named.

@@ -28,7 +28,7 @@ The unit is enabled by creating its ``multi-user.target.wants`` symlink directly
 in a container or the lab. Every file lives under ``/etc`` (``/etc/svcops``,
 ``/etc/systemd/system``, ``/etc/sysctl.d``, ``/etc/network/interfaces.d``): that is
 what a node's configuration management owns, and in the lab each node has its own
-``/etc``. (The dead-man switch's files are `svcops.operations.guard`'s, in ``/run/svcops``.)
+``/etc``. (An apply's transaction lives in ``/run/svcops``: `svcops.render.txn`.)
 """
 
 from __future__ import annotations

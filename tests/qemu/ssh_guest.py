@@ -1,7 +1,7 @@
 """A guest svcops can push to over SSH: Debian's kernel under qemu (TCG) with sshd.
 
 The harness's guest (tests/qemu/harness.py) plus OpenSSH's sshd, dash as root's shell,
-util-linux's setsid (the dead-man switch runs `setsid -f`), virtio-net, and qemu's
+util-linux's setsid and flock, bash and coreutils' timeout (svcops's node guard), virtio-net, and qemu's
 user network, restricted (the guest reaches nothing outside) with one forward: the
 host's 127.0.0.1:PORT to the guest's sshd. Keys are made for each run: a host key
 (written to a known_hosts file for strict checking) and a client key.
@@ -22,7 +22,11 @@ from pathlib import Path
 import harness
 
 SSH_MODULES = ("virtio_pci", "virtio_net")
-SSH_BINARIES = ("/usr/sbin/sshd", "/usr/lib/openssh/sftp-server", "/usr/bin/setsid", "/usr/bin/dash")
+# bash, flock and timeout: svcops's node guard and its steps (Debian has all three on every node).
+SSH_BINARIES = (
+    "/usr/sbin/sshd", "/usr/lib/openssh/sftp-server", "/usr/bin/setsid", "/usr/bin/dash",
+    "/usr/bin/bash", "/usr/bin/flock", "/usr/bin/timeout",
+)  # fmt: skip
 NODE = "node1"
 NODE_ADDRESS = "10.0.0.11"  # on the guest's c0, as in the harness's proof
 
