@@ -130,6 +130,21 @@ class _Link:
             return self._chan.recv(4096)
         return self._proc.stdout.read1(4096)
 
+    def lines(self):
+        """Each line the other end writes, until it closes (or the connection goes)."""
+        buf = b""
+        while True:
+            try:
+                data = self.recv()
+            except Exception:
+                data = b""
+            if not data:
+                return
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                yield line.decode(errors="replace").strip()
+
     def close(self) -> None:
         try:
             if self._chan is not None:
@@ -175,22 +190,11 @@ class NodeGuard:
     # --- talking to the guard ---------------------------------------------------------
 
     def _read(self) -> None:
-        buf = b""
-        while True:
-            try:
-                data = self._link.recv()
-            except Exception:
-                data = b""
-            if not data:
-                self._words.put(None)
-                return
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                self.last_heard = time.monotonic()
-                word = line.decode(errors="replace").strip()
-                if word != "pong":
-                    self._words.put(word)
+        for word in self._link.lines():
+            self.last_heard = time.monotonic()
+            if word != "pong":
+                self._words.put(word)
+        self._words.put(None)
 
     def _beat(self, host) -> None:
         while self.status == "open":
@@ -551,13 +555,7 @@ class Pulse:
         self._greenlets = [gevent.spawn(self._read), gevent.spawn(self._beat, h, node_timeout)]
 
     def _read(self) -> None:
-        while True:
-            try:
-                data = self._link.recv()
-            except Exception:
-                data = b""
-            if not data:
-                return
+        for _ in self._link.lines():
             self._last = time.monotonic()
 
     def _beat(self, h, node_timeout: float) -> None:

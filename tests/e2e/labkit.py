@@ -195,3 +195,19 @@ def svcops_rules(host: str) -> str:
     if MODE["proxyMode"] == "nftables":
         return nft_table(host)
     return "\n".join(ln for ln in iptables_save(host).splitlines() if "SVCOPS-" in ln)
+
+
+def mode_fixture():
+    """A module-scoped fixture running the module once per proxy mode (iptables, then
+    nftables on the same lab: its first nftables apply is itself a switch): the mode of
+    every site `make_site` writes. ``proxy_mode = mode_fixture()`` in the module."""
+
+    @pytest.fixture(scope="module", params=["iptables", "nftables"])
+    def proxy_mode(request, lab):
+        MODE["proxyMode"] = request.param
+        try:
+            yield request.param
+        finally:
+            MODE["proxyMode"] = "iptables"
+
+    return proxy_mode

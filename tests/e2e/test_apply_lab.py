@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 
-import labkit
 import pytest
 from labkit import (
     ADDRESS,
@@ -29,6 +28,7 @@ from labkit import (
     foreign_lines,
     iptables_save,
     make_site,
+    mode_fixture,
     nft_ruleset_without_svcops,
     nft_table,
     results,
@@ -43,14 +43,7 @@ from svcops.render.chains import port_hash
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("lab", "proxy_mode")]
 
 
-@pytest.fixture(scope="module", params=["iptables", "nftables"])
-def proxy_mode(request, lab):
-    """The proxy mode of every site this module's tests make (see labkit.make_site)."""
-    labkit.MODE["proxyMode"] = request.param
-    try:
-        yield request.param
-    finally:
-        labkit.MODE["proxyMode"] = "iptables"
+proxy_mode = mode_fixture()  # every test once per proxy mode (labkit.make_site's mode)
 
 CLUSTER_IP = "10.1.11.83"  # the walkthrough's my-deploy, port 8000
 NODE_PORT = 30001  # the walkthrough's nginx-nodeport

@@ -21,7 +21,7 @@ import time
 
 import labkit
 import pytest
-from labkit import INVENTORY, NODES, SVCOPS, apply, make_site, results, sh, ssh_ok
+from labkit import INVENTORY, NODES, SVCOPS, apply, make_site, mode_fixture, results, sh, ssh_ok
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("lab")]
 
@@ -89,13 +89,7 @@ def settle(seconds: float = 20) -> None:
     raise AssertionError({n: leftovers(n) for n in NODES})
 
 
-@pytest.fixture(scope="module", params=["iptables", "nftables"])
-def proxy_mode(request, lab):
-    labkit.MODE["proxyMode"] = request.param
-    try:
-        yield request.param
-    finally:
-        labkit.MODE["proxyMode"] = "iptables"
+proxy_mode = mode_fixture()  # every test once per proxy mode (labkit.make_site's mode)
 
 
 @pytest.fixture(scope="module")
