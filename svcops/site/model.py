@@ -222,9 +222,10 @@ class Workload:
 # pattern says the same); renderers check again before writing one.
 #
 # An interface: what Linux allows (dev_valid_name: 1-15 bytes, no '/', ':' or
-# whitespace, not "." or "..") narrowed to ASCII letters, digits, '-', '_' and '.'.
+# whitespace, not "." or "..") narrowed to ASCII letters, digits, '-', '_' and '.',
+# not starting with '-' or '.' (a command would read an option, ifupdown a dotfile).
 # ':' is also what an address label appends ("eth0:svc").
-INTERFACE_NAME = re.compile(r"(?=.*[-_A-Za-z0-9])[-_.A-Za-z0-9]{1,15}")
+INTERFACE_NAME = re.compile(r"[_A-Za-z0-9][-_.A-Za-z0-9]{0,14}")
 # An inventory host name: a DNS name, an IPv4 address or a pyinfra connector ("@local",
 # "@docker/debian:12"); nothing a shell, a config parser or a terminal reads specially.
 HOST_NAME = re.compile(r"[A-Za-z0-9@][-A-Za-z0-9_.:/@]{0,252}")
