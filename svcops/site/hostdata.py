@@ -18,8 +18,10 @@ are top-level keys, so pyinfra's group_data files merge them as they merge any d
 Every value here ends up in a node's files or commands (the interface in the ifupdown
 file and in ``ip`` commands, addresses in the rules, the host name in a comment), so
 each is checked whole: the svcops_* keys by the schema, the host name and
-`ssh_hostname` here (`HOST_NAME`, `SSH_HOST`). A name with a newline, a quote, ``$``,
-``;`` or a space is refused with the field it is in, never written anywhere.
+`ssh_hostname` here (`svcops.site.model.HOST_NAME`, `SSH_HOST`), and a workload's
+address once the allocations are known (`workload_address_problems`). A name with a
+newline, a quote, ``$``, ``;`` or a space is refused with the field it is in, never
+written anywhere.
 
 `nodes_from_hosts` is the pure part: (name, data) pairs in, `Node`s and diagnostics
 out. `load_inventory` is the shell around it: it loads the inventory file with

@@ -6,7 +6,8 @@ what a shape cannot say, turning well-formed documents into the model's values:
 - svcops.yaml (`cluster_from`): serviceCIDR a real network of a usable size,
   nodePortRange well-formed, load-balancer pools with unique names that overlap
   neither each other nor serviceCIDR, nodeNetwork consistent.
-- one Service (`service_from`): port names required and unique, (port, protocol)
+- one Service (`service_from`): port names required and unique (one of 63 characters
+  is a warning: its SRV label would be 64), annotations within 256 KiB, (port, protocol)
   unique, node ports inside nodePortRange, clusterIP inside serviceCIDR, headless only
   for ClusterIP, every field only where its type allows it (externalName, nodePort,
   loadBalancerIP, loadBalancerSourceRanges, externalTrafficPolicy,

@@ -588,3 +588,22 @@ def test_is_ipv4_says_which_family_and_refuses_the_rest():
     for bad in ("10.0.0.1 -j ACCEPT", "10.0.0.1\n", "node1.example.com", "10.0.0.1;reboot"):
         with pytest.raises(ValueError):
             is_ipv4(bad)
+
+
+_ECMA = """
+const cases = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+console.log(JSON.stringify(cases.map(([p, s]) => new RegExp(p, 'u').test(s))));
+"""
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="needs node (an ECMA-262 regex engine, as editors have)")
+def test_every_schema_pattern_accepts_the_same_strings_in_python_and_ecma():
+    import subprocess
+
+    patterns = [p for path in sorted((ROOT / "schemas").glob("*.schema.json")) for p in _patterns(json.loads(path.read_text()), [])]
+    strings = [*HOSTILE.values(), *GOOD.values(), *LONGEST.values(), *TOO_LONG.values(), "svcops_interface", "svcops_interface\n", "eth0"]
+    cases = [(p, s) for p in dict.fromkeys(patterns) for s in strings]
+    out = subprocess.run(["node", "-e", _ECMA], input=json.dumps(cases), capture_output=True, text=True, timeout=60, check=True)
+    ecma = json.loads(out.stdout)
+    python = [re.search(p, s) is not None for p, s in cases]
+    assert [c for c, e, py in zip(cases, ecma, python) if e != py] == []
