@@ -33,6 +33,7 @@ from typing import Iterable, Mapping, Sequence
 
 from svcops.gcpause import gc_paused
 from svcops.site.diagnostics import Diagnostic, error, warning
+from svcops.site.hostdata import workload_address_problems
 from svcops.site.model import (
     Allocations,
     Endpoint,
@@ -156,8 +157,9 @@ def resolve(
     """One ResolvedPort per port of every proxied service, sorted by service then port.
 
     Diagnostics are warnings (a selector matching nothing, a workload lacking a named
-    targetPort, Endpoints ignored because the service has a selector) and, only if the
-    allocations are incomplete (a bug upstream), errors.
+    targetPort, Endpoints ignored because the service has a selector) and errors: a
+    workload without an address (`workload_address_problems`), and, only if the
+    allocations are incomplete (a bug upstream), a service without its cluster IP.
     """
     with gc_paused():
         return _resolve(site, nodes, allocations)
@@ -166,7 +168,7 @@ def resolve(
 def _resolve(
     site: Site, nodes: Sequence[Node], allocations: Allocations
 ) -> tuple[tuple[ResolvedPort, ...], list[Diagnostic]]:
-    diags: list[Diagnostic] = []
+    diags: list[Diagnostic] = workload_address_problems(nodes, allocations)
     label_keys = {k for svc in site.services if svc.selector for k in svc.selector}
     index = _WorkloadIndex(nodes, allocations, label_keys)
     manual = {m.key: m for m in site.endpoints}

@@ -162,7 +162,7 @@ def ready_script(listen: str, domain: str, seconds: int = 5) -> str:
         f"    [ $SECONDS -ge {seconds} ] && break\n"
         "    sleep 0.1\n"
         "done\n"
-        f"echo 'svcops: the DNS server on {listen} does not answer for {domain}' >&2\n"
+        f"echo {shlex.quote(f'svcops: the DNS server on {listen} does not answer for {domain}')} >&2\n"
         "exit 1\n"
     )
 

@@ -13,7 +13,9 @@ What a node resolves (the Kubernetes DNS specification, as CoreDNS serves it; TT
                                                   endpoint's dashed address, as Kubernetes
                                                   names endpoints without a hostname),
                                                   with the endpoint's own port;
-                                                  ExternalName: at the outside name
+                                                  ExternalName: at the outside name;
+                                                  none for a port name of 63 characters
+                                                  (its label would be 64: DNS allows 63)
     <a-b-c-d>.<svc>.<ns>.svc.<domain>        A     that endpoint (headless)
     anything else under <domain>             NXDOMAIN
     every other name                         forwarded to the nameservers the node's
@@ -75,7 +77,7 @@ from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping, Sequence
 
 from svcops.render.node_files import sha256_text
-from svcops.site.model import Allocations, Cluster, HeadlessEndpoints, Service
+from svcops.site.model import Allocations, Cluster, HeadlessEndpoints, Service, has_srv_record
 
 __all__ = [
     "rec_control",
@@ -199,7 +201,7 @@ def render_zone(
             target = _absolute(svc.external_name)
             out.append(f"{name} IN CNAME {target}\n")
             for p in svc.ports:
-                if p.name:
+                if has_srv_record(p.name):
                     out.append(f"_{p.name}._{p.protocol.lower()}.{name} IN SRV 0 100 {p.port} {target}\n")
         elif svc.headless:
             h = headless.get(svc.key)
@@ -208,7 +210,7 @@ def render_zone(
             for ip in h.addresses:
                 out.append(f"{name} IN {_address_record(ip)} {ip}\n")
             for rp in h.ports:
-                if not rp.port.name:
+                if not has_srv_record(rp.port.name):
                     continue
                 owner = f"_{rp.port.name}._{rp.port.protocol.lower()}.{name}"
                 w = _srv_weights(len(rp.endpoints))
@@ -222,7 +224,7 @@ def render_zone(
                 continue
             out.append(f"{name} IN {_address_record(ip)} {ip}\n")
             for p in svc.ports:
-                if p.name:
+                if has_srv_record(p.name):
                     out.append(f"_{p.name}._{p.protocol.lower()}.{name} IN SRV 0 100 {p.port} {fqdn}\n")
     text = "".join(out)
     return Zone(domain, text, sha256_text(text))

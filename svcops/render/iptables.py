@@ -53,7 +53,7 @@ import netaddr
 from svcops.gcpause import gc_paused
 from svcops.render import chains as C
 from svcops.render.plain import plain
-from svcops.site.model import Cluster, Endpoint, ResolvedPort
+from svcops.site.model import Cluster, Endpoint, ResolvedPort, is_ipv4
 
 __all__ = [
     "MASQ_MARK",
@@ -495,11 +495,6 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'")
 
 
-def _ipv4(ip: str | None) -> bool:
-    # svcops renders IPv4 (iptables); IPv6 would be ip6tables' business.
-    return bool(ip) and ":" not in ip  # type: ignore[operator]
-
-
 def _cidr(text: str) -> str | None:
     """A source range as iptables-save prints it ("" for 0.0.0.0/0; None for IPv6)."""
     try:
@@ -528,12 +523,12 @@ class _Port:
         self.port = rp.port.port
         self.dport = f" -m {proto} --dport {rp.port.port}"
         self.cip = rp.cluster_ip
-        self.ext_ips = [ip for ip in svc.external_ips if _ipv4(ip)]
-        self.lb = rp.load_balancer_ip if _ipv4(rp.load_balancer_ip) else None
+        self.ext_ips = [ip for ip in svc.external_ips if is_ipv4(ip)]
+        self.lb = rp.load_balancer_ip if is_ipv4(rp.load_balancer_ip) else None
         self.node_port = rp.node_port
         h = C.port_hash(rp.name, proto)
         self.svc, self.svl, self.ext, self.fw = C.SVC + h, C.SVL + h, C.EXT + h, C.FW + h
-        self.eps: list[Endpoint] = [e for e in rp.endpoints if _ipv4(e.ip)]
+        self.eps: list[Endpoint] = [e for e in rp.endpoints if is_ipv4(e.ip)]
         self._names: list[tuple[str, str]] | None = None
         self._seps: list[str] | None = None
         self.affinity = svc.affinity_timeout if svc.session_affinity == "ClientIP" else None

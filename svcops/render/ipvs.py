@@ -73,7 +73,7 @@ import netaddr
 from svcops.gcpause import gc_paused
 from svcops.render import chains as C
 from svcops.render.iptables import IptablesRules, Jump, TableRules, jump, restore_payload
-from svcops.site.model import SCHEDULER_ANNOTATION, Cluster, Endpoint, ResolvedPort
+from svcops.site.model import SCHEDULER_ANNOTATION, Cluster, Endpoint, ResolvedPort, is_ipv4
 
 __all__ = [
     "ipvs_modules",
@@ -356,11 +356,6 @@ _SETNAME = "\1"
 # --- rendering ----------------------------------------------------------------------
 
 
-def _ipv4(ip: str | None) -> bool:
-    # IPVS here serves IPv4 (the iptables part is iptables, not ip6tables).
-    return bool(ip) and ":" not in ip  # type: ignore[operator]
-
-
 def _source_range(text: str) -> str | None:
     """A source range as ``ipset save`` prints it ("203.0.113.0/24", a host without /32);
     "" for everything; None if not IPv4."""
@@ -397,9 +392,9 @@ class _Port:
         self.flag = _IPVS_FLAG[proto]
         self.sp = proto.lower()
         self.port = rp.port.port
-        self.cip = rp.cluster_ip if _ipv4(rp.cluster_ip) else None
-        self.ext_ips = [ip for ip in svc.external_ips if _ipv4(ip)]
-        self.lb = rp.load_balancer_ip if _ipv4(rp.load_balancer_ip) else None
+        self.cip = rp.cluster_ip if is_ipv4(rp.cluster_ip) else None
+        self.ext_ips = [ip for ip in svc.external_ips if is_ipv4(ip)]
+        self.lb = rp.load_balancer_ip if is_ipv4(rp.load_balancer_ip) else None
         self.node_port = rp.node_port
         scheduler = svc.annotations.get(SCHEDULER_ANNOTATION, default_scheduler) if svc.annotations else default_scheduler
         if scheduler not in SCHEDULERS:
@@ -409,7 +404,7 @@ class _Port:
             )
         persist = f" -p {svc.affinity_timeout}" if svc.session_affinity == "ClientIP" else ""
         self.opts = f" -s {scheduler}{persist}\n"
-        self.eps: list[Endpoint] = [e for e in rp.endpoints if _ipv4(e.ip)]
+        self.eps: list[Endpoint] = [e for e in rp.endpoints if is_ipv4(e.ip)]
         # Each real server line's tail, shared by every virtual server of this port.
         self.rs = [f" -r {e.ip}:{e.port} -m -w 1\n" for e in self.eps]
         self.ext_access = bool(self.node_port or self.lb or self.ext_ips)

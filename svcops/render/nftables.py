@@ -68,7 +68,7 @@ import netaddr
 from svcops.gcpause import gc_paused
 from svcops.render import chains as C
 from svcops.render.nftables_live import LIVE_COMMANDS, MAP_NAMES, TABLE, NftLive, parse_nft_list, unit_of_name
-from svcops.site.model import Cluster, Endpoint, ResolvedPort
+from svcops.site.model import Cluster, Endpoint, ResolvedPort, is_ipv4
 
 __all__ = [
     "TABLE",
@@ -273,11 +273,6 @@ class NftRules:
 # --- rendering -----------------------------------------------------------------------
 
 
-def _ipv4(ip: str | None) -> bool:
-    # svcops renders IPv4 (table ip); IPv6 would be a table ip6.
-    return bool(ip) and ":" not in ip  # type: ignore[operator]
-
-
 def _source_ranges(ranges: Iterable[str]) -> list[str] | None:
     """The IPv4 source ranges as an nft set's elements (merged: nft refuses overlapping
     intervals); None when one of them is 0.0.0.0/0, i.e. every source is allowed."""
@@ -310,7 +305,7 @@ class _Port:
         self.proto = proto = rp.port.protocol.lower()
         base = _base(uid)
         self.svc, self.loc, self.ext, self.fw = (f"{k}-{base}" for k in ("service", "local", "external", "firewall"))
-        self.eps: list[Endpoint] = [e for e in rp.endpoints if _ipv4(e.ip)]
+        self.eps: list[Endpoint] = [e for e in rp.endpoints if is_ipv4(e.ip)]
         self.affinity = svc.affinity_timeout if svc.session_affinity == "ClientIP" else None
         tail = f" . {proto} . {rp.port.port}"
         # A key another port already has (two services on one external IP and port)
@@ -320,11 +315,11 @@ class _Port:
         claimed.add(self.cip_key)
         self.ext_keys = []
         for ip in dict.fromkeys(svc.external_ips):
-            if _ipv4(ip) and ip + tail not in claimed:
+            if is_ipv4(ip) and ip + tail not in claimed:
                 claimed.add(ip + tail)
                 self.ext_keys.append(ip + tail)
         self.lb_key = None
-        if _ipv4(rp.load_balancer_ip) and rp.load_balancer_ip + tail not in claimed:  # type: ignore[operator]
+        if is_ipv4(rp.load_balancer_ip) and rp.load_balancer_ip + tail not in claimed:  # type: ignore[operator]
             self.lb_key = rp.load_balancer_ip + tail  # type: ignore[operator]
             claimed.add(self.lb_key)
         self.np_key = None
@@ -483,7 +478,7 @@ def _render_nodes(ports: Sequence[ResolvedPort], nodes: Sequence[str]) -> dict[s
     claimed: set[str] = set()
     seen: set[str] = set()
     for rp in ports:
-        if not _ipv4(rp.cluster_ip):
+        if not is_ipv4(rp.cluster_ip):
             continue
         p = _Port(rp, claimed)
         if p.uid in seen:  # the same service port twice: keep the first

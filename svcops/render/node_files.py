@@ -40,7 +40,7 @@ from typing import Mapping, Sequence
 from svcops.render.iptables import IptablesRules, Jump, restore_transactions
 from svcops.render.ipvs import DUMMY_INTERFACE, SYSCTLS, ipvs_modules
 from svcops.render.nftables_sync import LOADER, boot_file
-from svcops.site.model import Announcement
+from svcops.site.model import INTERFACE_NAME, Announcement, is_ipv4
 
 __all__ = [
     "ETC_DIR",
@@ -136,7 +136,13 @@ def _ensure_jump(j: Jump) -> str:
 
 
 def announce_file(announced: Sequence[Announcement]) -> str:
-    """The record of the load-balancer addresses this node announces: "ADDRESS DEV [LABEL]"."""
+    """The record of the load-balancer addresses this node announces: "ADDRESS DEV [LABEL]".
+
+    The restore script reads it word by word at boot: an interface name that is not one
+    svcops accepts (a space or a newline in it) raises ValueError rather than be written."""
+    for a in announced:
+        if not (is_ipv4(a.address) and INTERFACE_NAME.fullmatch(a.interface)):
+            raise ValueError(f"{a.address!r} on {a.interface!r} cannot go into {ANNOUNCE_FILE}")
     lines = [f"{a.address} {a.interface}" + (f" {a.label}" if a.label else "") for a in announced]
     return "".join(line + "\n" for line in lines)
 

@@ -15,6 +15,14 @@ are top-level keys, so pyinfra's group_data files merge them as they merge any d
 
 `ssh_hostname` is pyinfra's own: svcops reaches the node there (default: the host name).
 
+Every value here ends up in a node's files or commands (the interface in the ifupdown
+file and in ``ip`` commands, addresses in the rules, the host name in a comment), so
+each is checked whole: the svcops_* keys by the schema, the host name and
+`ssh_hostname` here (`svcops.site.model.HOST_NAME`, `SSH_HOST`), and a workload's
+address once the allocations are known (`workload_address_problems`). A name with a
+newline, a quote, ``$``, ``;`` or a space is refused with the field it is in, never
+written anywhere.
+
 `nodes_from_hosts` is the pure part: (name, data) pairs in, `Node`s and diagnostics
 out. `load_inventory` is the shell around it: it loads the inventory file with
 pyinfra's own loader (`pyinfra_cli.inventory.make_inventory`), so groups, group_data
@@ -23,6 +31,7 @@ folders and data tuples mean exactly what they mean to ``pyinfra INVENTORY deplo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import traceback
@@ -32,11 +41,23 @@ from typing import Any, Iterable, Mapping
 
 from svcops import schemas
 from svcops.site.diagnostics import Diagnostic, error
-from svcops.site.model import EMPTY, Node, Workload, WorkloadPort
+from svcops.site.model import EMPTY, HOST_NAME, Allocations, Node, Source, Workload, WorkloadPort
 from svcops.site.validate import TRUSTED, Trust
 
 PREFIX = "svcops_"
 DEFAULT_INTERFACE = "eth0"
+
+# The host name is written into files (a comment of the ifupdown file, the lock):
+# `HOST_NAME` (svcops.site.model).
+HOST_NAME_RULE = "1-253 letters, digits, '-', '_', '.', ':', '/' and '@' (a DNS name, an IPv4 address or a pyinfra connector such as @local)"
+# ssh_hostname: what SSH connects to, a DNS name or an IP address ("fe80::1%eth0").
+SSH_HOST = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.:%]{0,252}")
+SSH_HOST_RULE = "1-253 letters, digits, '-', '_', '.', ':' and '%' (a DNS name or an IP address)"
+
+
+def shown_name(name: Any) -> str:
+    """A host name as diagnostics name it: as it is when it is one, else JSON-quoted."""
+    return name if isinstance(name, str) and HOST_NAME.fullmatch(name) else json.dumps(name)
 
 
 # --- the pure part -------------------------------------------------------------------
@@ -61,15 +82,19 @@ def nodes_from_hosts(
     port_values: dict[tuple, WorkloadPort] = {}
 
     for name, data in hosts:
-        where = f"{name}: "
+        shown = shown_name(name)
+        where = f"{shown}: "
 
         def bad(field: str, message: str) -> None:
             diags.append(error(source, None, where + field, message))
 
         if name in seen_nodes:
-            diags.append(error(source, None, name, "the inventory names this host twice"))
+            diags.append(error(source, None, shown, "the inventory names this host twice"))
             continue
         seen_nodes.add(name)
+        named = isinstance(name, str) and HOST_NAME.fullmatch(name) is not None
+        if not named:
+            diags.append(error(source, None, shown, f"is not a host name svcops can carry: {HOST_NAME_RULE}"))
         own = {k: v for k, v in data.items() if isinstance(k, str) and k.startswith(PREFIX)}
         trust = TRUSTED
         if not _fast_valid(own):
@@ -80,8 +105,12 @@ def nodes_from_hosts(
             trust = Trust(p for p, _ in problems)
         ok = trust.whole
         ssh_host = data.get("ssh_hostname") or name
+        # Without ssh_hostname, the host name is it (checked above).
+        ssh_ok = ssh_host is name or (isinstance(ssh_host, str) and SSH_HOST.fullmatch(ssh_host) is not None)
         if not isinstance(ssh_host, str):
             bad("ssh_hostname", f"must be a string, not {schemas.describe(ssh_host)}")
+        elif not ssh_ok:
+            bad("ssh_hostname", f"{json.dumps(ssh_host)} is not a host name or address svcops can carry: {SSH_HOST_RULE}")
 
         address = own.get("svcops_address") if ok("svcops_address") else None
         if address is not None:
@@ -145,7 +174,7 @@ def nodes_from_hosts(
                         ports=tuple(ports),
                     )
                 )
-        if not trust or not isinstance(ssh_host, str):
+        if not trust or not named or not ssh_ok:
             continue  # reported above; a node is only made of well-formed data
         labels = own.get("svcops_labels")
         nodes.append(
@@ -156,9 +185,33 @@ def nodes_from_hosts(
                 address=address,
                 labels=MappingProxyType(dict(labels)) if labels else EMPTY,
                 workloads=tuple(workloads),
+                source=Source(source),
             )
         )
     return tuple(nodes), diags
+
+
+def workload_address_problems(nodes: Iterable[Node], allocations: Allocations) -> list[Diagnostic]:
+    """Workloads that would have no address: no address of their own on a node that has
+    none either (no svcops_address, none allocated from nodeNetwork) and whose SSH host
+    is a name. Such a name would go into the rules as if it were an address."""
+    diags: list[Diagnostic] = []
+    allocated = allocations.node_addresses
+    for node in nodes:
+        if allocated.get(node.name) or node.address or _IPV4(node.ssh_host):
+            continue
+        for i, w in enumerate(node.workloads):
+            if w.address is None:
+                diags.append(
+                    error(
+                        node.source.file,
+                        None,
+                        f"{shown_name(node.name)}: svcops_workloads[{i}].address",
+                        f'required: the node has no svcops_address (nor nodeNetwork in svcops.yaml to allocate one) '
+                        f'and its SSH host {json.dumps(node.ssh_host)} is a name, not an IPv4 address',
+                    )
+                )
+    return diags
 
 
 def common_data(hosts: Iterable[tuple[str, Mapping]]) -> dict[str, Any]:

@@ -56,6 +56,7 @@ SECTIONS = {
     "nodeAddresses": ("node_addresses", "address"),
 }
 
+# Whole keys (fullmatch): with match, a $ would let a key end in a newline.
 _SERVICE_KEY = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z]([-a-z0-9]*[a-z0-9])?$")
 _NODE_PORT_KEY = re.compile(r"^(?P<svc>[^:]+):(?P<port>[0-9]+)/(?P<proto>TCP|UDP|SCTP)$")
 
@@ -117,11 +118,11 @@ def _check_key(section: str, key: str) -> str | None:
     if section == "nodeAddresses":
         return None if key else "a node name must not be empty"
     if section == "nodePorts":
-        m = _NODE_PORT_KEY.match(key)
-        if not m or not _SERVICE_KEY.match(m["svc"]) or not 0 < int(m["port"]) <= 65535:
+        m = _NODE_PORT_KEY.fullmatch(key)
+        if not m or not _SERVICE_KEY.fullmatch(m["svc"]) or not 0 < int(m["port"]) <= 65535:
             return f"{key!r} is not a node-port key (namespace/name:port/PROTOCOL, e.g. default/web:80/TCP)"
         return None
-    if not _SERVICE_KEY.match(key):
+    if not _SERVICE_KEY.fullmatch(key):
         return f"{key!r} is not a service key (namespace/name, e.g. default/web)"
     return None
 

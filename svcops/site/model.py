@@ -14,6 +14,7 @@ what compiling makes of it (`Allocations`, `ResolvedPort` and its `Endpoint`s,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, Mapping, NamedTuple
@@ -31,6 +32,17 @@ POOL_ANNOTATION = "svcops.io/address-pool"
 SCHEDULER_ANNOTATION = "svcops.io/ipvs-scheduler"
 
 DEFAULT_AFFINITY_TIMEOUT = 10800  # Kubernetes' default: three hours
+
+# DNS labels are at most 63 octets (RFC 1035). A service port's SRV record is named
+# "_<port name>._<protocol>.<service>...": a port name of 63 characters, which
+# Kubernetes allows, would make a label of 64, so that port has no SRV record (no
+# resolver could ask for one, in Kubernetes either).
+MAX_DNS_LABEL = 63
+
+
+def has_srv_record(port_name: str) -> bool:
+    """Whether a service port named `port_name` has SRV records (an unnamed one has none)."""
+    return 0 < len(port_name) < MAX_DNS_LABEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +217,34 @@ class Workload:
     ports: tuple[WorkloadPort, ...] = ()
 
 
+# The names of a node that end up in its files and commands, whole (fullmatch), as
+# the host-data checks accept them (svcops.site.hostdata; the schema's svcops_interface
+# pattern says the same); renderers check again before writing one.
+#
+# An interface: what Linux allows (dev_valid_name: 1-15 bytes, no '/', ':' or
+# whitespace, not "." or "..") narrowed to ASCII letters, digits, '-', '_' and '.',
+# not starting with '-' or '.' (a command would read an option, ifupdown a dotfile).
+# ':' is also what an address label appends ("eth0:svc").
+INTERFACE_NAME = re.compile(r"[_A-Za-z0-9][-_.A-Za-z0-9]{0,14}")
+# An inventory host name: a DNS name, an IPv4 address or a pyinfra connector ("@local",
+# "@docker/debian:12"); nothing a shell, a config parser or a terminal reads specially.
+HOST_NAME = re.compile(r"[A-Za-z0-9@][-A-Za-z0-9_.:/@]{0,252}")
+
+
+def is_ipv4(ip: str | None) -> bool:
+    """Whether the renderers write `ip` as an IPv4 address: True for digits and dots
+    (validation made sure they are one), False for None or an IPv6 address (another
+    family's rules). Anything else raises ValueError: no check let it through, and in
+    a rule or a file it would be a word or a line of its own."""
+    if not ip:
+        return False
+    if not ip.strip("0123456789."):
+        return True
+    if not ip.strip("0123456789abcdefABCDEF:."):
+        return False
+    raise ValueError(f"{ip!r} is not an IP address: it cannot go into a node's rules (validation refuses it)")
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     name: str
@@ -215,6 +255,7 @@ class Node:
     address: str | None = None
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     workloads: tuple[Workload, ...] = ()
+    source: Source = Source("")  # the inventory file (host data has no lines)
 
 
 # --- allocations: svcops.lock -----------------------------------------------------

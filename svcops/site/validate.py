@@ -6,7 +6,8 @@ what a shape cannot say, turning well-formed documents into the model's values:
 - svcops.yaml (`cluster_from`): serviceCIDR a real network of a usable size,
   nodePortRange well-formed, load-balancer pools with unique names that overlap
   neither each other nor serviceCIDR, nodeNetwork consistent.
-- one Service (`service_from`): port names required and unique, (port, protocol)
+- one Service (`service_from`): port names required and unique (one of 63 characters
+  is a warning: its SRV label would be 64), annotations within 256 KiB, (port, protocol)
   unique, node ports inside nodePortRange, clusterIP inside serviceCIDR, headless only
   for ClusterIP, every field only where its type allows it (externalName, nodePort,
   loadBalancerIP, loadBalancerSourceRanges, externalTrafficPolicy,
@@ -37,6 +38,7 @@ from svcops.site.diagnostics import Diagnostic, error, warning
 from svcops.site.model import (
     DEFAULT_AFFINITY_TIMEOUT,
     EMPTY,
+    MAX_DNS_LABEL,
     POOL_ANNOTATION,
     SCHEDULER_ANNOTATION,
     Cluster,
@@ -49,11 +51,20 @@ from svcops.site.model import (
     Service,
     ServicePort,
     Source,
+    has_srv_record,
 )
 from svcops.site.yamlsrc import Document, format_path
 
 IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sh", "dh", "sed", "nq")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+# Kubernetes' limit on all the annotations of an object, keys and values (UTF-8 bytes).
+MAX_ANNOTATIONS_SIZE = 256 * 1024
+
+
+def annotations_size(annotations: dict) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+
 
 # Kubernetes refuses service CIDRs larger than /12 (2^20 addresses) for IPv4; a /31 or
 # /32 leaves nothing to allocate once the network and broadcast addresses are excluded.
@@ -395,6 +406,8 @@ def service_from(obj: Located, view: ClusterView | None, trust: Trust = TRUSTED)
                     bad(P + ("name",), f'duplicate port name "{name}" (also spec.ports[{names[name]}], line {obj.line(*S, "ports", names[name])})')
                 else:
                     names[name] = i
+                if name and not has_srv_record(name):
+                    diags.append(obj.warning(P + ("name",), f"{len(name)} characters: the SRV record's label _{name} would be {len(name) + 1}, over DNS's {MAX_DNS_LABEL}, so this port has no SRV record (the service's other records are served)"))
             protocol_ok = ok(*P, "protocol")
             protocol = p.get("protocol", "TCP")
             if protocol_ok and ok(*P, "port"):
@@ -438,6 +451,10 @@ def service_from(obj: Located, view: ClusterView | None, trust: Trust = TRUSTED)
     M = ("metadata",)
     meta = v["metadata"] if trust.known(*M) and "metadata" in v else {}
     annotations = (meta.get("annotations") or {}) if trust.known(*M, "annotations") else {}
+    if ok(*M, "annotations"):
+        size = annotations_size(annotations)
+        if size > MAX_ANNOTATIONS_SIZE:
+            bad(M + ("annotations",), f"{size} bytes in all: Kubernetes allows at most {MAX_ANNOTATIONS_SIZE} (256 KiB)")
     A = M + ("annotations", POOL_ANNOTATION)
     pool = annotations.get(POOL_ANNOTATION) if ok(*A) else None
     if pool is not None and stype is not None:

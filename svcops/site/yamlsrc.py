@@ -19,6 +19,7 @@ Pure: bytes in, values and diagnostics out.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,11 +50,17 @@ _scalars = yaml.SafeLoader("")
 
 
 def format_path(path: Path) -> str:
-    """A path as Kubernetes prints field paths: ``spec.ports[0].port``, ``metadata.labels[app.kubernetes.io/name]``."""
+    """A path as Kubernetes prints field paths: ``spec.ports[0].port``, ``metadata.labels[app.kubernetes.io/name]``.
+
+    A key that is not printable ASCII is shown JSON-quoted (``metadata.labels["\\u0430pp"]``):
+    a look-alike letter or a control character in a key is then plain to see.
+    """
     out = []
     for part in path:
         if isinstance(part, int):
             out.append(f"[{part}]")
+        elif not (part.isascii() and part.isprintable()):
+            out.append(f"[{json.dumps(part)}]")
         elif part.replace("_", "a").replace("-", "a").isalnum() and part[:1].isalpha():
             out.append(f".{part}" if out else part)
         else:

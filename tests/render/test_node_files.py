@@ -141,3 +141,15 @@ def test_nftables_restore_script_rebuilds_the_table_and_touches_nothing_else(tmp
             ns_sh(ns, script)
             assert transactions(rules, live_state(ns).live) == []
         assert "table inet theirs" in ns_sh(ns, "nft list tables").stdout
+
+
+def test_the_announce_file_refuses_an_interface_the_restore_script_would_misread():
+    from svcops.render.node_files import announce_file
+    from svcops.site.model import Announcement
+
+    assert announce_file([Announcement("192.0.2.1", "eth0", ("default/web",))]) == "192.0.2.1 eth0 eth0:svc\n"
+    for iface in ("eth0 192.0.2.9", "eth0\n192.0.2.9 lo", "$(reboot)"):
+        with pytest.raises(ValueError):
+            announce_file([Announcement("192.0.2.1", iface, ("default/web",))])
+    with pytest.raises(ValueError):
+        announce_file([Announcement("192.0.2.1 lo\n10.0.0.1", "eth0", ("default/web",))])

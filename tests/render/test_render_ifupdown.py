@@ -54,3 +54,39 @@ def test_nothing_without_node_network_or_address():
     node = Node("node1", "10.0.0.11")
     assert render_interfaces(node, Cluster(), "10.0.0.11") == ""
     assert render_interfaces(node, FULL, None) == ""
+
+
+# --- values that validation should have stopped: refused, never written -----------
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        Node("node1", "10.0.0.11", interface="eth0\nup touch /tmp/pwned"),
+        Node("node1", "10.0.0.11", interface="eth0 inet"),
+        Node("node1", "10.0.0.11", interface="eth0:svc"),
+        Node("node1", "10.0.0.11", interface="$(reboot)"),
+        Node("node1\niface lo inet loopback\n    up touch /tmp/pwned", "10.0.0.11"),
+        Node("node1\\", "10.0.0.11"),  # a backslash would continue the comment onto the next line
+    ],
+    ids=["iface-newline", "iface-space", "iface-colon", "iface-shell", "name-stanza", "name-backslash"],
+)
+def test_a_name_that_is_not_one_raises_instead_of_being_written(node):
+    with pytest.raises(ValueError, match="cannot go into an ifupdown file"):
+        render_interfaces(node, FULL, "10.0.0.11")
+
+
+@pytest.mark.parametrize("address", ["10.0.0.11\n", "10.0.0.11\nup reboot", "10.0.0.11 ", "010.0.0.11"])
+def test_an_address_that_is_not_one_raises(address):
+    with pytest.raises(Exception):
+        render_interfaces(Node("node1", "10.0.0.11"), FULL, address)
+
+
+def test_the_longest_names_make_one_stanza_and_nothing_else():
+    name = ".".join(["h" * 63] * 3 + ["h" * 61])
+    text = render_interfaces(Node(name, "10.0.0.11", interface="enx001122334455"), FULL, "10.0.0.11")
+    lines = text.splitlines()
+    assert [ln for ln in lines if ln.startswith("#")] == lines[:2] and name in lines[0]
+    assert [ln.split()[0] for ln in lines[2:]] == ["auto", "iface", "address", "gateway", "dns-nameservers"]
+    assert lines[2:4] == ["auto enx001122334455", "iface enx001122334455 inet static"]
+    assert not any(ln.rstrip().endswith("\\") for ln in lines)

@@ -521,3 +521,17 @@ def test_transactions_for_real_from_clean_then_changed_then_cut_short():
         ns_run(ns, "iptables-restore", "--noflush", stdin="".join(txs))
         assert in_sync(second, parse_iptables_save(saved(ns)))
         assert all(ln in saved(ns).splitlines() for ln in FOREIGN_SAVE.splitlines() if ln.startswith("-A "))
+
+
+@pytest.mark.parametrize("ip", ["10.0.0.5 -j ACCEPT", "10.0.0.5\n-A INPUT -j ACCEPT", "node1.example.com"])
+def test_an_endpoint_address_that_is_not_one_raises_instead_of_becoming_rule_text(ip):
+    from svcops.render.ipvs import render_nodes as render_ipvs
+    from svcops.render.nftables import render_nodes as render_nft
+
+    svc = F.service("web", F.HTTP)
+    rp = ResolvedPort(svc, F.HTTP, "10.96.0.10", None, None, (Endpoint(ip, 80, "node1"),))
+    for render in (render_nodes, render_nft):
+        with pytest.raises(ValueError, match="is not an IP address"):
+            render(F.CLUSTER, [rp], ["node1"])
+    with pytest.raises(ValueError, match="is not an IP address"):
+        render_ipvs(F.CLUSTER, [rp], [("node1", ("10.0.0.11",))])

@@ -81,7 +81,7 @@ def test_bad_host_data_names_inventory_node_and_field_and_reports_everything():
         'inventory/prod.py: node1: svcops_workloads[0].ports[1].name: duplicate port name "http" (also svcops_workloads[0].ports[0])',
         'inventory/prod.py: node1: svcops_workloads[1].name: duplicate workload name "web-1" (also svcops_workloads[0])',
         "inventory/prod.py: node1: svcops_workloads[1].ports[1].port: duplicate port 9100/TCP (also svcops_workloads[1].ports[0])",
-        "inventory/prod.py: node2: svcops_interface: \"eth0 \" must be a network interface name (1-15 characters, no spaces, '/' or ':')",
+        "inventory/prod.py: node2: svcops_interface: \"eth0 \" must be a network interface name: 1-15 letters, digits, '-', '_' and '.', starting with a letter, a digit or '_'",
         "inventory/prod.py: node2: svcops_labels.zone: must be a string, not the integer 1",
         "inventory/prod.py: node2: svcops_adress: unknown svcops host-data key (svcops reads svcops_interface, svcops_address, svcops_labels, svcops_workloads, svcops_site)",
         "inventory/prod.py: node2: svcops_address: 10.0.0.11 is already the address of node node1",
