@@ -283,3 +283,16 @@ def test_06_a_node_cut_off_after_connecting_is_reported_unreachable_and_undoes_i
     r = apply(on_a["B"], "--rollback-after", "5")
     assert results(r)["node1"] == "changed"
     assert whole(on_a, "node1") == "B"
+
+
+def test_07_the_pyinfra_path_killed_midway_leaves_every_node_wholly_old(on_a):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.Popen(
+        [labkit.PYINFRA, "-y", "--data", f"svcops_site={on_a['B']}", INVENTORY, "deploys/services.py"],
+        cwd=labkit.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    read_until(p, "svcops | persisted files")
+    p.kill()
+    p.wait(10)
+    settle()
+    assert {n: whole(on_a, n) for n in NODES} == {n: "A" for n in NODES}
