@@ -341,6 +341,8 @@ def _run_each_node(state) -> None:
     from pyinfra.api.operations import run_host_op
     from pyinfra.context import ctx_host, ctx_state
 
+    from svcops.operations import txn
+
     state.is_executing = True
     order = state.get_op_order()
 
@@ -353,6 +355,11 @@ def _run_each_node(state) -> None:
                 if ok:
                     changed = state.get_op_data_for_host(h, op).operation_meta.did_change()
                     word = click.style("changed", "green") if changed else click.style("no change", "cyan")
+                    g = txn.guard_of(h)
+                    if g is not None and name.startswith("svcops | begin"):
+                        word = click.style("holds the node", "cyan")
+                    elif g is not None and name.startswith("svcops | commit"):
+                        word = click.style("committed" if g.changed else "nothing to commit", "green" if g.changed else "cyan")
                     logger.info(f"{h.print_prefix}{name}: {word}")
                 else:
                     logger.info(f"{h.print_prefix}{name}: {click.style('failed', 'red')}")

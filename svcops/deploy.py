@@ -154,7 +154,7 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
         (
             "begin",
             txn.begin(
-                name="svcops | begin (lock the node)",
+                name="svcops | begin",
                 lock_timeout=o.lock_timeout,
                 rollback_after=o.rollback_after,
                 node_timeout=o.node_timeout,
@@ -207,7 +207,7 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
         metas.append(("service dns", dns.server(name="svcops | service dns", zone=plan.dns_zone, **timeout)))
     else:  # serviceDNS: false: svcops's DNS off the node, if it was there
         metas.append(("service dns", dns.absent(name="svcops | service dns (none)", **timeout)))
-    metas.append(("commit", txn.commit(name="svcops | commit (fresh SSH login)", verify_ssh=verify_ssh, **timeout)))
+    metas.append(("commit", txn.commit(name="svcops | commit", verify_ssh=verify_ssh, **timeout)))
     return metas
 
 

@@ -296,3 +296,25 @@ def test_07_the_pyinfra_path_killed_midway_leaves_every_node_wholly_old(on_a):
     p.wait(10)
     settle()
     assert {n: whole(on_a, n) for n in NODES} == {n: "A" for n in NODES}
+
+
+def test_08_a_rule_operation_used_on_its_own_is_its_own_transaction(on_a, tmp_path):
+    # A user's own deploy.py with svcops's rule operation alone: it takes the node's lock
+    # (a held node makes it fail, unchanged) and commits through a fresh login.
+    deploy = tmp_path / "deploy.py"
+    op = "nftables.rules(name='my rules', rules=out.nftables)" if labkit.MODE["proxyMode"] == "nftables" else "iptables.rules(name='my rules', rules=out.iptables)"
+    deploy.write_text(
+        "from pyinfra import host\nfrom svcops.deploy import compiled_site\nfrom svcops.operations import iptables, nftables\n"
+        f"out = compiled_site().node(host.name).output\n{op}\n"
+    )
+    pid = sh("node2", "mkdir -p /run/svcops && setsid flock /run/svcops/node.lock sleep 60 >/dev/null 2>&1 < /dev/null & echo $!").strip()
+    try:
+        r = labkit.run([labkit.PYINFRA, "-y", "--data", f"svcops_site={on_a['B']}", INVENTORY, str(deploy)], timeout=200)
+        assert "node is being changed by another apply" in r.stdout + r.stderr, r.stdout + r.stderr
+    finally:
+        sh("node2", f"kill -- -{int(pid)} 2>/dev/null; true")
+    settle()
+    b_rules = {n: [ln for ln in on_a["snap"]["B"][n].split("--- files")[0].splitlines()] for n in NODES}
+    for n in ("node1", "node3"):
+        assert snapshot(n).split("--- files")[0].splitlines() == b_rules[n], n
+    assert whole(on_a, "node2") == "A"
