@@ -60,8 +60,9 @@ def test_dump_is_human_readable_sorted_one_allocation_a_line():
     text = dump_lock(EXAMPLE)
     lines = text.splitlines()
     assert lines[0].startswith("#")  # a header that says what the file is
+    assert lines[-1] == "# end of svcops.lock"  # the closing line, always last
     body = [ln for ln in lines if not ln.startswith("#")]
-    assert body[0] == "version: 1"
+    assert body[0] == "version: 2"
     sections = {}
     current = None
     for ln in body[1:]:
@@ -112,13 +113,13 @@ BAD = [
      ["svcops.lock:3: nodeAddresses: must be a mapping of key: value ({} when empty)"]),
     (GOOD_HEAD + "clusterIps: {}\n",
      ["svcops.lock:3: clusterIps: unknown key (expected: version, clusterIPs, nodePorts, loadBalancerIPs, nodeAddresses)"]),
-    ("version: 2\n", ["svcops.lock:1: version: unsupported lock version 2 (this svcops reads version 1)"]),
-    ("clusterIPs: {}\n", ["svcops.lock:1: version: missing (write version: 1)"]),
+    ("version: 3\n", ["svcops.lock:1: version: unsupported lock version 3 (this svcops reads versions 1 and 2)"]),
+    ("clusterIPs: {}\n", ["svcops.lock:1: version: missing (write version: 2)"]),
     (GOOD_HEAD + "clusterIPs:\n  default/web: [10.96.0.1\n",
      ["svcops.lock:5: not valid YAML: did not find expected ',' or ']'"]),
     ("- version: 1\n", ["svcops.lock:1: the lock must be a mapping (version, clusterIPs, ...)"]),
-    ("# only a comment\n", ["svcops.lock:1: the lock file is empty; delete it to start afresh "
-                            "(every allocation will then be made anew)"]),
+    ("# only a comment\n", ["svcops.lock:1: the lock file is empty: restore it from git, or delete it "
+                            "to start afresh (every allocation will then be made anew)"]),
     (GOOD_HEAD + "<<<<<<< HEAD\nclusterIPs: {}\n", None),  # a git conflict marker: some YAML error
 ]
 
@@ -218,7 +219,8 @@ def test_a_failed_write_leaves_the_old_lock_and_no_temporary(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(lockfile.LockWriteError) as e:
         write_lock(path, Allocations())
+    assert str(e.value) == "svcops.lock: cannot write: no space left on the device (svcops.lock is unchanged)"
     assert read_lock(path) == (EXAMPLE, [])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["svcops.lock"]
