@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shlex
 import threading
 import time
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ __all__ = ["SiteLocked", "SiteLockError", "site_lock", "lock_holder", "DEFAULT_T
 
 DEFAULT_TIMEOUT = 30.0  # seconds a second plan or apply waits for the site
 POLL = 0.1  # seconds between attempts
+MAX_COMMAND = 200  # characters of the holder's command line shown
 
 
 class SiteLockError(Exception):
@@ -193,7 +195,8 @@ def _command(pid: int, proc: str) -> str | None:
     if len(argv) > 1 and os.path.basename(argv[0]).startswith("python") and not argv[1].startswith("-"):
         argv = argv[1:]
     argv[0] = os.path.basename(argv[0])
-    return " ".join(argv)
+    text = shlex.join(argv).replace("\n", "\\n")  # one line, whatever the arguments hold
+    return text if len(text) <= MAX_COMMAND else text[: MAX_COMMAND - 3] + "..."
 
 
 def _start_time(pid: int, proc: str) -> str | None:
