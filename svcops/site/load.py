@@ -17,6 +17,10 @@ file, is collected (`load_site` never stops at the first):
 2. Schema (`svcops.schemas`): the document's shape, by its kind.
 3. Meaning (`validate`): what the API server would refuse, per object, then site-wide.
 
+Files are read through `svcops.site.files`: regular files only (symlinks to them
+followed), never blocking; a FIFO, a folder or a dangling symlink named like a
+manifest is an error, not skipped.
+
 `load_site` is the shell (it reads the files); `parse_site` is the pure core that
 takes their bytes, so tests and benchmarks can feed it without touching a disk.
 """

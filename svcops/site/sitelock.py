@@ -97,7 +97,10 @@ def site_lock(
             if last:
                 del _HELD[key]
         if last:
-            os.close(fd)  # releases the flock
+            # Unlock first: under gevent's monkey-patching (svcops apply), os.close of
+            # anything but a regular file is deferred to the hub, and the site with it.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def _acquire(fd: int, name: str, st: os.stat_result, timeout: float, on_wait) -> None:
@@ -159,28 +162,42 @@ def _holder_pid(st: os.stat_result, proc: str) -> int | None:
 
     A line reads ``1: FLOCK  ADVISORY  WRITE 1234 fe:00:2154841 0 EOF`` (device as
     hex major:minor, inode in decimal); lines with ``->`` are waiters, not holders.
+    The device there is the file system's, which stat may not show (btrfs subvolumes
+    do not): a line with the inode alone counts only if that process has the folder
+    open, as its /proc/PID/fd says.
     """
     want_dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
-    by_inode = None
     try:
         text = Path(proc, "locks").read_text()
     except OSError:
         return None
+    others = []
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) < 6 or fields[1] == "->" or fields[1] != "FLOCK":
+        if len(fields) < 6 or fields[1] != "FLOCK":
             continue
-        dev_ino = fields[5].rsplit(":", 1)
-        if len(dev_ino) != 2 or dev_ino[1] != str(st.st_ino):
+        dev, _, ino = fields[5].rpartition(":")
+        if ino != str(st.st_ino) or not fields[4].isdigit():
             continue
-        try:
-            pid = int(fields[4])
-        except ValueError:
-            continue
-        if dev_ino[0] == want_dev:
-            return pid
-        by_inode = pid  # overlay and btrfs may show another device number
-    return by_inode
+        if dev == want_dev:
+            return int(fields[4])
+        others.append(int(fields[4]))
+    return next((pid for pid in others if _has_open(pid, st, proc)), None)
+
+
+def _has_open(pid: int, st: os.stat_result, proc: str) -> bool:
+    fds = Path(proc, str(pid), "fd")
+    try:
+        for fd in fds.iterdir():
+            try:
+                s = os.stat(fd)
+            except OSError:
+                continue
+            if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino):
+                return True
+    except OSError:
+        pass
+    return False
 
 
 def _command(pid: int, proc: str) -> str | None:

@@ -204,3 +204,19 @@ def test_the_holder_is_described_as_ps_would_show_svcops(tmp_path):
     assert lock_holder(st, str(proc)) == f"pid 4242 (svcops apply -i inventory/lab.py -y), started {started}"
     (proc / "4242" / "cmdline").unlink()
     assert lock_holder(st, str(proc)) == "pid 4242 (gone: a child of it still holds the folder open?)"
+
+
+def test_the_site_is_free_as_soon_as_the_block_ends_under_gevent(tmp_path):
+    """svcops apply runs monkey-patched by gevent, whose os.close defers closing a
+    folder to its hub: the lock is released by an unlock of its own, not by the close."""
+    script = (
+        "import gevent, gevent.monkey; gevent.monkey.patch_all()\n"
+        "gevent.get_hub()\n"  # as in svcops apply, once pyinfra has connected
+        "import os, sys\n"
+        "from svcops.site.sitelock import lock_holder, site_lock\n"
+        "with site_lock(sys.argv[1], timeout=0):\n"
+        "    print(lock_holder(os.stat(sys.argv[1])) is not None)\n"
+        "print(lock_holder(os.stat(sys.argv[1])))\n"  # at once: the hub has not run yet
+    )
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.stdout.splitlines() == ["True", "None"], r.stdout + r.stderr
