@@ -31,9 +31,9 @@ Version 1 locks (svcops before the closing line) still load: the version says
 which kind a file is, so a version 2 lock cut short cannot pass for an old one.
 Such a lock is left as it is while its allocations stay the same (a read-only
 checkout still plans), and written as version 2 by the next `plan` that changes
-it. A version 1 lock with svcops's header must still hold all four sections
-(svcops always wrote them): that catches a cut before the last section, not one
-inside it.
+it. A version 1 lock with svcops's header must still hold all four sections and
+end with a newline (svcops always wrote them): that catches a cut before the last
+section or inside a line, not one at a line boundary inside the last section.
 
 `parse_lock` and `dump_lock` are pure; `read_lock` and `write_lock` are the shell.
 """
@@ -162,17 +162,24 @@ def _construct(constructor: yaml.constructor.SafeConstructor, node: yaml.Node) -
 _VERSION_LINE = re.compile(r"^version:[ \t]*([0-9]+)[ \t]*(?:#.*)?$", re.M)
 
 
-def _cut_short(text: str, file: str) -> Diagnostic | None:
-    """The error of a version 2 lock that does not end with its closing line, or None.
+def _cut_short(text: str, file: str, version: object = None) -> Diagnostic | None:
+    """The error of a lock cut short, or None: a version 2 lock must end with its
+    closing line and a newline, a version 1 lock with svcops's header with a newline.
 
-    Checked on the text, before YAML: a cut inside an entry would otherwise show as
-    a YAML error or a bad value, hiding what happened.
+    Checked on the text, before YAML (the version read from its line): a cut inside
+    an entry would otherwise show as a YAML error or a bad value, hiding what
+    happened. Checked again once YAML gave the `version` (written some other way).
     """
-    m = _VERSION_LINE.search(text)
-    if m is None or int(m[1]) != 2:
-        return None  # no version, an old lock (no closing line) or an unknown one: parse says
-    if not text.endswith("\n"):
+    if version is None:
+        m = _VERSION_LINE.search(text)
+        version = int(m[1]) if m else None
+    if isinstance(version, bool) or version not in READ_VERSIONS:
+        return None  # no version or an unknown one: parse says
+    # Version 1 without svcops's header: written by hand, no final newline required.
+    if not text.endswith("\n") and (version == 2 or text.startswith(HEADER_V1)):
         return error(file, text.count("\n") + 1, "", f"ends in the middle of a line: {RESTORE}")
+    if version == 1:
+        return None  # no closing line
     lines = text.rstrip().split("\n")  # blank lines after the closing line are harmless
     if lines[-1].rstrip() == CLOSING_LINE:
         return None
@@ -279,7 +286,10 @@ def parse_lock(text: str, file: str = "svcops.lock") -> tuple[Allocations | None
             entries[ekey] = value
     if not version_seen:
         diags.append(error(file, root.start_mark.line + 1, "version", f"missing (write version: {LOCK_VERSION})"))
+    elif not diags and (cut := _cut_short(text, file, data.get("version"))) is not None:
+        diags.append(cut)
     elif data.get("version") == 1 and text.startswith(HEADER_V1) and not diags:
+        # Written by svcops before the closing line: every section is there.
         missing = [section for section in SECTIONS if section not in seen_top]
         if missing:
             last = text.count("\n", 0, len(text.rstrip())) + 1

@@ -302,3 +302,17 @@ def test_a_version_1_lock_is_left_alone_until_its_allocations_change(tmp_path):
     assert "version: 2\n" in text and text.endswith("# end of svcops.lock\n")
     assert read_lock(path) == (more, [])
 
+
+
+def test_a_version_2_lock_is_checked_for_its_closing_line_however_version_is_written():
+    body = dump_lock(EXAMPLE).replace("version: 2\n", '"version": 2\n')
+    assert parse_lock(body) == (EXAMPLE, [])
+    cut = body.removesuffix(lockfile.CLOSING_LINE + "\n")
+    assert str(parse_lock(cut)[1][0]).endswith("ends without its closing line ('# end of svcops.lock'): it was cut short (restore it from git)")
+
+
+def test_a_version_1_lock_cut_inside_a_line_is_an_error():
+    text = V1_LOCK.read_text()
+    assert [str(d) for d in parse_lock(text[:-4])[1]] == [
+        f"svcops.lock:{text.count(chr(10))}: ends in the middle of a line: it was cut short (restore it from git)"
+    ]
