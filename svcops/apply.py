@@ -433,7 +433,6 @@ def run(opts: ApplyOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr, 
     from pyinfra.context import ctx_state
     from pyinfra_cli.inventory import make_inventory
 
-    from svcops.deploy import SiteError, compile_from_hosts
     from svcops.site.hostdata import common_data
 
     interactive = sys.stdin.isatty()
@@ -460,8 +459,30 @@ def run(opts: ApplyOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr, 
         print(f"{opts.inventory}: the inventory has no hosts", file=err)
         return 1
     site_root = opts.site or common_data(hosts).get("svcops_site") or "."
+    from svcops.site.files import folder_problem
+    from svcops.site.sitelock import SiteLockError, site_lock
+
+    why = folder_problem(site_root)
+    if why is not None:
+        print(f"{site_root}: site folder {why}", file=err)
+        return 1
+    # One writer per site: held for the whole run (the lock file and every node's push).
+    wait = opts.lock_timeout if opts.lock_timeout is not None else 30.0
     try:
-        plan = compile_from_hosts(site_root, hosts, opts.inventory)
+        with site_lock(site_root, wait, on_wait=lambda m: print(f"svcops: {m}", file=err)):
+            return _run_site(opts, site_root, hosts, out, err, ask, start)
+    except SiteLockError as e:
+        print(f"svcops apply: {e}; nothing was pushed", file=err)
+        return 1
+
+
+def _run_site(opts: ApplyOptions, site_root: str, hosts, out: TextIO, err: TextIO, ask, start: float) -> int:
+    """`run`, the site locked: compile, then the dry run or the pushes."""
+    from svcops.deploy import SiteError, compile_from_hosts
+
+    wait = opts.lock_timeout if opts.lock_timeout is not None else 30.0
+    try:
+        plan = compile_from_hosts(site_root, hosts, opts.inventory, lock_timeout=wait)
     except SiteError as e:
         print(str(e), file=err)
         return 1

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Sequence
 
@@ -63,32 +64,33 @@ def _positive_int(text: str) -> int:
     return n
 
 
-def _seconds(text: str, least: float) -> float:
-    try:
-        n = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (n >= least) or n != n or n == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be {'more than' if least > 0 else 'at least'} 0 seconds, not {text}")
-    return n
+def _float_between(low: float, high: float, unit: str = ""):
+    """An argparse type: a number from `low` to `high` (`unit` for the message)."""
+
+    def parse(text: str) -> float:
+        try:
+            n = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}{unit}, not {text}")
+        return n
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    return _seconds(text, 1e-9)
+_percent = _float_between(0, 100)
+_seconds = _float_between(0, 86400, " seconds")
 
 
-def _nonnegative_float(text: str) -> float:
-    return _seconds(text, 0.0)
-
-
-def _percent(text: str) -> float:
-    try:
-        n = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= n <= 100:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 100, not {text}")
-    return n
+def _add_lock_timeout(p: argparse.ArgumentParser, what: str = "the site") -> None:
+    p.add_argument(
+        "--lock-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help=f"wait at most this long while another plan or apply holds {what}, then fail naming it (default 30)",
+    )
 
 
 def _add_site(p: argparse.ArgumentParser) -> None:
@@ -160,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 2 when something changed (an allocation was added, moved or released)",
     )
+    _add_lock_timeout(p)
     _add_site(p)
 
     p = sub.add_parser(
@@ -248,15 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a node undoes the apply by itself after this long without a word from svcops (cut off, hung) (default 60)",
     )
-    p.add_argument(
-        "--lock-timeout",
-        type=_nonnegative_float,
-        metavar="SECONDS",
-        help="wait this long for a node (or the site) another apply holds, then fail naming it (default 30)",
-    )
+    _add_lock_timeout(p, "the site or a node")
     p.add_argument(
         "--node-timeout",
-        type=_positive_float,
+        type=_float_between(0.5, 3600, " seconds"),
         metavar="SECONDS",
         help="a node that does not answer for this long is reported unreachable; the others go on (default 10)",
     )
@@ -312,8 +310,13 @@ def _print_diags(diags: Sequence[Diagnostic]) -> None:
         print(f"svcops: {errors} error{'s' if errors != 1 else ''}; nothing was changed", file=sys.stderr)
 
 
-def _load(args: argparse.Namespace, need_inventory: bool):
-    """Load inventory, site and lock; returns (site, nodes, lock, lock_path, site_root, diags)."""
+def _load(args: argparse.Namespace, need_inventory: bool, hold: ExitStack | None = None):
+    """Load inventory, site and lock; returns (site, nodes, lock, lock_path, site_root, diags).
+
+    With `hold`, the site is locked (svcops.site.sitelock) before it is read, until
+    `hold` closes; SiteLockError when another svcops keeps it past --lock-timeout.
+    """
+    from svcops.site.files import folder_problem
     from svcops.site.hostdata import load_inventory
     from svcops.site.load import load_site
     from svcops.site.lockfile import read_lock
@@ -325,9 +328,14 @@ def _load(args: argparse.Namespace, need_inventory: bool):
         nodes, inv_diags, data = load_inventory(args.inventory)
         diags += inv_diags
     site_root = args.site or data.get("svcops_site") or "."
-    if not Path(site_root).is_dir():
-        diags.append(Diagnostic(str(site_root), None, "", "site folder not found"))
+    why = folder_problem(site_root)
+    if why is not None:
+        diags.append(Diagnostic(str(site_root), None, "", f"site folder {why}"))
         return None, nodes, None, None, site_root, diags
+    if hold is not None:
+        from svcops.site.sitelock import site_lock
+
+        hold.enter_context(site_lock(site_root, args.lock_timeout, on_wait=lambda m: print(f"svcops: {m}", file=sys.stderr)))
     site, site_diags = load_site(site_root)
     diags += site_diags
     lock_path = Path(site_root) / LOCK_NAME
@@ -355,10 +363,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _compile(args: argparse.Namespace, mode: str | None = None):
+def _compile(args: argparse.Namespace, mode: str | None = None, hold: ExitStack | None = None):
     from svcops.compile.pipeline import compile_site
 
-    site, nodes, lock, lock_path, site_root, diags = _load(args, need_inventory=True)
+    site, nodes, lock, lock_path, site_root, diags = _load(args, need_inventory=True, hold=hold)
     if site is None or lock is None or has_errors(diags):
         return None, lock, lock_path, diags
     compiled, more = compile_site(site, nodes, lock, LOCK_NAME, mode=mode)
@@ -396,15 +404,31 @@ def _node_summary(compiled, name: str, endpoints: int, local: int, memo: dict[in
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from svcops.compile.pipeline import allocation_changes
-    from svcops.site.lockfile import write_lock
+    from svcops.site.sitelock import SiteLockError
 
-    compiled, lock, lock_path, diags = _compile(args)
+    # The site stays locked from reading svcops.lock to writing it: one plan or apply at a time.
+    with ExitStack() as hold:
+        try:
+            return _plan(args, hold)
+        except SiteLockError as e:
+            print(f"svcops plan: {e}", file=sys.stderr)
+            return EXIT_ERROR
+
+
+def _plan(args: argparse.Namespace, hold: ExitStack) -> int:
+    from svcops.compile.pipeline import allocation_changes
+    from svcops.site.lockfile import LockWriteError, write_lock
+
+    compiled, lock, lock_path, diags = _compile(args, hold=hold)
     _print_diags(diags)
     if compiled is None:
         return EXIT_ERROR
     changes = allocation_changes(lock, compiled.allocations)
-    write_lock(lock_path, compiled.allocations)
+    try:
+        write_lock(lock_path, compiled.allocations)
+    except LockWriteError as e:
+        _print_diags([e.diagnostic])
+        return EXIT_ERROR
     nodes = _node_summaries(compiled)
     dns = _dns_summary(compiled)
     if args.json:

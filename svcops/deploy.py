@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -58,8 +59,10 @@ from svcops.operations import dns, iptables, ipvs, nftables, node, txn
 from svcops.operations.guard import set_nodelay
 from svcops.site.diagnostics import Diagnostic, has_errors, sort_key
 from svcops.site.hostdata import nodes_from_hosts
+from svcops.site.files import folder_problem
 from svcops.site.load import load_site
-from svcops.site.lockfile import read_lock, write_lock
+from svcops.site.lockfile import LockWriteError, read_lock, write_lock
+from svcops.site.sitelock import DEFAULT_TIMEOUT, SiteLockError, site_lock
 
 __all__ = ["SiteError", "TxnOptions", "compile_from_hosts", "compiled_site", "node_operations", "services", "LOCK_NAME"]
 
@@ -75,15 +78,26 @@ def _format(diags) -> str:
 
 
 def compile_from_hosts(
-    site_root: str, hosts: list[tuple[str, Mapping]], source: str, write: bool = True
+    site_root: str, hosts: list[tuple[str, Mapping]], source: str, write: bool = True, lock_timeout: float = DEFAULT_TIMEOUT
 ) -> SitePlan:
     """Load the site and its lock, compile it for `hosts` (name, data), and record
-    new allocations in the lock (when `write`). Raises SiteError with every problem."""
+    new allocations in the lock (when `write`: the site is locked meanwhile, see
+    svcops.site.sitelock, waiting at most `lock_timeout` s). Raises SiteError with
+    every problem."""
     diags: list[Diagnostic] = []
     nodes, node_diags = nodes_from_hosts(hosts, source)
     diags += node_diags
-    if not Path(site_root).is_dir():
-        raise SiteError(f"{site_root}: site folder not found")
+    why = folder_problem(site_root)
+    if why is not None:
+        raise SiteError(f"{site_root}: site folder {why}")
+    try:
+        with site_lock(site_root, lock_timeout) if write else nullcontext():
+            return _compile_locked(site_root, nodes, diags, write)
+    except SiteLockError as e:
+        raise SiteError(f"svcops: {e} (nothing was pushed)") from None
+
+
+def _compile_locked(site_root: str, nodes, diags: list[Diagnostic], write: bool) -> SitePlan:
     site, site_diags = load_site(site_root)
     diags += site_diags
     lock_path = Path(site_root) / LOCK_NAME
@@ -95,7 +109,10 @@ def compile_from_hosts(
     diags += more
     if compiled is None:
         raise SiteError("svcops: the site has errors; nothing was pushed\n" + _format(diags))
-    written = write_lock(lock_path, compiled.allocations) if write else False
+    try:
+        written = write_lock(lock_path, compiled.allocations) if write else False
+    except LockWriteError as e:
+        raise SiteError(f"svcops: the site has errors; nothing was pushed\n{e.diagnostic}") from None
     plan = plan_site(compiled)
     return SitePlan(plan.compiled, plan.announced, tuple(diags), written)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from paths import ROOT
+from sitefs import add_service
 
 from svcops.cli import main
 
@@ -31,16 +32,6 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def add_service(site: Path, name: str, port: int = 9000) -> None:
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name},
-        "spec": {"selector": {"app": "web"}, "ports": [{"port": port, "targetPort": "http"}]},
-    }
-    (site / "services" / f"{name}.yaml").write_text(yaml.safe_dump(doc))
 
 
 def test_validate_example_site_is_clean(capsys, site):

@@ -5,7 +5,9 @@
     svcops.schemas (schemas/ at the top of the repository) the JSON Schemas of each kind
     validate      what the schemas cannot say: Kubernetes' validation and defaulting
     model         the frozen values the core passes along, from every stage
+    files         reading the folder's files: regular files only, never blocking
     load          a site folder in, a checked Site (or every error) out
-    lockfile      svcops.lock: allocations as a reviewable, mergeable file
+    lockfile      svcops.lock: allocations as a reviewable, mergeable file, closed by its last line
+    sitelock      one writer per site: an flock on the folder, with the holder named on timeout
     hostdata      nodes and workloads from a pyinfra inventory's host data
 """

@@ -17,18 +17,22 @@ file, is collected (`load_site` never stops at the first):
 2. Schema (`svcops.schemas`): the document's shape, by its kind.
 3. Meaning (`validate`): what the API server would refuse, per object, then site-wide.
 
+Files are read through `svcops.site.files`: regular files only (symlinks to them
+followed), never blocking; a FIFO, a folder or a dangling symlink named like a
+manifest is an error, not skipped.
+
 `load_site` is the shell (it reads the files); `parse_site` is the pure core that
 takes their bytes, so tests and benchmarks can feed it without touching a disk.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from svcops import schemas
 from svcops.site.diagnostics import Diagnostic, error, has_errors, sort_key
+from svcops.site.files import folder_problem, list_folder, read_file
 from svcops.site.model import Cluster, Site
 from svcops.site.validate import (
     ClusterView,
@@ -68,25 +72,28 @@ def load_site(root: str | Path) -> tuple[Site | None, list[Diagnostic]]:
     """
     root = Path(root)
     diags: list[Diagnostic] = []
-    config: bytes | None = None
-    config_path = root / CONFIG_NAME
-    if config_path.exists():
-        try:
-            config = config_path.read_bytes()
-        except OSError as e:
-            diags.append(error(CONFIG_NAME, None, "", f"cannot read: {e.strerror}"))
+    why = folder_problem(root)
+    if why is not None:
+        return None, [error(str(root), None, "", f"site folder {why}")]
+    config, config_diags = read_file(root / CONFIG_NAME, CONFIG_NAME)
+    diags += config_diags
     manifests: list[tuple[str, bytes]] = []
-    services_dir = root / SERVICES_DIR
-    if services_dir.is_dir():  # a site without services/ has no services; that is valid
-        for name in sorted(os.listdir(services_dir)):
-            path = services_dir / name
-            if name.startswith(".") or not name.endswith(MANIFEST_SUFFIXES) or not path.is_file():
-                continue
-            rel = f"{SERVICES_DIR}/{name}"
-            try:
-                manifests.append((rel, path.read_bytes()))
-            except OSError as e:
-                diags.append(error(rel, None, "", f"cannot read: {e.strerror}"))
+    # A site without services/ has no services; that is valid. A services/ that is no
+    # folder, or one svcops may not list, is an error.
+    names, dir_diags = list_folder(root / SERVICES_DIR, SERVICES_DIR)
+    diags += dir_diags
+    for name in names or ():
+        if name.startswith(".") or not name.endswith(MANIFEST_SUFFIXES):
+            continue
+        rel = f"{SERVICES_DIR}/{name}"
+        # Every *.yaml is read or is an error: a FIFO, a folder or a dangling symlink
+        # named like a manifest is never skipped in silence.
+        data, file_diags = read_file(root / SERVICES_DIR / name, rel, missing_ok=False)
+        diags += file_diags
+        if data is not None:
+            manifests.append((rel, data))
+    if config_diags:  # checked against defaults it does not hold, the manifests would show false errors
+        return None, sorted(diags, key=sort_key)
     site, more = parse_site(str(root), config, manifests)
     diags += more
     if has_errors(diags):

@@ -5,7 +5,7 @@ allocation a line, every section sorted by key, so that a diff shows exactly wha
 `svcops plan` added or released and two branches merge cleanly::
 
     # svcops.lock: allocations made by svcops (...)
-    version: 1
+    version: 2
     clusterIPs:
       default/web: 10.96.38.122
     nodePorts:
@@ -14,15 +14,33 @@ allocation a line, every section sorted by key, so that a diff shows exactly wha
       default/web: 192.0.2.3
     nodeAddresses:
       node1: 10.0.0.57
+    # end of svcops.lock
 
 A lock that does not parse is an error naming the file and line, never silently
 rebuilt: rebuilding it would move every cluster IP and node port of the site.
+
+A lock cut short is an error too. A file cut at a line boundary is still valid
+YAML, and each lost entry would be allocated again, so the writer always ends the
+file with the closing line above: a version 2 lock without it as its last line (or
+without a final newline) was cut short, and nothing is allocated, written or
+pushed until it is restored from git. A closing line, not an entry count or a
+checksum in the header: two branches that add different services change different
+lines, and a count or a checksum would make every such pair of branches conflict.
+
+Version 1 locks (svcops before the closing line) still load: the version says
+which kind a file is, so a version 2 lock cut short cannot pass for an old one.
+Such a lock is left as it is while its allocations stay the same (a read-only
+checkout still plans), and written as version 2 by the next `plan` that changes
+it. A version 1 lock with svcops's header must still hold all four sections and
+end with a newline (svcops always wrote them): that catches a cut before the last
+section or inside a line, not one at a line boundary inside the last section.
 
 `parse_lock` and `dump_lock` are pure; `read_lock` and `write_lock` are the shell.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib.resources
 import json
@@ -36,17 +54,24 @@ import netaddr
 import yaml
 
 from svcops.site.diagnostics import Diagnostic, error
+from svcops.site.files import read_file
 from svcops.site.model import Allocations
 
-__all__ = ["parse_lock", "dump_lock", "read_lock", "write_lock", "LOCK_VERSION"]
+__all__ = ["parse_lock", "dump_lock", "read_lock", "write_lock", "LockWriteError", "LOCK_VERSION", "CLOSING_LINE"]
 
-LOCK_VERSION = 1
+LOCK_VERSION = 2  # what write_lock writes
+READ_VERSIONS = (1, 2)  # what parse_lock reads: 1 has no closing line
 
-HEADER = """\
+# The last line of every version 2 lock.
+CLOSING_LINE = "# end of svcops.lock"
+RESTORE = "it was cut short (restore it from git)"
+
+HEADER_V1 = """\
 # svcops.lock: allocations made by svcops (cluster IPs, node ports, load-balancer
 # addresses, node addresses). Commit it with the site. An allocation recorded here
 # never moves; delete a line to let `svcops plan` allocate that one anew.
 """
+HEADER = HEADER_V1 + "# Its last line is `# end of svcops.lock`: a lock without it was cut short.\n"
 
 # section in the file -> (attribute of Allocations, what a value is)
 SECTIONS = {
@@ -135,12 +160,46 @@ def _construct(constructor: yaml.constructor.SafeConstructor, node: yaml.Node) -
         return getattr(node, "value", None) if isinstance(node, yaml.ScalarNode) else node.tag
 
 
+_VERSION_LINE = re.compile(r"^version:[ \t]*([0-9]+)[ \t]*(?:#.*)?$", re.M)
+
+
+def _cut_short(text: str, file: str, version: object = None) -> Diagnostic | None:
+    """The error of a lock cut short, or None: a version 2 lock must end with its
+    closing line and a newline, a version 1 lock with svcops's header with a newline.
+
+    Checked on the text, before YAML (the version read from its line): a cut inside
+    an entry would otherwise show as a YAML error or a bad value, hiding what
+    happened. Checked again once YAML gave the `version` (written some other way).
+    """
+    if version is None:
+        m = _VERSION_LINE.search(text)
+        version = int(m[1]) if m else None
+    if isinstance(version, bool) or version not in READ_VERSIONS:
+        return None  # no version or an unknown one: parse says
+    # Version 1 without svcops's header: written by hand, no final newline required.
+    if not text.endswith("\n") and (version == 2 or text.startswith(HEADER_V1)):
+        return error(file, text.count("\n") + 1, "", f"ends in the middle of a line: {RESTORE}")
+    if version == 1:
+        return None  # no closing line
+    lines = text.rstrip().split("\n")  # blank lines after the closing line are harmless
+    if lines[-1].rstrip() == CLOSING_LINE:
+        return None
+    closing = next((i for i, ln in enumerate(lines) if ln.rstrip() == CLOSING_LINE), None)
+    if closing is not None:
+        return error(file, closing + 2, "", f"comes after the closing line ({CLOSING_LINE!r}), which must be the last line")
+    return error(file, len(lines), "", f"ends without its closing line ({CLOSING_LINE!r}): {RESTORE}")
+
+
 def parse_lock(text: str, file: str = "svcops.lock") -> tuple[Allocations | None, list[Diagnostic]]:
     """The allocations a lock file holds, or None with every error found.
 
     Errors name the file, the line and the entry, e.g.
     ``svcops.lock:7: clusterIPs.default/web: 'x' is not an IPv4 address``.
+    A lock cut short is one error that says so, whatever else the cut broke.
     """
+    cut = _cut_short(text, file)
+    if cut is not None:
+        return None, [cut]
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
@@ -154,7 +213,7 @@ def parse_lock(text: str, file: str = "svcops.lock") -> tuple[Allocations | None
 
     if root is None:
         return None, [
-            error(file, 1, "", "the lock file is empty; delete it to start afresh "
+            error(file, 1, "", "the lock file is empty: restore it from git, or delete it to start afresh "
                   "(every allocation will then be made anew)")
         ]
     if not isinstance(root, yaml.MappingNode):
@@ -179,10 +238,10 @@ def parse_lock(text: str, file: str = "svcops.lock") -> tuple[Allocations | None
             version_seen = True
             value = _construct(constructor, vnode)
             data["version"] = value
-            if value != LOCK_VERSION or isinstance(value, bool):
+            if value not in READ_VERSIONS or isinstance(value, bool):
                 diags.append(
                     error(file, vnode.start_mark.line + 1, "version",
-                          f"unsupported lock version {value!r} (this svcops reads version {LOCK_VERSION})")
+                          f"unsupported lock version {value!r} (this svcops reads versions 1 and {LOCK_VERSION})")
                 )
             continue
         if key not in SECTIONS:
@@ -228,6 +287,16 @@ def parse_lock(text: str, file: str = "svcops.lock") -> tuple[Allocations | None
             entries[ekey] = value
     if not version_seen:
         diags.append(error(file, root.start_mark.line + 1, "version", f"missing (write version: {LOCK_VERSION})"))
+    elif not diags and (cut := _cut_short(text, file, data.get("version"))) is not None:
+        diags.append(cut)
+    elif data.get("version") == 1 and text.startswith(HEADER_V1) and not diags:
+        # Written by svcops before the closing line: every section is there.
+        missing = [section for section in SECTIONS if section not in seen_top]
+        if missing:
+            last = text.count("\n", 0, len(text.rstrip())) + 1
+            diags.append(
+                error(file, last, "", f"ends without the sections {', '.join(missing)} (svcops writes all four): {RESTORE}")
+            )
 
     # The schema (schemas/lock.schema.json, what editors use) says nothing the checks
     # above do not; it is a second opinion, heard only when they found nothing.
@@ -268,9 +337,10 @@ def _value(value: object) -> str:
     return text if ":" not in text else json.dumps(text)  # IPv6 (never from svcops): quoted
 
 
-def dump_lock(allocs: Allocations) -> str:
-    """The lock file's text: a header comment, then each section sorted by key."""
-    out = [HEADER, f"version: {LOCK_VERSION}\n"]
+def dump_lock(allocs: Allocations, version: int = LOCK_VERSION) -> str:
+    """The lock file's text: a header comment, each section sorted by key, and (from
+    version 2) the closing line. Version 1 is only for telling an old lock unchanged."""
+    out = [HEADER if version >= 2 else HEADER_V1, f"version: {version}\n"]
     for section, (attr, _) in SECTIONS.items():
         entries = getattr(allocs, attr)
         if not entries:
@@ -278,6 +348,8 @@ def dump_lock(allocs: Allocations) -> str:
             continue
         out.append(f"{section}:\n")
         out.extend(f"  {_key(k)}: {_value(entries[k])}\n" for k in sorted(entries))
+    if version >= 2:
+        out.append(CLOSING_LINE + "\n")
     return "".join(out)
 
 
@@ -291,12 +363,11 @@ def read_lock(path: str | os.PathLike[str], file: str | None = None) -> tuple[Al
     as the lock sits at the root of the site and diagnostics name files relative to it.
     """
     name = file if file is not None else os.path.basename(os.fspath(path))
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
+    raw, diags = read_file(path, name)
+    if diags:
+        return None, diags
+    if raw is None:
         return Allocations(), []
-    except OSError as e:
-        return None, [error(name, None, "", f"cannot read: {e.strerror or e}")]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -305,41 +376,71 @@ def read_lock(path: str | os.PathLike[str], file: str | None = None) -> tuple[Al
     return parse_lock(text, name)
 
 
-def write_lock(path: str | os.PathLike[str], allocs: Allocations) -> bool:
+class LockWriteError(Exception):
+    """The lock could not be written; the old one is untouched, no temporary file is left.
+
+    `diagnostic` says which file and why (``svcops.lock: cannot write: read-only file
+    system (svcops.lock is unchanged)``); str() is the same line.
+    """
+
+    def __init__(self, diagnostic: Diagnostic) -> None:
+        super().__init__(str(diagnostic))
+        self.diagnostic = diagnostic
+
+
+_WRITE_ERRORS = {
+    errno.EROFS: "the site folder is on a read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+}
+
+
+def write_lock(path: str | os.PathLike[str], allocs: Allocations, file: str | None = None) -> bool:
     """Write the lock atomically; return whether its content changed.
 
-    Nothing is written when the file already holds exactly this text (its
-    modification time stays, so a second `plan` touches nothing). Otherwise the text
-    goes to a temporary file in the same folder, is fsynced, and replaces the lock in
-    one rename: a crash leaves the old lock or the new one, never half of one.
+    Nothing is written when the file already holds exactly this text, or is a
+    version 1 lock of exactly these allocations (its modification time stays, so a
+    second `plan` touches nothing, and a read-only checkout plans). Otherwise the
+    text goes to a temporary file in the same folder, is fsynced, and replaces the
+    lock in one rename: a crash leaves the old lock or the new one, never half of
+    one. Any failure (read-only folder, full disk...) raises LockWriteError, with the
+    old lock untouched and the temporary file removed.
     """
     path = Path(path)
+    name = file if file is not None else path.name
     text = dump_lock(allocs)
+    old, diags = read_file(path, name)
+    if diags:  # a FIFO, a folder...: never replaced by a rename
+        raise LockWriteError(diags[0])
+    if old is not None and old in (text.encode(), dump_lock(allocs, 1).encode()):
+        return False
+    tmp: str | None = None
     try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except (FileNotFoundError, UnicodeDecodeError):
-        pass
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        tmp = None
+    except OSError as e:
+        why = _WRITE_ERRORS.get(e.errno, e.strerror or str(e))
+        raise LockWriteError(error(name, None, "", f"cannot write: {why} ({name} is unchanged)")) from e
+    finally:
+        if tmp is not None:  # any failure, an interrupt too: no temporary left behind
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
     # Make the rename itself durable.
     try:
         dfd = os.open(path.parent, os.O_RDONLY)

@@ -255,7 +255,8 @@ def test_lock_schema_describes_the_lock():
         "nodeAddresses": {"node1": "10.0.0.11"},
     }
     assert v.is_valid(good)
-    assert not v.is_valid({**good, "version": 2})
+    assert v.is_valid({**good, "version": 2})  # the closing line is text, not data
+    assert not v.is_valid({**good, "version": 3})
     assert not v.is_valid({**good, "nodePorts": {"default/web:8000": 30001}})
     assert not v.is_valid({**good, "clusterIPs": {"web": "10.96.0.10"}})
     assert not v.is_valid({**good, "nodeAddresses": {"node1": "10.0.0"}})

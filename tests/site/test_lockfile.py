@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -60,8 +61,9 @@ def test_dump_is_human_readable_sorted_one_allocation_a_line():
     text = dump_lock(EXAMPLE)
     lines = text.splitlines()
     assert lines[0].startswith("#")  # a header that says what the file is
+    assert lines[-1] == "# end of svcops.lock"  # the closing line, always last
     body = [ln for ln in lines if not ln.startswith("#")]
-    assert body[0] == "version: 1"
+    assert body[0] == "version: 2"
     sections = {}
     current = None
     for ln in body[1:]:
@@ -112,13 +114,13 @@ BAD = [
      ["svcops.lock:3: nodeAddresses: must be a mapping of key: value ({} when empty)"]),
     (GOOD_HEAD + "clusterIps: {}\n",
      ["svcops.lock:3: clusterIps: unknown key (expected: version, clusterIPs, nodePorts, loadBalancerIPs, nodeAddresses)"]),
-    ("version: 2\n", ["svcops.lock:1: version: unsupported lock version 2 (this svcops reads version 1)"]),
-    ("clusterIPs: {}\n", ["svcops.lock:1: version: missing (write version: 1)"]),
+    ("version: 3\n", ["svcops.lock:1: version: unsupported lock version 3 (this svcops reads versions 1 and 2)"]),
+    ("clusterIPs: {}\n", ["svcops.lock:1: version: missing (write version: 2)"]),
     (GOOD_HEAD + "clusterIPs:\n  default/web: [10.96.0.1\n",
      ["svcops.lock:5: not valid YAML: did not find expected ',' or ']'"]),
     ("- version: 1\n", ["svcops.lock:1: the lock must be a mapping (version, clusterIPs, ...)"]),
-    ("# only a comment\n", ["svcops.lock:1: the lock file is empty; delete it to start afresh "
-                            "(every allocation will then be made anew)"]),
+    ("# only a comment\n", ["svcops.lock:1: the lock file is empty: restore it from git, or delete it "
+                            "to start afresh (every allocation will then be made anew)"]),
     (GOOD_HEAD + "<<<<<<< HEAD\nclusterIPs: {}\n", None),  # a git conflict marker: some YAML error
 ]
 
@@ -218,7 +220,99 @@ def test_a_failed_write_leaves_the_old_lock_and_no_temporary(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(lockfile.LockWriteError) as e:
         write_lock(path, Allocations())
+    assert str(e.value) == "svcops.lock: cannot write: no space left on the device (svcops.lock is unchanged)"
     assert read_lock(path) == (EXAMPLE, [])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["svcops.lock"]
+
+
+# --- a lock cut short ---------------------------------------------------------------
+
+V1_LOCK = Path(__file__).with_name("v1.svcops.lock")  # the example's lock as svcops 0.1 wrote it
+
+
+def test_the_writer_always_ends_with_the_closing_line_and_a_newline():
+    for allocs in (EXAMPLE, Allocations()):
+        assert dump_lock(allocs).endswith("\n" + lockfile.CLOSING_LINE + "\n")
+
+
+@pytest.mark.parametrize("allocs", [EXAMPLE, Allocations()], ids=["example", "empty"])
+def test_every_cut_of_a_lock_is_an_error_never_fewer_allocations(allocs):
+    """Cut the file after any byte: at a line boundary (still valid YAML, entries lost)
+    or inside a line, it is refused, with one error that says it was cut short."""
+    text = dump_lock(allocs)
+    for n in range(len(text)):
+        parsed, diags = parse_lock(text[:n])
+        assert parsed is None, f"a lock cut after {n} bytes was accepted: {text[:n]!r}"
+        assert len(diags) == 1 and diags[0].is_error
+        if text[:n].count("\n") > 4:  # past the header and version: the cut is recognised as one
+            assert str(diags[0]).endswith("it was cut short (restore it from git)"), str(diags[0])
+
+
+def test_a_cut_at_a_line_boundary_names_the_file_and_the_missing_closing_line():
+    text = dump_lock(EXAMPLE)
+    cut = "".join(text.splitlines(keepends=True)[:9])
+    assert [str(d) for d in parse_lock(cut, "site/svcops.lock")[1]] == [
+        "site/svcops.lock:9: ends without its closing line ('# end of svcops.lock'): it was cut short (restore it from git)"
+    ]
+    assert [str(d) for d in parse_lock(text[:-1])[1]] == [
+        f"svcops.lock:{text.count(chr(10))}: ends in the middle of a line: it was cut short (restore it from git)"
+    ]
+
+
+def test_blank_lines_after_the_closing_line_are_harmless_anything_else_is_not():
+    text = dump_lock(EXAMPLE)
+    assert parse_lock(text + "\n\n") == (EXAMPLE, [])
+    assert [str(d) for d in parse_lock(text + "  other/svc: 10.96.0.9\n")[1]] == [
+        f"svcops.lock:{text.count(chr(10)) + 1}: comes after the closing line ('# end of svcops.lock'), which must be the last line"
+    ]
+
+
+def test_a_version_1_lock_still_loads():
+    allocs, diags = read_lock(V1_LOCK)
+    assert diags == []
+    assert allocs.cluster_ips["default/my-deploy"] == "10.1.11.83"
+    assert allocs.node_addresses == {"node1": "192.168.36.11", "node2": "192.168.36.12", "node3": "192.168.36.13"}
+
+
+def test_a_version_1_lock_cut_before_its_last_section_is_an_error():
+    """svcops always wrote all four sections: one missing from a lock with svcops's
+    header means the file was cut (a cut inside the last section cannot be seen)."""
+    lines = V1_LOCK.read_text().splitlines(keepends=True)
+    cut = "".join(lines[:8])
+    assert [str(d) for d in parse_lock(cut)[1]] == [
+        "svcops.lock:8: ends without the sections nodePorts, loadBalancerIPs, nodeAddresses "
+        "(svcops writes all four): it was cut short (restore it from git)"
+    ]
+    # Hand-written version 1 locks (no svcops header) may leave sections out.
+    assert parse_lock("version: 1\nclusterIPs: {default/a: 10.96.0.1}\n")[1] == []
+
+
+def test_a_version_1_lock_is_left_alone_until_its_allocations_change(tmp_path):
+    path = tmp_path / "svcops.lock"
+    path.write_bytes(V1_LOCK.read_bytes())
+    allocs, _ = read_lock(path)
+    before = os.stat(path)
+    assert write_lock(path, allocs) is False  # same allocations: not rewritten (a read-only checkout plans)
+    assert os.stat(path).st_mtime_ns == before.st_mtime_ns and path.read_bytes() == V1_LOCK.read_bytes()
+    more = Allocations({**allocs.cluster_ips, "default/new": "10.1.0.9"}, allocs.node_ports, allocs.load_balancer_ips, allocs.node_addresses)
+    assert write_lock(path, more) is True  # the next change writes version 2
+    text = path.read_text()
+    assert "version: 2\n" in text and text.endswith("# end of svcops.lock\n")
+    assert read_lock(path) == (more, [])
+
+
+
+def test_a_version_2_lock_is_checked_for_its_closing_line_however_version_is_written():
+    body = dump_lock(EXAMPLE).replace("version: 2\n", '"version": 2\n')
+    assert parse_lock(body) == (EXAMPLE, [])
+    cut = body.removesuffix(lockfile.CLOSING_LINE + "\n")
+    assert str(parse_lock(cut)[1][0]).endswith("ends without its closing line ('# end of svcops.lock'): it was cut short (restore it from git)")
+
+
+def test_a_version_1_lock_cut_inside_a_line_is_an_error():
+    text = V1_LOCK.read_text()
+    assert [str(d) for d in parse_lock(text[:-4])[1]] == [
+        f"svcops.lock:{text.count(chr(10))}: ends in the middle of a line: it was cut short (restore it from git)"
+    ]
