@@ -21,7 +21,7 @@ def fail(what: str) -> StringCommand:
 
 def write_file(path: str, text: str, mode: str = "644", dir_mode: str | None = None) -> StringCommand:
     """Write `text` to `path` atomically (a temporary file beside it, then a rename), through
-    stdin; the folder is made when missing (with `dir_mode` when given)."""
+    stdin, byte for byte; the folder is made when missing (with `dir_mode` when given)."""
     d = shlex.quote(path.rsplit("/", 1)[0] or "/")
     p = shlex.quote(path)
     tmp = shlex.quote(path + ".svcops-tmp")
@@ -29,4 +29,6 @@ def write_file(path: str, text: str, mode: str = "644", dir_mode: str | None = N
     if not text:
         # pyinfra writes a newline for an empty stdin: an empty file is made without one.
         return StringCommand(f"{mkdir} && : > {tmp} && chmod {mode} {tmp} && mv -f {tmp} {p}")
-    return StringCommand(f"{mkdir} && cat > {tmp} && chmod {mode} {tmp} && mv -f {tmp} {p}", _stdin=text)
+    # pyinfra ends stdin with a newline: a text without one loses it again (head -c -1).
+    copy = "cat" if text.endswith("\n") else "head -c -1"
+    return StringCommand(f"{mkdir} && {copy} > {tmp} && chmod {mode} {tmp} && mv -f {tmp} {p}", _stdin=text)
