@@ -5,9 +5,9 @@ it is and whether it is supervised, whether systemd runs the machine, the sha256
 svcops's DNS files, ``/etc/resolv.conf`` exactly (and its target when it is a symlink)
 and the host name's domain. `svcops.operations.dns` decides from it (`dns_plan`).
 
-Bounded: the one command that talks to the server (``rec_control ping``) is ended
+Bounded: the command that talks to the server (``rec_control ping``) is ended
 after `PING_DEADLINE` s (rec_control's own timeout does not cover a hung server), so a
-hung server reads as "not answering" within 3 s; nothing else asks the node's
+hung server reads as "not answering" within 4 s; nothing else asks the node's
 resolver (the domain comes from the kernel's host name, as glibc takes it, not from
 ``hostname -d``, which looks the name up).
 """
@@ -165,7 +165,7 @@ def parse_dns_state(lines: list[str]) -> DnsState:
 class SvcopsDns(FactBase):
     """
     The node's DNS as svcops sees it, as a ``DnsState``: whether pdns-recursor is
-    installed, whether svcops's instance answers (within 3 s), its PID and whether it
+    installed, whether svcops's instance answers (within 4 s), its PID and whether it
     is supervised, whether systemd runs the machine, the sha256 of svcops's DNS files,
     ``/etc/resolv.conf`` (exactly; and its target if it is a symlink) and the host
     name's domain.

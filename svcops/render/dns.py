@@ -67,34 +67,39 @@ Files (all pure text from here; the operations write them, temp file + rename):
                                              and the previous file kept verbatim in
                                              ``#was:`` comments
 
-When the server dies or hangs (issue 10: "no torn nodes"). Two things keep the node's
-names working, because neither is enough alone:
+When the server dies or hangs (issue 10: "no torn nodes"), the node's names must not
+go with it, and neither of these is enough alone:
 
 * resolv.conf lists svcops's server first and then the previous nameservers (glibc reads
   three at most), with ``options timeout:1 attempts:2``. glibc asks them in order,
   each query afresh: a dead server's port answers with ICMP port unreachable, so glibc
   moves on at once (measured: no delay); a hung (SIGSTOPped) one costs the timeout,
-  1 s, the least glibc allows, per query (an A+AAAA lookup of an outside name 2 s; a name
-  walked through the 3-domain search list up to 8 s; glibc's defaults, 5 s and 2
-  attempts with one nameserver, gave 40 s and then failure). Outside names keep
-  resolving; cluster names then fail fast with NXDOMAIN from the previous nameservers,
-  which do not know them, and while the server is down they (and the search list's
-  expansions) are asked there. NXDOMAIN from svcops's server is final: glibc asks the
-  next server only on no answer, SERVFAIL or REFUSED, so a healthy server still decides
-  every cluster name. ``rotate`` is dropped from the previous options (it would send
-  cluster names to the next server first), and timeout/attempts are svcops's: 2
-  attempts still give a lost datagram to the upstream a second chance.
+  1 s, the least glibc allows, per query (measured on the lab, benchmarks/dns_faults.py:
+  ``getent hosts`` of an outside name 5 s, its empty AAAA walking the 3-domain search
+  list, A alone 1 s; a failing cluster name 8 s; with glibc's defaults, 5 s and 2
+  attempts, and svcops's server alone, 40 s and then failure). Outside names keep
+  resolving. Cluster names fail meanwhile (NXDOMAIN from the previous nameservers,
+  which do not know them: at once when the server is dead, after the timeouts when it
+  hangs), and they and the search list's expansions are asked there. While the server
+  answers, its NXDOMAIN is final (glibc goes on only on no answer, SERVFAIL, REFUSED):
+  it alone decides the cluster domain. ``rotate`` is dropped from the previous options
+  (it would start cluster names at the next server), and timeout/attempts are svcops's:
+  2 attempts still give a datagram lost to the upstream a second chance.
 * the server is supervised, restarted 1 s after it exits, however it exits: under
-  systemd by a drop-in for ``pdns-recursor@svcops`` (`dropin_text`: Debian's unit has
+  systemd by a drop-in for ``pdns-recursor@svcops`` (`dropin_text`; Debian's unit has
   ``Restart=on-failure``, which leaves a clean ``kill`` dead, 100 ms restarts and no
   start limit); without systemd (the lab, containers) by `supervisor_script`, a bash
-  loop that runs the daemon in the foreground as the unit does. pdns-recursor 4.8 sends
-  systemd ``READY=1`` only, no ``WATCHDOG=1`` (PowerDNS issue 3693 is still open;
-  checked in the binary), so nothing on the node notices a *hung* server: the
-  fallback above bounds what it costs, and the next ``svcops apply`` (or ``check``,
-  which reports it) finds it not answering within `PING_DEADLINE` s, kills it by its
-  PID (only svcops's instance: the PID of the unit, or of the PID file when its command
-  line is ``--config-name=svcops`` in this network namespace) and starts it again.
+  loop that runs the daemon in the foreground as the unit does (measured: a cluster
+  name answers again 1.3 s after a ``kill -9``).
+* a *hung* server is noticed by the next ``svcops apply`` (``svcops check`` reports it):
+  the fact reads it as not answering within 4 s (`PING_DEADLINE`, then KILL), the
+  operation kills it by PID (only svcops's instance: the unit's processes, or the PID
+  file's process when its command line is ``--config-name=svcops`` in the node's network
+  namespace) and starts it again (measured: the whole apply 5.3 s). Nothing on the node
+  notices it sooner: pdns-recursor 4.8 sends systemd ``READY=1`` but no ``WATCHDOG=1``
+  (checked in the binary; PowerDNS issue 3693 is open), so ``WatchdogSec=`` cannot
+  work, and a prober of svcops's own would be one more daemon per node (and one more
+  thing to hang); until then the fallback above bounds what it costs.
 
 `dns_action` says which of restart / reload / nothing a set of changed files needs.
 `render_zone` is the same on every node (render it once); `dns_files` adds the
@@ -171,8 +176,9 @@ SUPERVISOR_PID = f"{SOCKET_DIR}/supervise.pid"
 RESOLV_CONF = "/etc/resolv.conf"
 # A healthy server answers rec_control in milliseconds; a hung one never does, and
 # rec_control's own --timeout does not cover a blocked send to its control socket
-# (measured: the second ping of a SIGSTOPped server hung until killed).
-PING_DEADLINE = 2
+# (measured: the second ping of a SIGSTOPped server hung until killed). 3 s, rec_control's
+# own 2 s inside it: what svcops always gave a ping, ample on a loaded machine.
+PING_DEADLINE = 3
 # What svcops's resolv.conf sets (see the module's docstring): 1 s is glibc's least.
 RESOLV_OPTIONS = ("timeout:1", "attempts:2")
 

@@ -6,7 +6,7 @@ What svcops builds for it (svcops/render/dns.py, "When the server dies or hangs"
 node's resolv.conf lists svcops's server and then the previous nameservers with
 `options timeout:1 attempts:2`; the server is supervised (in the lab, without systemd,
 by svcops's supervisor script), restarted 1 s after it exits; the apply reads a hung
-server as not answering within 3 s and replaces it.
+server as not answering within 4 s and replaces it.
 
 The outside world is a stand-in DNS server on the lab's client (tests/dnsquery.py's
 `serve`); before svcops, every node's resolv.conf names it, with options svcops must

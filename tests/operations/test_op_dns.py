@@ -417,7 +417,7 @@ def test_a_hung_server_reads_as_not_answering_and_the_operation_replaces_it(fake
     hung = server_pid(node)
     node.run(f"kill -STOP {hung}")
     try:
-        # Read within its deadline (ping: 2 s, then KILL 1 s later; the bound here is the
+        # Read within its deadline (ping: 3 s, then KILL 1 s later; the bound here is the
         # subprocess timeout): the server is there, and does not answer.
         for _ in range(2):  # the second ping is the one that blocked rec_control for good
             st = node.state(timeout=8)

@@ -347,7 +347,7 @@ class Node:
     127.0.0.2, and pdns-recursor with the rendered files at their real paths
     (/etc/powerdns bind-mounted from a temp folder, /run a private tmpfs)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *records: str) -> None:
         self.ns = f"svcops-dnstest-{uuid.uuid4().hex[:8]}"
         self.tmp = tmp
         self.etc = tmp / "powerdns"
@@ -365,7 +365,7 @@ class Node:
             subprocess.run(["ip", "-n", self.ns, "addr", "add", "10.0.0.11/24", "dev", "eth0"], check=True)
             subprocess.run(["ip", "-n", self.ns, "link", "set", "eth0", "up"], check=True)
             outside = self.spawn(
-                [sys.executable, QUERY, "serve", OUTSIDE, "ext.example.test=203.0.113.9", "other.example.test=203.0.113.10"],
+                [sys.executable, QUERY, "serve", OUTSIDE, "ext.example.test=203.0.113.9", "other.example.test=203.0.113.10", *records],
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -594,13 +594,16 @@ def test_glibc_with_the_rendered_resolv_conf_outlives_a_hung_and_a_dead_server(t
     names, and cluster names fail rather than hang. Each lookup's bound is its
     subprocess timeout (measured: 2 s stopped, no delay dead; glibc's defaults with
     svcops's server alone took 40 s and failed)."""
-    n = Node(tmp_path)
+    # The outside server knows a name in the cluster domain that svcops's does not.
+    n = Node(tmp_path, "nope.default.svc.cluster.local=198.51.100.7")
     try:
         n.write(site_files(upstreams=(OUTSIDE,)))
         n.start()
         resolv = dns.render_resolv_conf(f"nameserver {OUTSIDE}\noptions timeout:5 attempts:3 rotate\n", LISTEN, "cluster.local")
         web_ip = F.allocations(SERVICES).cluster_ips["default/web"]
         assert n.getent(resolv, "ahostsv4", "web.default.svc.cluster.local").split()[:1] == [web_ip]
+        # While it answers, svcops's NXDOMAIN is final: glibc does not ask the next server.
+        assert n.getent(resolv, "ahostsv4", "nope.default.svc.cluster.local") == ""
         os.kill(n.server.pid, signal.SIGSTOP)
         try:
             assert n.getent(resolv, "ahostsv4", "other.example.test", timeout=8).split()[:1] == ["203.0.113.10"]
@@ -613,5 +616,7 @@ def test_glibc_with_the_rendered_resolv_conf_outlives_a_hung_and_a_dead_server(t
             n.server.wait()
         assert n.getent(resolv, "ahostsv4", "other.example.test", timeout=8).split()[:1] == ["203.0.113.10"]
         assert n.getent(resolv, "ahostsv4", "web.default.svc.cluster.local", timeout=8) == ""
+        # Dead, cluster names go to the next server: what it says is what the node gets.
+        assert n.getent(resolv, "ahostsv4", "nope.default.svc.cluster.local", timeout=8).split()[:1] == ["198.51.100.7"]
     finally:
         n.close()
