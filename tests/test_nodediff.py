@@ -79,7 +79,7 @@ def test_dry_diff_shows_the_dns_servers_steps():
     # The node after the apply: nothing left for DNS.
     p = dns_plan(fresh, np.dns_zone)
     files = {path: np.dns_zone.digest if path.endswith(".zone") else sha256_text(t) for path, t in p.write.items()}
-    done = DnsState(installed=True, running=True, files=files, resolv=p.resolv)
+    done = DnsState(installed=True, running=True, files=files, resolv=p.resolv, pid=812, supervised=True)
     assert node_diff(np, LiveTables(), NS(), None, dns=done).dns == ()
 
 

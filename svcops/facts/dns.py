@@ -1,9 +1,15 @@
 """The node's DNS as svcops sees it: `SvcopsDns`.
 
-Whether pdns-recursor is installed and svcops's instance answers, whether systemd
-runs the machine, the sha256 of svcops's DNS files, ``/etc/resolv.conf`` exactly (and
-its target when it is a symlink) and the host name's domain. `svcops.operations.dns`
-decides from it (`dns_plan`).
+Whether pdns-recursor is installed, whether svcops's instance answers, which process
+it is and whether it is supervised, whether systemd runs the machine, the sha256 of
+svcops's DNS files, ``/etc/resolv.conf`` exactly (and its target when it is a symlink)
+and the host name's domain. `svcops.operations.dns` decides from it (`dns_plan`).
+
+Bounded: the command that talks to the server (``rec_control ping``) is ended
+after `PING_DEADLINE` s (rec_control's own timeout does not cover a hung server), so a
+hung server reads as "not answering" within 4 s; nothing else asks the node's
+resolver (the domain comes from the kernel's host name, as glibc takes it, not from
+``hostname -d``, which looks the name up).
 """
 
 from __future__ import annotations
@@ -16,10 +22,24 @@ from typing import Mapping
 from pyinfra.api import FactBase
 
 from svcops.render import dns
-from svcops.render.dns import CONFIG_FILE, DATA_DIR, FORWARD_FILE, RESOLV_CONF, rec_control
+from svcops.render.dns import (
+    CONFIG_FILE,
+    DATA_DIR,
+    DROPIN,
+    FORWARD_FILE,
+    INSTANCE,
+    PID_FILE,
+    RESOLV_CONF,
+    SERVICE_UNIT,
+    SUPERVISOR,
+    SUPERVISOR_PID,
+    deadline,
+    rec_control,
+)
 from svcops.render.plain import plain
 
-__all__ = ["SvcopsDns", "DnsState", "parse_dns_state"]
+__all__ = ["SvcopsDns", "DnsState", "parse_dns_state", "OURS_SH"]
+
 
 @dataclass(frozen=True, slots=True)
 class DnsState:
@@ -27,12 +47,20 @@ class DnsState:
 
     installed:   pdns_recursor and rec_control are there
     systemd:     systemd runs the machine (/run/systemd/system exists)
-    running:     svcops's instance answers its control socket (``rec_control ping``)
-    files:       path -> sha256 of svcops's DNS files that exist (settings, zones, forwards)
+    running:     svcops's instance answers its control socket (``rec_control ping``,
+                 within `svcops.render.dns.PING_DEADLINE` s)
+    pid:         the process of svcops's instance, answering or not (0: none): the
+                 unit's main PID under systemd, else the PID file's when that process
+                 is ``pdns_recursor --config-name=svcops`` in the node's network
+                 namespace
+    supervised:  something restarts it when it exits: the unit is active (systemd),
+                 or svcops's supervisor script runs (`svcops.render.dns.SUPERVISOR`)
+    files:       path -> sha256 of svcops's DNS files that exist (settings, zones,
+                 forwards, the supervision file)
     resolv:      /etc/resolv.conf, exactly ("" when there is none)
     resolv_link: where /etc/resolv.conf points when it is a symlink ("" otherwise)
-    domain:      the host name's domain (``hostname -d``): glibc's search list when
-                 resolv.conf has none
+    domain:      the host name's domain (what follows the first dot of the kernel's
+                 host name): glibc's search list when resolv.conf has none
     """
 
     installed: bool = False
@@ -42,39 +70,65 @@ class DnsState:
     resolv: str = ""
     resolv_link: str = ""
     domain: str = ""
+    pid: int = 0
+    supervised: bool = False
+
+    @property
+    def hung(self) -> bool:
+        """svcops's instance is there but does not answer (stopped, or stuck)."""
+        return bool(self.pid) and not self.running
 
     @property
     def present(self) -> bool:
         """Whether anything of svcops's DNS is on the node (what `svcops.operations.dns.absent` takes off)."""
-        return bool(self.files or self.running or dns.is_rendered_resolv_conf(self.resolv))
+        return bool(self.files or self.running or self.pid or self.supervised or dns.is_rendered_resolv_conf(self.resolv))
 
     def to_json(self) -> dict:
         """Plain data, for ``pyinfra INVENTORY fact ...`` (see `svcops.render.plain`)."""
         return plain(self)
 
 
+# `ours PID ARG`: process PID runs with the argument ARG, in this network namespace (the
+# lab's nodes share the machine's PIDs; a stale PID file may name another node's server,
+# or the package's own instance, which lacks --config-name=svcops). A zombie has no
+# command line: not ours.
+OURS_SH = (
+    'ours() { [ -n "$1" ] && [ "$(readlink /proc/"$1"/ns/net 2>/dev/null)" = "$(readlink /proc/self/ns/net)" ] '
+    '&& tr "\\0" "\\n" < /proc/"$1"/cmdline 2>/dev/null | grep -qxF -- "$2"; }\n'
+)
+
+
 def _state_command() -> str:
     return (
-        'c() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }; '
-        'if c pdns_recursor && c rec_control; then echo "installed yes"; fi; '
-        '[ -d /run/systemd/system ] && echo "systemd yes"; '
-        f"if [ -f {CONFIG_FILE} ] && PATH=$PATH:/usr/sbin {rec_control()} ping 2>/dev/null | grep -q '^pong'; "
-        'then echo "running yes"; fi; '
-        f"for f in {CONFIG_FILE} {FORWARD_FILE} {DATA_DIR}/*.zone; do "
-        '[ -f "$f" ] && echo "file $(sha256sum < "$f" | cut -d" " -f1) $f"; '
-        "done; "
-        'echo "domain $(hostname -d 2>/dev/null)"; '
-        f'[ -L {RESOLV_CONF} ] && echo "link $(readlink {RESOLV_CONF})"; '
+        "PATH=$PATH:/usr/sbin\n"
+        + OURS_SH
+        + 'if command -v pdns_recursor >/dev/null && command -v rec_control >/dev/null; then echo "installed yes"; fi\n'
+        f"if [ -f {CONFIG_FILE} ] && {rec_control()} ping 2>/dev/null | grep -q '^pong'; then echo 'running yes'; fi\n"
+        "if [ -d /run/systemd/system ]; then\n"
+        "    echo 'systemd yes'\n"
+        f"    {deadline(5)} systemctl show -p MainPID -p ActiveState {SERVICE_UNIT} 2>/dev/null | sed 's/^/unit /'\n"
+        "else\n"
+        f'    p=$(cat {PID_FILE} 2>/dev/null); if ours "$p" --config-name={INSTANCE}; then echo "pid $p"; fi\n'
+        f'    s=$(cat {SUPERVISOR_PID} 2>/dev/null); if ours "$s" {SUPERVISOR}; then echo "supervised yes"; fi\n'
+        "fi\n"
+        f"for f in {CONFIG_FILE} {FORWARD_FILE} {SUPERVISOR} {DROPIN} {DATA_DIR}/*.zone; do\n"
+        '    [ -f "$f" ] && echo "file $(sha256sum < "$f" | cut -d" " -f1) $f"\n'
+        "done\n"
+        # glibc's fallback search domain: the kernel's host name after its first dot.
+        'h=$(uname -n); case "$h" in *.*) echo "domain ${h#*.}";; esac\n'
+        f'[ -L {RESOLV_CONF} ] && echo "link $(readlink {RESOLV_CONF})"\n'
         # base64: the file exactly as it is (blank lines, trailing spaces, no final newline).
-        f'[ -f {RESOLV_CONF} ] && echo "resolv $(base64 -w0 < {RESOLV_CONF})"; true'
+        f'[ -f {RESOLV_CONF} ] && echo "resolv $(base64 -w0 < {RESOLV_CONF})"\n'
+        "true\n"
     )
 
 
 def parse_dns_state(lines: list[str]) -> DnsState:
     """Parse `SvcopsDns`'s output (pure)."""
-    installed = systemd = running = False
+    installed = systemd = running = supervised = False
     files: dict[str, str] = {}
     resolv = link = domain = ""
+    pid = 0
     for line in lines:
         key, _, rest = line.partition(" ")
         if key == "installed":
@@ -83,6 +137,16 @@ def parse_dns_state(lines: list[str]) -> DnsState:
             systemd = True
         elif key == "running":
             running = True
+        elif key == "supervised":
+            supervised = True
+        elif key == "pid" and rest.strip().isdigit():
+            pid = int(rest)
+        elif key == "unit":
+            prop, _, value = rest.strip().partition("=")
+            if prop == "MainPID" and value.isdigit():
+                pid = int(value)
+            elif prop == "ActiveState":
+                supervised = value in ("active", "activating", "reloading")
         elif key == "file":
             digest, _, path = rest.partition(" ")
             files[path] = digest
@@ -95,15 +159,16 @@ def parse_dns_state(lines: list[str]) -> DnsState:
                 resolv = base64.b64decode(rest.strip()).decode("utf-8", "replace")
             except (binascii.Error, ValueError):
                 resolv = ""
-    return DnsState(installed, systemd, running, files, resolv, link, domain)
+    return DnsState(installed, systemd, running, files, resolv, link, domain, pid, supervised)
 
 
 class SvcopsDns(FactBase):
     """
     The node's DNS as svcops sees it, as a ``DnsState``: whether pdns-recursor is
-    installed and svcops's instance running, whether systemd runs the machine, the
-    sha256 of svcops's DNS files, ``/etc/resolv.conf`` (exactly; and its target if it
-    is a symlink) and the host name's domain.
+    installed, whether svcops's instance answers (within 4 s), its PID and whether it
+    is supervised, whether systemd runs the machine, the sha256 of svcops's DNS files,
+    ``/etc/resolv.conf`` (exactly; and its target if it is a symlink) and the host
+    name's domain.
 
     .. code:: python
 

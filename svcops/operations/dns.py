@@ -16,13 +16,20 @@ what differs:
 1. install ``pdns-recursor`` if the node lacks it (``apt-get``); on a systemd machine
    the package enables its default instance (127.0.0.1:53): svcops disables that one,
    but only when svcops installed the package in this run;
-2. write ``/etc/powerdns/recursor-svcops.conf``, ``/etc/powerdns/svcops/<domain>.zone``
-   and ``/etc/powerdns/svcops/forward-zones``, each only when its sha256 differs, each
-   to a temporary file renamed over the old one (a reader sees the old file or the
-   new, never half of one);
-3. the settings changed (or the server is not running): start or restart
-   ``pdns-recursor@svcops`` (``systemctl enable`` + ``restart`` under systemd; without
-   systemd, as in the lab, the daemon itself, unprivileged, as the unit runs it);
+2. write ``/etc/powerdns/recursor-svcops.conf``, ``/etc/powerdns/svcops/<domain>.zone``,
+   ``/etc/powerdns/svcops/forward-zones`` and the supervision file (the unit's drop-in
+   under systemd, the supervisor script otherwise), each only when its sha256 differs,
+   each to a temporary file renamed over the old one (a reader sees the old file or
+   the new, never half of one);
+3. the settings changed, or the server does not answer, or nothing supervises it:
+   start or restart ``pdns-recursor@svcops``, supervised (``systemctl enable`` +
+   ``restart`` under systemd, with svcops's drop-in and a ``daemon-reload`` when it
+   changed; without systemd, as in the lab, `svcops.render.dns.SUPERVISOR` started
+   detached, which runs the daemon as the unit would, unprivileged). A server that is
+   there but does not answer (hung, SIGSTOPped) is killed first, by PID, and only
+   svcops's instance: the unit's processes, or the PID file's process when its command
+   line is ``--config-name=svcops`` in the node's network namespace. The step ends
+   once the server answers (or fails after 5 s);
    only records changed: ``rec_control reload-zones``, whose output is checked
    (it exits 0 even when the reload failed, and the server then keeps its old data:
    the operation fails and says so);
@@ -30,7 +37,14 @@ what differs:
    any client would ask it;
 5. only then point ``/etc/resolv.conf`` at it (temp file + rename; a symlink, as
    systemd-resolved makes it, is replaced by a file). The previous file is kept inside
-   the new one, and its nameservers are where every other name is forwarded.
+   the new one, and its nameservers are where every other name is forwarded, and the
+   next nameservers after svcops's (see `svcops.render.dns`: a dead or hung server
+   must not take the node's names down).
+
+Every node-side command that talks to the server, systemd or apt has a hard deadline
+(coreutils ``timeout``; rec_control's own ``--timeout`` does not cover a hung server):
+on a node whose server is SIGSTOPped, the apply reads it as not answering within 4 s
+and leaves it answering (the whole apply took 5.3 s on the lab).
 
 No window in which known names fail: the resolver switches to the server only once
 it answers; a records change is a reload, during which the server keeps answering
@@ -52,11 +66,24 @@ from pyinfra import host
 from pyinfra.api import StringCommand, operation
 
 from svcops.facts.cache import marks_changes, node_fact
-from svcops.facts.dns import DnsState, SvcopsDns
+from svcops.facts.dns import OURS_SH, DnsState, SvcopsDns
 from svcops.operations import txn
 from svcops.operations.util import error, fail
 from svcops.render import dns
-from svcops.render.dns import DEFAULT_LISTEN, PACKAGE, RESOLV_CONF, SERVICE_UNIT, SOCKET_DIR, Zone, rec_control
+from svcops.render.dns import (
+    DEFAULT_LISTEN,
+    DROPIN,
+    INSTANCE,
+    PACKAGE,
+    PID_FILE,
+    RESOLV_CONF,
+    SERVICE_UNIT,
+    SUPERVISOR,
+    SUPERVISOR_PID,
+    Zone,
+    deadline,
+    rec_control,
+)
 from svcops.render.node_files import sha256_text
 
 __all__ = ["server", "absent", "DnsPlan", "dns_plan", "ready_script"]
@@ -71,9 +98,14 @@ class DnsPlan:
 
     install:  install the package first
     write:    path -> text of the DNS files whose sha256 differs
-    action:   "start" (not running, or the settings changed), "reload" (only records
-              or forwards changed) or "none"
-    remove:   zone files of a previous cluster domain (removed after the restart)
+    daemon_reload: the systemd drop-in was written or goes: ``systemctl daemon-reload``
+    action:   "start" (not running, hung, unsupervised, or the settings or the
+              supervisor changed), "reload" (only records or forwards changed) or
+              "none"
+    hung:     the PID of svcops's server when it is there but does not answer (the
+              start kills it), else 0
+    remove:   svcops's files the node no longer needs (a previous cluster domain's
+              zone; removed after the restart)
     resolv:   the new /etc/resolv.conf, or None when it is already right
     error:    why nothing can be done (no upstream nameserver), else ""
     """
@@ -84,6 +116,8 @@ class DnsPlan:
     remove: tuple[str, ...] = ()
     resolv: str | None = None
     error: str = ""
+    daemon_reload: bool = False
+    hung: int = 0
 
     @property
     def empty(self) -> bool:
@@ -95,7 +129,10 @@ class DnsPlan:
             return [f"dns: {self.error} (apply fails)"]
         out = [f"dns: install {PACKAGE}"] if self.install else []
         out += [f"dns: file {p}" for p in sorted(self.write)]
-        out += {"start": ["dns: (re)start the server"], "reload": ["dns: reload the zone"]}.get(self.action, [])
+        if self.hung:
+            out.append(f"dns: the server (pid {self.hung}) does not answer: kill it and start it again")
+        else:
+            out += {"start": ["dns: (re)start the server"], "reload": ["dns: reload the zone"]}.get(self.action, [])
         out += [f"dns: - {p}" for p in self.remove]
         if self.resolv is not None:
             out.append(f"dns: {RESOLV_CONF} to the cluster's server")
@@ -110,7 +147,7 @@ def dns_plan(state: DnsState, zone: Zone, listen: str = DEFAULT_LISTEN) -> DnsPl
     """
     upstreams = dns.parse_upstreams(state.resolv, listen)
     try:
-        files = dns.dns_files(zone, upstreams, listen)
+        files = dns.dns_files(zone, upstreams, listen, systemd=state.systemd)
     except ValueError as e:
         return DnsPlan(error=str(e))
     zone_file = dns.zone_path(zone.domain)
@@ -119,19 +156,20 @@ def dns_plan(state: DnsState, zone: Zone, listen: str = DEFAULT_LISTEN) -> DnsPl
         digest = zone.digest if path == zone_file else sha256_text(text)
         if state.files.get(path) != digest:
             write[path] = text
-    remove = tuple(sorted(p for p in state.files if p.endswith(".zone") and p != zone_file))
+    remove = tuple(sorted(p for p in state.files if p not in files.files))
     action = dns.dns_action(write)
-    if action == "restart" and state.running and dns.CONFIG_FILE in write:
+    if action == "restart" and state.running and dns.CONFIG_FILE in write and dns.SUPERVISOR not in write:
         # A new cluster domain only: reload-zones re-reads auth-zones, no restart.
-        old_domains = [p.rsplit("/", 1)[1][: -len(".zone")] for p in remove]
+        old_domains = [p.rsplit("/", 1)[1][: -len(".zone")] for p in remove if p.endswith(".zone")]
         if dns.only_auth_zones_differ(write[dns.CONFIG_FILE], state.files.get(dns.CONFIG_FILE), old_domains):
             action = "reload"
-    if action == "restart" or not state.running or not state.installed:
+    if action == "restart" or not state.running or not state.installed or not state.supervised:
         action = "start"
     resolv = dns.render_resolv_conf(state.resolv, listen, zone.domain, [state.domain] if state.domain else [])
     if not state.resolv_link and resolv == state.resolv:
         resolv = None
-    return DnsPlan(not state.installed, write, action, remove, resolv)
+    daemon_reload = DROPIN in write or DROPIN in remove
+    return DnsPlan(not state.installed, write, action, remove, resolv, "", daemon_reload, state.pid if state.hung else 0)
 
 
 # --- node-side scripts -------------------------------------------------------------------------
@@ -154,6 +192,7 @@ def ready_script(listen: str, domain: str, seconds: int = 5) -> str:
     does. bash (Debian's essential shell) sends the query through /dev/udp: no DNS tool
     needs to be installed."""
     return (
+        "SECONDS=0\n"
         f"q='{_query(domain)}'\n"
         f"for i in $(seq {seconds * 10}); do\n"
         f"    set -- $(exec 3<>/dev/udp/{listen}/53 && printf \"$q\" >&3 && timeout 0.5 head -c 12 <&3 2>/dev/null | od -An -tx1)\n"
@@ -170,31 +209,63 @@ def ready_script(listen: str, domain: str, seconds: int = 5) -> str:
 def _install_script(systemd: bool) -> str:
     disable = (
         # The package starts its default instance (127.0.0.1:53); svcops runs its own.
-        f"systemctl disable --now {PACKAGE}.service >/dev/null 2>&1 || true\n" if systemd else ""
+        f"{deadline(30, 5)} systemctl disable --now {PACKAGE}.service >/dev/null 2>&1 || true\n" if systemd else ""
     )
+    # Bounded too, generously: a download through a slow mirror is not a hang.
+    apt = f"{deadline(600, 30)} apt-get"
     return (
         "export DEBIAN_FRONTEND=noninteractive\n"
-        f"apt-get install -y -q {PACKAGE} >/dev/null || {{ apt-get update -q >/dev/null && apt-get install -y -q {PACKAGE} >/dev/null; }} || "
+        f"{apt} install -y -q {PACKAGE} >/dev/null || {{ {apt} update -q >/dev/null && {apt} install -y -q {PACKAGE} >/dev/null; }} || "
         f"{{ echo 'svcops: could not install {PACKAGE}' >&2; exit 1; }}\n" + disable
     )
 
 
-def _start_script(systemd: bool) -> str:
-    if systemd:
-        return f"systemctl enable --quiet {SERVICE_UNIT} && {shlex.join(dns.start_command(True))}\n"
+def _stop_script(systemd: bool) -> str:
+    """Stop svcops's server, and only it, bounded: under systemd its unit (a hung server
+    killed first: the stop would wait for it); else the supervisor and the daemon (TERM,
+    then KILL what is left after 2 s: a stopped process never handles TERM)."""
     rc = rec_control()
-    start = shlex.join(dns.start_command(False))
+    if systemd:
+        return (
+            "PATH=$PATH:/usr/sbin\n"
+            f"if ! {rc} ping >/dev/null 2>&1; then {deadline(10)} systemctl kill --signal=SIGKILL {SERVICE_UNIT} >/dev/null 2>&1; fi\n"
+            f"{deadline(30, 5)} systemctl disable --now --quiet {SERVICE_UNIT}\n"
+        )
+    daemon = f"--config-name={INSTANCE}"
     return (
         "PATH=$PATH:/usr/sbin\n"
-        # A running instance: stop it (bounded), then start with the new settings.
-        f"if {rc} ping >/dev/null 2>&1; then {rc} quit-nicely >/dev/null 2>&1\n"
-        f"    for i in $(seq 50); do {rc} ping >/dev/null 2>&1 || break; sleep 0.1; done\n"
-        "fi\n"
-        f"mkdir -p {SOCKET_DIR} && chown pdns:pdns {SOCKET_DIR} && chmod 755 {SOCKET_DIR}\n"
-        # The old process may hold the port for a moment after its control socket went.
-        f"for i in $(seq 30); do {start} 2>/dev/null && exit 0; sleep 0.1; done\n"
-        f"{start}\n"
+        + OURS_SH
+        + f's=$(cat {SUPERVISOR_PID} 2>/dev/null); ours "$s" {SUPERVISOR} || s=\n'
+        f'p=$(cat {PID_FILE} 2>/dev/null); ours "$p" {daemon} || p=\n'
+        f'alive() {{ ours "$s" {SUPERVISOR} || ours "$p" {daemon}; }}\n'
+        # The supervisor ends its server on TERM (and would otherwise start it again).
+        'for x in $s $p; do kill -TERM "$x" 2>/dev/null; done\n'
+        "for i in $(seq 20); do alive || exit 0; sleep 0.1; done\n"
+        'for x in $s $p; do kill -KILL "$x" 2>/dev/null; done\n'
+        "for i in $(seq 20); do alive || exit 0; sleep 0.1; done\n"
+        "echo 'svcops: the DNS server did not stop' >&2\n"
+        "exit 1\n"
     )
+
+
+def _start_script(systemd: bool, listen: str, domain: str) -> str:
+    """(Re)start svcops's server, supervised, and wait until it answers: the step's end
+    is a server that answers, or a failure that says it does not."""
+    if systemd:
+        rc = rec_control()
+        start = (
+            "PATH=$PATH:/usr/sbin\n"
+            # A hung server: killed first (this unit's processes only), or the restart waits for it.
+            f"if ! {rc} ping >/dev/null 2>&1; then {deadline(10)} systemctl kill --signal=SIGKILL {SERVICE_UNIT} >/dev/null 2>&1; fi\n"
+            f"{deadline(30, 5)} systemctl enable --quiet {SERVICE_UNIT} && {shlex.join(dns.start_command(True))} || exit 1\n"
+        )
+    else:
+        start = (
+            # In a subshell: the stop script exits when done.
+            f"( {_stop_script(False)} ) || exit 1\n"
+            f"{shlex.join(dns.start_command(False))} </dev/null >/dev/null 2>&1 || exit 1\n"
+        )
+    return start + ready_script(listen, domain)
 
 
 def _reload_script() -> str:
@@ -205,10 +276,6 @@ def _reload_script() -> str:
         # rec_control exits 0 when the reload failed: its word is what counts.
         'if [ "$out" != ok ]; then echo "svcops: reload-zones: $out (the server keeps its previous records)" >&2; exit 1; fi\n'
     )
-
-
-def _bash(script: str) -> StringCommand:
-    return StringCommand("bash -s", _stdin=script)
 
 
 # --- the operations ----------------------------------------------------------------------------
@@ -246,11 +313,14 @@ def server(zone: Zone | None, listen: str = DEFAULT_LISTEN):
         yield from txn.step("dns-install", "bash -s", None, _install_script(state.systemd))
     # Registered first, so that it runs last when the apply is undone: once the old files
     # are back, the server is given them again (or stopped, if it was not running).
-    yield from txn.step("dns-server", ":", _server_back(state, plan))
+    yield from txn.step("dns-server", ":", _server_back(state, plan, listen, _served_domain(state, zone.domain)))
     for path, text in plan.write.items():
         yield from txn.replace_file(path, text, dir_mode="755")
+    if plan.daemon_reload:
+        reload = f"{deadline(30, 5)} systemctl daemon-reload"
+        yield from txn.step("dns-daemon-reload", reload, reload + "\n")
     if plan.action == "start":
-        yield from txn.step("dns-start", "bash -s", None, _start_script(state.systemd))
+        yield from txn.step("dns-start", "bash -s", None, _start_script(state.systemd, listen, zone.domain))
     elif plan.action == "reload":
         yield from txn.step("dns-reload", "bash -s", None, _reload_script())
     if plan.remove:
@@ -260,18 +330,18 @@ def server(zone: Zone | None, listen: str = DEFAULT_LISTEN):
         yield from txn.replace_file(RESOLV_CONF, plan.resolv, dir_mode="755")
 
 
-def _stop_script(systemd: bool) -> str:
-    if systemd:
-        return f"systemctl disable --now --quiet {SERVICE_UNIT}\n"
-    return f"PATH=$PATH:/usr/sbin {rec_control()} quit-nicely >/dev/null 2>&1 || true\n"
+def _served_domain(state: DnsState, fallback: str) -> str:
+    """The cluster domain the node's server serves now (from its zone file's name)."""
+    zones = sorted(p.rsplit("/", 1)[1][: -len(".zone")] for p in state.files if p.endswith(".zone"))
+    return zones[0] if zones else fallback
 
 
-def _server_back(state: DnsState, plan: DnsPlan) -> str:
+def _server_back(state: DnsState, plan: DnsPlan, listen: str, domain: str) -> str:
     """The undo of `server`'s changes to the running server, once its files are back."""
     if not (state.installed and state.running):
         return _stop_script(state.systemd)
     if plan.action == "start":
-        return _start_script(state.systemd)
+        return _start_script(state.systemd, listen, domain)
     if plan.action == "reload":
         return _reload_script()
     return "true\n"
@@ -291,9 +361,14 @@ def absent():
         return
     if dns.is_rendered_resolv_conf(state.resolv):
         yield from txn.replace_file(RESOLV_CONF, dns.restore_resolv_conf(state.resolv), dir_mode="755")
-    if state.running:
-        yield from txn.step("dns-stop", _stop_script(state.systemd).strip(), _start_script(state.systemd))
+    if state.running or state.pid or state.supervised:
+        # Undone: the server started again on its own files (put back first: undone newest first).
+        again = _start_script(state.systemd, DEFAULT_LISTEN, _served_domain(state, "cluster.local")) if state.running else None
+        yield from txn.step("dns-stop", "bash -s", again, _stop_script(state.systemd))
     if state.files:
         yield from txn.remove_files(sorted(state.files))
+        if DROPIN in state.files:
+            reload = f"{deadline(30, 5)} systemctl daemon-reload"
+            yield from txn.step("dns-daemon-reload", reload, reload + "\n")
     if not state.present:
         host.noop("svcops's DNS is not on this node")

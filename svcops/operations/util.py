@@ -21,7 +21,8 @@ def fail(what: str) -> StringCommand:
 
 def write_file_command(path: str, text: str, mode: str = "644", dir_mode: str | None = None) -> tuple[str, str | None]:
     """(shell command, its stdin) writing `text` to `path` atomically (a temporary file
-    beside it, then a rename); the folder is made when missing (with `dir_mode` when given)."""
+    beside it, then a rename), byte for byte; the folder is made when missing (with
+    `dir_mode` when given)."""
     d = shlex.quote(path.rsplit("/", 1)[0] or "/")
     p = shlex.quote(path)
     tmp = shlex.quote(path + ".svcops-tmp")
@@ -29,7 +30,9 @@ def write_file_command(path: str, text: str, mode: str = "644", dir_mode: str | 
     if not text:
         # pyinfra writes a newline for an empty stdin: an empty file is made without one.
         return f"{mkdir} && : > {tmp} && chmod {mode} {tmp} && mv -f {tmp} {p}", None
-    return f"{mkdir} && cat > {tmp} && chmod {mode} {tmp} && mv -f {tmp} {p}", text
+    # pyinfra ends stdin with a newline: a text without one loses it again (head -c -1).
+    copy = "cat" if text.endswith("\n") else "head -c -1"
+    return f"{mkdir} && {copy} > {tmp} && chmod {mode} {tmp} && mv -f {tmp} {p}", text
 
 
 def write_file(path: str, text: str, mode: str = "644", dir_mode: str | None = None) -> StringCommand:

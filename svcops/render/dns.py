@@ -58,14 +58,54 @@ Files (all pure text from here; the operations write them, temp file + rename):
     /etc/powerdns/recursor-svcops.conf       the instance's settings: restart when changed
     /etc/powerdns/svcops/<domain>.zone       the records:               reload when changed
     /etc/powerdns/svcops/forward-zones       the previous nameservers:  reload when changed
-    /etc/resolv.conf                         ``nameserver <listen>`` and the search list
+    /etc/systemd/system/pdns-recursor@svcops.service.d/svcops.conf
+                                             under systemd: its supervision (`dropin_text`)
+    /etc/powerdns/svcops/supervise           without systemd: the same, as a script
+                                             (`supervisor_script`): restart when changed
+    /etc/resolv.conf                         ``nameserver <listen>``, then the previous
+                                             nameservers, the search list
                                              ``svc.<domain> <domain> <previous search>``,
-                                             the previous options kept, and the previous
-                                             file kept verbatim in ``#was:`` comments
+                                             the previous options with svcops's timeout,
+                                             and the previous file kept verbatim in
+                                             ``#was:`` comments
+
+When the server dies or hangs (issue 10: "no torn nodes"), the node's names must not
+go with it, and neither of these is enough alone:
+
+* resolv.conf lists svcops's server first and then the previous nameservers (glibc reads
+  three at most), with ``options timeout:1 attempts:2``. glibc asks them in order,
+  each query afresh: a dead server's port answers with ICMP port unreachable, so glibc
+  moves on at once (measured: no delay); a hung (SIGSTOPped) one costs the timeout,
+  1 s, the least glibc allows, per query (measured on the lab, benchmarks/dns_faults.py:
+  ``getent hosts`` of an outside name 5 s, its empty AAAA walking the 3-domain search
+  list, A alone 1 s; a failing cluster name 8 s; with glibc's defaults, 5 s and 2
+  attempts, and svcops's server alone, 40 s and then failure). Outside names keep
+  resolving. Cluster names fail meanwhile (NXDOMAIN from the previous nameservers,
+  which do not know them: at once when the server is dead, after the timeouts when it
+  hangs), and they and the search list's expansions are asked there. While the server
+  answers, its NXDOMAIN is final (glibc goes on only on no answer, SERVFAIL, REFUSED):
+  it alone decides the cluster domain. ``rotate`` is dropped from the previous options
+  (it would start cluster names at the next server), and timeout/attempts are svcops's:
+  2 attempts still give a datagram lost to the upstream a second chance.
+* the server is supervised, restarted 1 s after it exits, however it exits: under
+  systemd by a drop-in for ``pdns-recursor@svcops`` (`dropin_text`; Debian's unit has
+  ``Restart=on-failure``, which leaves a clean ``kill`` dead, 100 ms restarts and no
+  start limit); without systemd (the lab, containers) by `supervisor_script`, a bash
+  loop that runs the daemon in the foreground as the unit does (measured: a cluster
+  name answers again 1.3 s after a ``kill -9``).
+* a *hung* server is noticed by the next ``svcops apply`` (``svcops check`` reports it):
+  the fact reads it as not answering within 4 s (`PING_DEADLINE`, then KILL), the
+  operation kills it by PID (only svcops's instance: the unit's processes, or the PID
+  file's process when its command line is ``--config-name=svcops`` in the node's network
+  namespace) and starts it again (measured: the whole apply 5.3 s). Nothing on the node
+  notices it sooner: pdns-recursor 4.8 sends systemd ``READY=1`` but no ``WATCHDOG=1``
+  (checked in the binary; PowerDNS issue 3693 is open), so ``WatchdogSec=`` cannot
+  work, and a prober of svcops's own would be one more daemon per node (and one more
+  thing to hang); until then the fallback above bounds what it costs.
 
 `dns_action` says which of restart / reload / nothing a set of changed files needs.
 `render_zone` is the same on every node (render it once); `dns_files` adds the
-per-node part (listen address, upstreams).
+per-node part (listen address, upstreams, supervision).
 """
 
 from __future__ import annotations
@@ -91,6 +131,12 @@ __all__ = [
     "DATA_DIR",
     "FORWARD_FILE",
     "SOCKET_DIR",
+    "PID_FILE",
+    "DROPIN",
+    "SUPERVISOR",
+    "SUPERVISOR_PID",
+    "PING_DEADLINE",
+    "RESOLV_OPTIONS",
     "RESOLV_CONF",
     "Zone",
     "DnsFiles",
@@ -102,6 +148,10 @@ __all__ = [
     "reload_command",
     "reload_succeeded",
     "start_command",
+    "daemon_command",
+    "deadline",
+    "dropin_text",
+    "supervisor_script",
     "render_resolv_conf",
     "parse_upstreams",
     "restore_resolv_conf",
@@ -121,7 +171,18 @@ CONFIG_FILE = f"{CONFIG_DIR}/recursor-{INSTANCE}.conf"  # what --config-name=svc
 DATA_DIR = f"{CONFIG_DIR}/svcops"
 FORWARD_FILE = f"{DATA_DIR}/forward-zones"
 SOCKET_DIR = f"/run/pdns-recursor-{INSTANCE}"  # the template unit's RuntimeDirectory
+PID_FILE = f"{SOCKET_DIR}/pdns_recursor-{INSTANCE}.pid"  # without systemd (the unit writes none)
+DROPIN = f"/etc/systemd/system/{SERVICE_UNIT}.d/svcops.conf"
+SUPERVISOR = f"{DATA_DIR}/supervise"
+SUPERVISOR_PID = f"{SOCKET_DIR}/supervise.pid"
 RESOLV_CONF = "/etc/resolv.conf"
+# A healthy server answers rec_control in milliseconds; a hung one never does, and
+# rec_control's own --timeout does not cover a blocked send to its control socket
+# (measured: the second ping of a SIGSTOPped server hung until killed). 3 s, rec_control's
+# own 2 s inside it: what svcops always gave a ping, ample on a loaded machine.
+PING_DEADLINE = 3
+# What svcops's resolv.conf sets (see the module's docstring): 1 s is glibc's least.
+RESOLV_OPTIONS = ("timeout:1", "attempts:2")
 
 _HEADER = "# Written by svcops; do not edit: svcops rewrites it (change the site instead).\n"
 
@@ -277,13 +338,75 @@ def _config_text(listen: str, domain: str, ipv6_upstreams: bool) -> str:
     )
 
 
-def dns_files(zone: Zone, upstreams: Sequence[str], listen: str = DEFAULT_LISTEN) -> DnsFiles:
+def dropin_text() -> str:
+    """The drop-in for ``pdns-recursor@svcops.service`` that supervises the server under
+    systemd (`DROPIN`; ``systemctl daemon-reload`` after writing it, no restart)."""
+    return (
+        _HEADER
+        + "# svcops's DNS server is supervised: Debian's unit restarts it on failure only (a clean\n"
+        "# kill leaves it dead), 100 ms after; this restarts it whenever it exits but through\n"
+        "# systemctl, 1 s after (the unit's StartLimitInterval=0: it never gives up), and bounds\n"
+        "# a stop (a hung server would hold `systemctl restart` for 90 s).\n"
+        "[Service]\n"
+        "Restart=always\n"
+        "RestartSec=1\n"
+        "TimeoutStopSec=5\n"
+    )
+
+
+def daemon_command() -> list[str]:
+    """The server in the foreground, as the template unit runs it (unprivileged, no
+    syslog); `supervisor_script` runs this where systemd does not."""
+    return [
+        "pdns_recursor",
+        f"--config-dir={CONFIG_DIR}",
+        f"--config-name={INSTANCE}",
+        "--daemon=no",
+        "--setuid=pdns",
+        "--setgid=pdns",
+        "--disable-syslog",
+        "--log-timestamp=no",
+    ]
+
+
+def supervisor_script() -> str:
+    """`SUPERVISOR`: the server's supervision where systemd does not run the machine,
+    as `dropin_text` has it under systemd: the daemon in the foreground, started again
+    1 s after it exits, however it exited, for as long as its settings file is there;
+    TERM stops both. Started detached (`start_command`); its PID in `SUPERVISOR_PID`,
+    the daemon's in `PID_FILE`, its last run's output in ``recursor.log`` beside them."""
+    sock = SOCKET_DIR
+    return (
+        "#!/bin/bash\n"
+        + _HEADER
+        + "# svcops's DNS server without systemd: what pdns-recursor@svcops.service and svcops's\n"
+        "# drop-in do under systemd (Restart=always, RestartSec=1). Started by svcops as\n"
+        f"#     setsid -f bash {SUPERVISOR}\n"
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin\n"
+        "child=\n"
+        f"trap '[ -z \"$child\" ] || kill -TERM \"$child\" 2>/dev/null; rm -f {SUPERVISOR_PID}; exit 0' TERM INT HUP\n"
+        f"mkdir -p {sock} && chown pdns:pdns {sock} && chmod 755 {sock} || exit 1\n"
+        f"echo $$ > {SUPERVISOR_PID}\n"
+        f"while [ -f {CONFIG_FILE} ]; do\n"
+        f"    {' '.join(daemon_command())} >{sock}/recursor.log 2>&1 </dev/null &\n"
+        "    child=$!\n"
+        '    wait "$child"\n'
+        "    child=\n"
+        "    sleep 1\n"
+        "done\n"
+        f"rm -f {SUPERVISOR_PID}\n"
+    )
+
+
+def dns_files(zone: Zone, upstreams: Sequence[str], listen: str = DEFAULT_LISTEN, systemd: bool = False) -> DnsFiles:
     """One node's files, from the shared zone and the node's own upstreams.
 
     `upstreams` are the nameservers the node used before svcops (`parse_upstreams`);
     the listen address itself is left out (a loop). Raises ValueError when none is
     left: with nothing to forward to, the server would recurse from the root servers
-    itself, which is not where the node's names went before.
+    itself, which is not where the node's names went before. `systemd`: whether
+    systemd runs the node, which decides the supervision file (`DROPIN` or
+    `SUPERVISOR`).
     """
     ups: list[str] = []
     for ns in upstreams:
@@ -303,6 +426,10 @@ def dns_files(zone: Zone, upstreams: Sequence[str], listen: str = DEFAULT_LISTEN
         zone_path(zone.domain): zone.text,
         FORWARD_FILE: forward,
     }
+    if systemd:
+        files[DROPIN] = dropin_text()
+    else:
+        files[SUPERVISOR] = supervisor_script()
     h = hashlib.sha256()
     for path in sorted(files):
         h.update(path.encode() + b"\0")
@@ -317,12 +444,12 @@ def render_dns(
     allocations: Allocations,
     upstreams: Sequence[str],
     listen: str = DEFAULT_LISTEN,
+    systemd: bool = False,
 ) -> DnsFiles:
-    """`dns_files(render_zone(...), upstreams, listen)`: one node's DNS files in one call.
-
-    For many nodes, render the zone once and call `dns_files` per node.
+    """`dns_files(render_zone(...), upstreams, listen, systemd)`: one node's DNS files in
+    one call. For many nodes, render the zone once and call `dns_files` per node.
     """
-    return dns_files(render_zone(cluster, services, headless, allocations), upstreams, listen)
+    return dns_files(render_zone(cluster, services, headless, allocations), upstreams, listen, systemd)
 
 
 Action = Literal["restart", "reload", "none"]
@@ -346,25 +473,34 @@ def only_auth_zones_differ(new_config: str, old_sha: str | None, old_domains: It
 def dns_action(changed: Iterable[str]) -> Action:
     """What the server needs after the files at `changed` paths were rewritten.
 
-    The settings file (listen address, zone list) needs a restart; the zone and
-    forwarding files only a `reload_command`; nothing changed, nothing done.
+    The settings file (listen address, zone list) and the supervisor script need a
+    restart; the zone and forwarding files only a `reload_command`; nothing changed
+    (or only the systemd drop-in: a ``daemon-reload``), nothing done.
     """
     changed = set(changed)
-    if CONFIG_FILE in changed:
+    if CONFIG_FILE in changed or SUPERVISOR in changed:
         return "restart"
     if any(p == FORWARD_FILE or (p.startswith(DATA_DIR + "/") and p.endswith(".zone")) for p in changed):
         return "reload"
     return "none"
 
 
-def rec_control() -> str:
-    """The shell prefix that talks to svcops's instance (bounded: 2 s)."""
-    return f"rec_control --config-dir={CONFIG_DIR} --config-name={INSTANCE} --timeout=2"
+def deadline(seconds: int, kill_after: int = 1) -> str:
+    """A shell prefix that ends the command after `seconds` (TERM, then KILL `kill_after`
+    s later): coreutils' ``timeout``, on every node-side command that talks to the server."""
+    return f"timeout -k {kill_after} {seconds}"
+
+
+def rec_control(seconds: int = PING_DEADLINE) -> str:
+    """The shell prefix that talks to svcops's instance, ended after `seconds` whatever
+    happens (rec_control's own timeout, one second less, says why when it can)."""
+    return f"{deadline(seconds)} rec_control --config-dir={CONFIG_DIR} --config-name={INSTANCE} --timeout={max(1, seconds - 1)}"
 
 
 def reload_command() -> list[str]:
-    """Re-read the zone and forwarding files; the running server keeps answering."""
-    return ["rec_control", f"--config-dir={CONFIG_DIR}", f"--config-name={INSTANCE}", "reload-zones"]
+    """Re-read the zone and forwarding files; the running server keeps answering.
+    Bounded: 10 s (a reload takes ~15 ms)."""
+    return [*deadline(10).split(), "rec_control", f"--config-dir={CONFIG_DIR}", f"--config-name={INSTANCE}", "--timeout=8", "reload-zones"]
 
 
 def reload_succeeded(output: str) -> bool:
@@ -374,42 +510,49 @@ def reload_succeeded(output: str) -> bool:
 
 
 def start_command(systemd: bool = True) -> list[str]:
-    """Start (or restart) the server: the template unit under systemd, else the daemon
-    itself (as the unit runs it: unprivileged, sockets in `SOCKET_DIR`)."""
+    """Start (or restart) the server, supervised: the template unit under systemd
+    (bounded: 30 s), else `SUPERVISOR` detached (it returns at once)."""
     if systemd:
-        return ["systemctl", "restart", SERVICE_UNIT]
-    return [
-        "pdns_recursor",
-        f"--config-dir={CONFIG_DIR}",
-        f"--config-name={INSTANCE}",
-        "--daemon=yes",
-        "--setuid=pdns",
-        "--setgid=pdns",
-    ]
+        return [*deadline(30, 5).split(), "systemctl", "restart", SERVICE_UNIT]
+    return ["setsid", "-f", "bash", SUPERVISOR]
 
 
 # --- /etc/resolv.conf -------------------------------------------------------------------
 
 _RESOLV_MARK = "# Written by svcops: names go to svcops's DNS server"
 _WAS = "#was: "
+_NO_NEWLINE = "#was-no-final-newline"  # the previous file's last line had no newline
+_NAMESERVERS = 3  # glibc's MAXNS: further nameserver lines are ignored
+# Previous options svcops's own replace: rotate would start half the queries at the next
+# nameserver (cluster names: NXDOMAIN there).
+_REPLACED_OPTIONS = ("timeout:", "attempts:", "rotate")
 
 
 def is_rendered_resolv_conf(text: str) -> bool:
     return text.startswith(_RESOLV_MARK)
 
 
+def _lines(text: str) -> list[str]:
+    """The lines of `text` as glibc reads them (split at newline only), the last one
+    whether or not a newline ends it."""
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
 def restore_resolv_conf(text: str) -> str:
-    """The resolv.conf the node had before svcops (itself, when `text` is not svcops's)."""
+    """The resolv.conf the node had before svcops, byte for byte (itself, when `text` is
+    not svcops's)."""
     if not is_rendered_resolv_conf(text):
         return text
-    lines = [ln[len(_WAS) :] if ln.startswith(_WAS) else "" for ln in text.splitlines() if ln.startswith(_WAS.rstrip())]
-    return "".join(ln + "\n" for ln in lines)
+    lines = [ln[len(_WAS) :] if ln.startswith(_WAS) else "" for ln in _lines(text) if ln.startswith(_WAS.rstrip())]
+    out = "".join(ln + "\n" for ln in lines)
+    return out[:-1] if _NO_NEWLINE in _lines(text) else out
 
 
 def _directives(text: str) -> list[tuple[str, list[str], str]]:
     """(keyword, arguments, line) of each directive, as glibc reads them (# and ; comment)."""
     out = []
-    for line in text.splitlines():
+    for line in _lines(text):
         words = line.split()
         if not words or words[0][0] in "#;":
             continue
@@ -433,7 +576,7 @@ def parse_upstreams(previous_text: str, listen: str | None = None) -> list[str]:
     for kw, args, _ in _directives(original):
         if kw == "nameserver" and args and args[0] not in found:
             found.append(args[0])
-    found = found[:3] or ["127.0.0.1"]
+    found = found[:_NAMESERVERS] or ["127.0.0.1"]
     return [ns for ns in found if ns != listen]
 
 
@@ -448,39 +591,53 @@ def _valid_ip(text: str) -> bool:
 def render_resolv_conf(
     previous_text: str, listen: str, cluster_domain: str, default_search: Sequence[str] = ()
 ) -> str:
-    """The node's /etc/resolv.conf with svcops's DNS server as its only nameserver.
+    """The node's /etc/resolv.conf: svcops's DNS server first, the previous nameservers
+    after it (why: the module's docstring, "When the server dies or hangs").
 
-    Search list: ``svc.<domain> <domain>`` (so ``web.default`` and ``web.default.svc``
-    resolve), then the previous one (the last ``search`` or ``domain`` line, as glibc
-    takes it; `default_search` when there was none: glibc would have used the
-    host name's domain). ``options`` and ``sortlist`` lines are kept as they were.
-    The previous file is kept verbatim in ``#was:`` comments; rendering from an
-    already-rendered file starts from that, so the result is the same
-    (idempotent), and `restore_resolv_conf` gives the original back.
+    Nameservers: `listen`, then the first two previous ones (glibc reads three; the
+    server forwards to all of them). Search list: ``svc.<domain> <domain>`` (so
+    ``web.default`` and ``web.default.svc`` resolve), then the previous one (the last
+    ``search`` or ``domain`` line, as glibc takes it; `default_search` when there was
+    none: glibc would have used the host name's domain). Options: the previous ones in
+    one line, in their order, but ``timeout``, ``attempts`` and ``rotate``, then
+    `RESOLV_OPTIONS`; ``sortlist`` lines are kept as they were. The previous file is
+    kept verbatim in ``#was:`` comments; rendering from an already-rendered file starts
+    from that, so the result is the same (idempotent), and `restore_resolv_conf` gives
+    the original back exactly.
     """
     original = restore_resolv_conf(previous_text)
     domain = cluster_domain.strip(".")
     search: list[str] = list(default_search)
-    kept: list[str] = []
+    options: list[str] = []
+    sortlist: list[str] = []
     for kw, args, line in _directives(original):
         if kw in ("search", "domain"):
             search = args if kw == "search" else args[:1]
-        elif kw in ("options", "sortlist"):
-            kept.append(line)
+        elif kw == "options":
+            options += [o for o in args if not o.startswith(_REPLACED_OPTIONS)]
+        elif kw == "sortlist":
+            sortlist.append(line)
     full = [f"svc.{domain}", domain]
     for s in search:
         s = s.rstrip(".")
         if s and s != "." and s not in full:
             full.append(s)
     upstreams = [ns for ns in parse_upstreams(original, listen) if _valid_ip(ns)]
+    previous = _lines(original)
     out = [
         f"{_RESOLV_MARK} ({listen}: pdns-recursor@svcops).\n",
-        f"# It answers for {domain} and forwards every other name to the nameservers this file had\n",
-        f"# before ({', '.join(upstreams) or 'none'}). The previous file is kept below, verbatim, in\n",
-        "# '#was:' lines; svcops restores it when DNS is taken off the node. Do not edit.\n",
+        f"# It answers for {domain} and forwards every other name to the nameservers this file\n",
+        f"# had before: {', '.join(upstreams) or 'none'}.\n",
+        "# They follow it here: while it is down or hung, other names still resolve and cluster\n",
+        "# names fail (NXDOMAIN there); a hung server costs a query 1 s (timeout:1).\n",
+        "# The previous file is kept below, verbatim, in '#was:' lines; svcops restores it when\n",
+        "# DNS is taken off the node. Do not edit.\n",
         f"nameserver {listen}\n",
+        *(f"nameserver {ns}\n" for ns in upstreams[: _NAMESERVERS - 1]),
         f"search {' '.join(full)}\n",
-        *(ln + "\n" for ln in kept),
-        *(f"{_WAS}{ln}\n" for ln in original.splitlines()),
+        *(ln + "\n" for ln in sortlist),
+        f"options {' '.join([*options, *RESOLV_OPTIONS])}\n",
+        *(f"{_WAS}{ln}\n" for ln in previous),
+        *([_NO_NEWLINE + "\n"] if original and not original.endswith("\n") else []),
     ]
     return "".join(out)

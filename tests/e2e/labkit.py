@@ -41,7 +41,10 @@ def _can_run_lab() -> str | None:
 
 
 def run(argv: list[str], timeout: float = 180, check: bool = False, input: str | None = None) -> subprocess.CompletedProcess:
-    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL)
+    # stdin only without input: gevent's subprocess.run (patched in by tests that import
+    # svcops.apply earlier in the session) refuses both, even stdin=None.
+    feed = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **feed)
     if check:
         assert r.returncode == 0, f"{' '.join(argv)} exited {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     return r

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from labkit import ADDRESS, CLIENT, NODES, apply, backends, curl, lab_exec, make_site, results, sh
+from waiting import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("lab")]
 
@@ -146,16 +147,6 @@ class Started:
 def upload(host: str, path: str, text: str) -> None:
     r = lab_exec(host, "sh", "-c", f"cat > {path}", input=text)
     assert r.returncode == 0, r.stderr
-
-
-def wait_for(predicate, seconds: float, step: float = 0.05):
-    """Poll `predicate` until it returns something true, for at most `seconds`."""
-    end = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value or time.monotonic() > end:
-            return value
-        time.sleep(step)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import json
 import render_fixtures as F
 from udp_fixtures import SVC, resolved
 
-from svcops.facts.dns import DnsState, parse_dns_state
+from svcops.facts.dns import DnsState, _state_command, parse_dns_state
 from svcops.facts.ipvs import parse_ipvs_state
 from svcops.facts.nftables import parse_nft_state
 from svcops.facts.node import Address, parse_node_state
@@ -74,6 +74,23 @@ def test_fact_output_is_parsed_with_resolv_conf_byte_for_byte():
     assert state.resolv_link == "../run/systemd/resolve/stub-resolv.conf"
     assert state.domain == "corp.test"
     assert parse_dns_state(["domain "]) == DnsState()
+
+
+def test_fact_output_says_which_process_is_the_server_and_whether_it_is_supervised():
+    lab = parse_dns_state(["installed yes", "pid 812", "supervised yes"])
+    assert lab.pid == 812 and lab.supervised and lab.hung  # there, not answering
+    unit = parse_dns_state(["systemd yes", "running yes", "unit MainPID=77", "unit ActiveState=active"])
+    assert unit.pid == 77 and unit.supervised and not unit.hung
+    stopped = parse_dns_state(["systemd yes", "unit ActiveState=inactive", "unit MainPID=0"])
+    assert stopped.pid == 0 and not stopped.supervised and not stopped.present
+
+
+def test_the_fact_bounds_what_can_hang_and_asks_no_resolver():
+    command = _state_command()
+    assert f"timeout -k 1 {dns.PING_DEADLINE} rec_control " in command
+    assert "timeout -k 1 5 systemctl show" in command
+    # `hostname -d` looks the host name up, through the very server being checked.
+    assert "hostname" not in command and "uname -n" in command
 
 
 # --- on the command line: ``pyinfra INVENTORY fact svcops.facts.node.SvcopsNodeState`` ----

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import render_fixtures as F
 from paths import DNSQUERY
+from waiting import wait_for
 
 from svcops.compile.endpoints import headless_endpoints
 from svcops.facts.dns import DnsState, SvcopsDns, _state_command, parse_dns_state
@@ -41,12 +42,12 @@ def zone(services=None, cluster=F.CLUSTER) -> dns.Zone:
     return dns.render_zone(cluster, services, headless_endpoints(site, F.nodes(), allocs), allocs)
 
 
-def done_state(z: dns.Zone, resolv: str = PREVIOUS, **kw) -> DnsState:
-    """A node on which `z` is served and resolv.conf was rendered from `resolv`."""
-    files = dns.dns_files(z, dns.parse_upstreams(resolv, LISTEN), LISTEN)
+def done_state(z: dns.Zone, resolv: str = PREVIOUS, systemd: bool = False, **kw) -> DnsState:
+    """A node on which `z` is served (supervised) and resolv.conf was rendered from `resolv`."""
+    files = dns.dns_files(z, dns.parse_upstreams(resolv, LISTEN), LISTEN, systemd=systemd)
     digests = {p: hashlib.sha256(t.encode()).hexdigest() for p, t in files.files.items()}
     rendered = dns.render_resolv_conf(resolv, LISTEN, z.domain)
-    base = dict(installed=True, running=True, files=digests, resolv=rendered)
+    base = dict(installed=True, systemd=systemd, running=True, pid=4242, supervised=True, files=digests, resolv=rendered)
     base.update(kw)
     return DnsState(**base)
 
@@ -54,7 +55,7 @@ def done_state(z: dns.Zone, resolv: str = PREVIOUS, **kw) -> DnsState:
 def test_fresh_node_gets_every_file_a_start_and_then_resolv_conf():
     z = zone()
     plan = dns_plan(DnsState(installed=True, resolv=PREVIOUS), z)
-    assert set(plan.write) == {dns.CONFIG_FILE, dns.FORWARD_FILE, dns.zone_path("cluster.local")}
+    assert set(plan.write) == {dns.CONFIG_FILE, dns.FORWARD_FILE, dns.zone_path("cluster.local"), dns.SUPERVISOR}
     assert plan.write[dns.zone_path("cluster.local")] == z.text
     assert "+.=127.0.0.2\n" in plan.write[dns.FORWARD_FILE]
     assert plan.action == "start" and not plan.install
@@ -85,6 +86,29 @@ def test_a_stopped_server_is_started_even_when_its_files_are_right():
     assert plan.action == "start" and not plan.write and plan.resolv is None
 
 
+def test_a_hung_server_is_killed_and_started_again_even_when_its_files_are_right():
+    z = zone()
+    plan = dns_plan(done_state(z, running=False, pid=4242), z)
+    assert plan.action == "start" and plan.hung == 4242 and not plan.write
+    assert "dns: the server (pid 4242) does not answer: kill it and start it again" in plan.summary()
+
+
+def test_an_unsupervised_server_is_restarted_under_its_supervisor():
+    z = zone()
+    # As an older svcops left it: the daemon on its own (--daemon=yes), no supervisor.
+    plan = dns_plan(done_state(z, supervised=False), z)
+    assert plan.action == "start" and not plan.hung
+
+
+def test_under_systemd_the_drop_in_is_written_with_a_daemon_reload_and_no_restart():
+    z = zone()
+    state = done_state(z, systemd=True)
+    assert dns_plan(state, z).empty
+    old = {p: d for p, d in state.files.items() if p != dns.DROPIN}
+    plan = dns_plan(replace(state, files=old), z)
+    assert set(plan.write) == {dns.DROPIN} and plan.daemon_reload and plan.action == "none"
+
+
 def test_a_new_cluster_domain_is_a_reload_and_removes_the_old_zone():
     old = zone()
     new = zone(cluster=Cluster(cluster_domain="corp.example"))
@@ -109,7 +133,7 @@ def test_resolv_conf_changed_by_dhcp_changes_the_forwarders_and_is_rendered_agai
     z = zone()
     state = done_state(z)
     dhcp = "nameserver 127.0.0.9\n"  # DHCP wrote a new file over svcops's
-    plan = dns_plan(DnsState(installed=True, running=True, files=state.files, resolv=dhcp), z)
+    plan = dns_plan(replace(state, resolv=dhcp), z)
     assert plan.write == {dns.FORWARD_FILE: plan.write[dns.FORWARD_FILE]} and "+.=127.0.0.9\n" in plan.write[dns.FORWARD_FILE]
     assert plan.action == "reload"
     assert dns.restore_resolv_conf(plan.resolv) == dhcp
@@ -120,7 +144,7 @@ def test_a_symlinked_resolv_conf_is_replaced_by_a_file():
     stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"
     rendered = done_state(z, stub)
     # Same text but still a symlink (systemd-resolved would rewrite its target).
-    plan = dns_plan(DnsState(True, False, True, rendered.files, rendered.resolv, "../run/systemd/resolve/stub-resolv.conf"), z)
+    plan = dns_plan(replace(rendered, resolv_link="../run/systemd/resolve/stub-resolv.conf"), z)
     assert plan.resolv == rendered.resolv
     assert "+.=127.0.0.53\n" in dns.dns_files(z, dns.parse_upstreams(stub), LISTEN).files[dns.FORWARD_FILE]
 
@@ -185,9 +209,9 @@ class FakeNode:
             self.close()
             raise
 
-    def run(self, script: str, stdin: str | None = None, shell: str = "sh") -> subprocess.CompletedProcess:
+    def run(self, script: str, stdin: str | None = None, shell: str = "sh", timeout: float = 60) -> subprocess.CompletedProcess:
         argv = ["nsenter", f"--target={self.holder.pid}", "--mount", "--net", shell, "-c", script]
-        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
 
     def bash(self, script: str) -> subprocess.CompletedProcess:
         """As the operation sends a script: `bash -s` with the script on stdin."""
@@ -201,8 +225,8 @@ class FakeNode:
         r = self.run(f"exec {sys.executable} {QUERY} ask {LISTEN} {name} A 1")
         return eval(r.stdout)  # noqa: S307  (our own repr)
 
-    def state(self) -> DnsState:
-        r = self.run(_state_command())
+    def state(self, timeout: float = 60) -> DnsState:
+        r = self.run(_state_command(), timeout=timeout)
         assert r.returncode == 0, r.stderr
         return parse_dns_state(r.stdout.splitlines())
 
@@ -265,6 +289,10 @@ def run_operation(node: FakeNode, op, monkeypatch, **kwargs) -> list[tuple[str, 
     return done
 
 
+# The start step's own line (the supervisor's comment names the command without the redirect).
+START = f"{' '.join(dns.start_command(False))} </dev/null"
+
+
 def ran(steps, word: str) -> bool:
     return any(word in text for text, _ in steps)
 
@@ -291,7 +319,7 @@ def test_the_operation_starts_checks_reloads_restarts_and_removes_a_real_server(
     assert ok(steps), steps[-1]
     # The order that leaves no window: files, server, answers, and only then resolv.conf.
     texts = [t for t, _ in steps]
-    assert [i for i, t in enumerate(texts) if "pdns_recursor --config" in t] == [len(texts) - 3]
+    assert [i for i, t in enumerate(texts) if START in t] == [len(texts) - 3]
     assert "/dev/udp" in texts[-2] and f"> {dns.RESOLV_CONF}.svcops-tmp" in texts[-1]
     web = F.allocations((F.service("web", HTTP),)).cluster_ips["default/web"]
     getent = node.run("getent hosts web.default.svc.cluster.local; getent hosts web.default; getent ahostsv4 ext.example.test")
@@ -305,7 +333,7 @@ def test_the_operation_starts_checks_reloads_restarts_and_removes_a_real_server(
     # Records change: a reload, checked by its output; the same process keeps serving.
     second = zone((F.service("web", HTTP), F.service("api", HTTP)))
     steps = run_operation(node, dns_ops.server, monkeypatch, zone=second)
-    assert ok(steps) and ran(steps, "reload-zones") and not ran(steps, "pdns_recursor --config"), steps
+    assert ok(steps) and ran(steps, "reload-zones") and not ran(steps, START), steps
     assert not ran(steps, f"{dns.RESOLV_CONF}.svcops-tmp")
     assert node.ask("api.default.svc.cluster.local")[0] == 0
     assert node.run(f"cat {dns.SOCKET_DIR}/pdns_recursor-svcops.pid").stdout == pid
@@ -321,7 +349,7 @@ def test_the_operation_starts_checks_reloads_restarts_and_removes_a_real_server(
     third = zone(cluster=Cluster(cluster_domain="corp.example"))
     steps = run_operation(node, dns_ops.server, monkeypatch, zone=third)
     assert ok(steps), steps[-1]
-    assert ran(steps, "reload-zones") and not ran(steps, "pdns_recursor --config"), steps
+    assert ran(steps, "reload-zones") and not ran(steps, START), steps
     assert node.run(f"cat {dns.SOCKET_DIR}/pdns_recursor-svcops.pid").stdout == pid
     assert node.ask("web.default.svc.corp.example")[1][0][2] == web
     assert node.ask("web.default.svc.cluster.local")[0] != 0  # no longer ours: forwarded, NXDOMAIN
@@ -332,7 +360,7 @@ def test_the_operation_starts_checks_reloads_restarts_and_removes_a_real_server(
 
     # Any other settings change (here the listen address) restarts the server.
     steps = run_operation(node, dns_ops.server, monkeypatch, zone=third, listen="127.0.0.154")
-    assert ok(steps) and ran(steps, "pdns_recursor --config"), steps
+    assert ok(steps) and ran(steps, START), steps
     assert node.run(f"cat {dns.SOCKET_DIR}/pdns_recursor-svcops.pid").stdout != pid
     asked = node.run(f"exec {sys.executable} {QUERY} ask 127.0.0.154 web.default.svc.corp.example A 1")
     assert web in asked.stdout
@@ -345,3 +373,114 @@ def test_the_operation_starts_checks_reloads_restarts_and_removes_a_real_server(
     assert st.resolv == previous and not st.running and not st.files
     assert node.run("getent ahostsv4 ext.example.test").stdout.split()[:1] == ["203.0.113.9"]
     assert run_operation(node, dns_ops.absent, monkeypatch) == []
+
+
+def server_pid(node: FakeNode) -> int:
+    out = node.run(f"cat {dns.PID_FILE} 2>/dev/null").stdout.strip()
+    return int(out) if out.isdigit() else 0
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie, which has no command line, is not)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes() != b""
+    except OSError:
+        return False
+
+
+@pytest.mark.root
+def test_a_killed_server_is_started_again_by_its_supervisor(fake_node, monkeypatch):
+    node = fake_node
+    node.write(dns.RESOLV_CONF, f"nameserver {OUTSIDE}\n")
+    assert ok(run_operation(node, dns_ops.server, monkeypatch, zone=zone()))
+    first = server_pid(node)
+    st = node.state()
+    assert st.running and st.supervised and st.pid == first
+    node.run(f"kill -KILL {first}")
+    # The supervisor starts it again 1 s after it died (bounded here: 10 s).
+    assert wait_for(lambda: server_pid(node) not in (0, first) and node.ask("web.default.svc.cluster.local")[0] == 0, 10)
+    assert not alive(first)
+    # A clean exit too (systemd's Restart=on-failure would leave that one dead).
+    second = server_pid(node)
+    node.run(f"kill -TERM {second}")
+    assert wait_for(lambda: server_pid(node) not in (0, second) and node.ask("web.default.svc.cluster.local")[0] == 0, 10)
+    assert run_operation(node, dns_ops.server, monkeypatch, zone=zone()) == []
+
+
+@pytest.mark.root
+def test_a_hung_server_reads_as_not_answering_and_the_operation_replaces_it(fake_node, monkeypatch):
+    node = fake_node
+    previous = f"nameserver {OUTSIDE}\n"
+    node.write(dns.RESOLV_CONF, previous)
+    z = zone()
+    assert ok(run_operation(node, dns_ops.server, monkeypatch, zone=z))
+    hung = server_pid(node)
+    node.run(f"kill -STOP {hung}")
+    try:
+        # Read within its deadline (ping: 3 s, then KILL 1 s later; the bound here is the
+        # subprocess timeout): the server is there, and does not answer.
+        for _ in range(2):  # the second ping is the one that blocked rec_control for good
+            st = node.state(timeout=8)
+            assert not st.running and st.pid == hung and st.hung
+        steps = run_operation(node, dns_ops.server, monkeypatch, zone=z)
+        assert ok(steps) and ran(steps, START), steps[-1]
+        assert not alive(hung)
+        fresh = server_pid(node)
+        assert fresh not in (0, hung) and node.ask("web.default.svc.cluster.local")[0] == 0
+        st = node.state()
+        assert st.running and st.supervised and not st.hung
+        # Hung again, and DNS taken off: the stop does not wait on it either.
+        node.run(f"kill -STOP {fresh}")
+        steps = run_operation(node, dns_ops.absent, monkeypatch)
+        assert ok(steps), steps[-1]
+        assert not alive(fresh)
+        st = node.state()
+        assert st.resolv == previous and not st.pid and not st.supervised and not st.files
+    finally:
+        for pid in (hung, server_pid(node)):
+            if pid and alive(pid):
+                os.kill(pid, 9)
+
+
+@pytest.mark.root
+def test_the_stop_ends_only_svcops_s_own_instance(fake_node):
+    """PID files that name someone else (a stale PID reused by another program, or a
+    process with svcops's command line in another network namespace, as the lab's
+    nodes share the machine's PIDs) are left alone."""
+    node = fake_node
+    # Inside the node: a program that is not svcops's server.
+    other = int(node.run("sleep 600 </dev/null >/dev/null 2>&1 & echo $!").stdout.split()[-1])
+    # Outside it (this test's namespace): svcops's command line, but not the node's.
+    lookalike = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", dns.SUPERVISOR, f"--config-name={dns.INSTANCE}"])
+    try:
+        node.run(f"mkdir -p {dns.SOCKET_DIR} && echo {other} > {dns.PID_FILE} && echo {lookalike.pid} > {dns.SUPERVISOR_PID}")
+        st = node.state()
+        assert st.pid == 0 and not st.supervised
+        r = node.bash(dns_ops._stop_script(False))
+        assert r.returncode == 0, r.stderr
+        assert alive(other) and lookalike.poll() is None
+    finally:
+        lookalike.kill()
+        lookalike.wait()
+        os.kill(other, 9)
+
+
+def test_every_node_side_command_that_can_hang_has_a_hard_deadline():
+    """rec_control, systemctl and apt-get, wherever the operations and the fact run
+    them, come after coreutils' `timeout -k`: a hung server, systemd job or mirror ends
+    the command, not the apply."""
+    import re
+
+    scripts = {
+        "fact": _state_command(),
+        "reload": _reload_script(),
+        **{f"install systemd={s}": dns_ops._install_script(s) for s in (True, False)},
+        **{f"start systemd={s}": dns_ops._start_script(s, LISTEN, "cluster.local") for s in (True, False)},
+        **{f"stop systemd={s}": dns_ops._stop_script(s) for s in (True, False)},
+    }
+    found = 0
+    for name, text in scripts.items():
+        for m in re.finditer(r"(?<!command -v )\b(rec_control|systemctl|apt-get) ", text):
+            found += 1
+            assert re.search(r"timeout -k \d+ \d+ $", text[: m.start()]), (name, text[max(0, m.start() - 60) : m.end() + 20])
+    assert found >= 12

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -61,11 +62,11 @@ PREVIOUS_RESOLV = "# from DHCP\nnameserver 127.0.0.2\nsearch example.test\noptio
 LISTEN = "127.0.0.153"
 
 
-def site_files(services=SERVICES, upstreams=("127.0.0.2",), listen=LISTEN, cluster=F.CLUSTER) -> dns.DnsFiles:
+def site_files(services=SERVICES, upstreams=("127.0.0.2",), listen=LISTEN, cluster=F.CLUSTER, systemd=False) -> dns.DnsFiles:
     site = F.site(services, (F._MANUAL,))
     allocs = F.allocations(services)
     headless = headless_endpoints(site, F.nodes(), allocs)
-    return dns.render_dns(cluster, services, headless, allocs, list(upstreams), listen)
+    return dns.render_dns(cluster, services, headless, allocs, list(upstreams), listen, systemd)
 
 
 def zone_records(text: str) -> set[tuple[str, str, str]]:
@@ -86,6 +87,8 @@ GOLDEN_FILES = {
     "recursor-svcops.conf": lambda: site_files().files[dns.CONFIG_FILE],
     "forward-zones": lambda: site_files(upstreams=("10.0.0.1", "2001:db8::53")).files[dns.FORWARD_FILE],
     "resolv.conf": lambda: dns.render_resolv_conf(PREVIOUS_RESOLV, LISTEN, "cluster.local"),
+    "supervise": lambda: site_files().files[dns.SUPERVISOR],
+    "svcops.conf": lambda: site_files(systemd=True).files[dns.DROPIN],
 }
 
 
@@ -183,14 +186,40 @@ def test_reload_output_is_checked_not_just_the_exit_status():
 # --- resolv.conf ---------------------------------------------------------------------
 
 
-def test_resolv_conf_points_at_the_server_and_searches_the_cluster_domain():
+def test_resolv_conf_points_at_the_server_then_the_previous_nameservers_and_searches_the_cluster_domain():
     text = dns.render_resolv_conf(PREVIOUS_RESOLV, LISTEN, "cluster.local")
     active = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert active == [
         f"nameserver {LISTEN}",
+        "nameserver 127.0.0.2",  # when svcops's server is down or hung, other names still resolve
         "search svc.cluster.local cluster.local example.test",
-        "options edns0 timeout:2",
+        "options edns0 timeout:1 attempts:2",  # the previous timeout:2 gives way to svcops's
     ]
+
+
+def test_resolv_conf_options_keep_the_previous_ones_but_svcops_decides_timeout_attempts_and_order():
+    prev = "nameserver 10.0.0.1\noptions rotate timeout:5 ndots:3\noptions attempts:5 edns0 trust-ad\nsortlist 10.0.0.0/8\n"
+    text = dns.render_resolv_conf(prev, LISTEN, "cluster.local")
+    options = [ln for ln in text.splitlines() if ln.startswith("options")]
+    # One line, the previous options in their order; rotate would start queries at the
+    # next nameserver (cluster names NXDOMAIN there), so it goes.
+    assert options == ["options ndots:3 edns0 trust-ad timeout:1 attempts:2"]
+    assert "sortlist 10.0.0.0/8\n" in text
+    assert dns.restore_resolv_conf(text) == prev
+
+
+def test_resolv_conf_lists_at_most_three_nameservers_as_glibc_reads_them():
+    prev = "nameserver 10.0.0.1\nnameserver 10.0.0.2\nnameserver 10.0.0.3\n"
+    text = dns.render_resolv_conf(prev, LISTEN, "cluster.local")
+    assert [ln for ln in text.splitlines() if ln.startswith("nameserver")] == [
+        f"nameserver {LISTEN}",
+        "nameserver 10.0.0.1",
+        "nameserver 10.0.0.2",
+    ]
+    # The server still forwards to all three.
+    assert "+.=10.0.0.1;10.0.0.2;10.0.0.3\n" in site_files(upstreams=dns.parse_upstreams(text)).files[dns.FORWARD_FILE]
+    # None before: glibc's default, the local one, named.
+    assert "nameserver 127.0.0.1\n" in dns.render_resolv_conf("search a.test\n", LISTEN, "cluster.local")
 
 
 def test_resolv_conf_keeps_the_previous_file_to_restore_and_to_forward_to():
@@ -199,6 +228,13 @@ def test_resolv_conf_keeps_the_previous_file_to_restore_and_to_forward_to():
     assert dns.parse_upstreams(text) == ["127.0.0.2"]
     assert dns.parse_upstreams(PREVIOUS_RESOLV) == ["127.0.0.2"]
     assert dns.restore_resolv_conf(PREVIOUS_RESOLV) == PREVIOUS_RESOLV
+
+
+def test_resolv_conf_restores_byte_for_byte():
+    for prev in ("nameserver 10.0.0.1", "nameserver 10.0.0.1\r\nsearch a.test\r\n", "\n\n#x \n\x0c\n", "nameserver 10.0.0.1\n\n"):
+        text = dns.render_resolv_conf(prev, LISTEN, "cluster.local")
+        assert dns.restore_resolv_conf(text) == prev, repr(prev)
+        assert dns.render_resolv_conf(text, LISTEN, "cluster.local") == text
 
 
 def test_resolv_conf_rendering_is_idempotent():
@@ -222,22 +258,68 @@ def test_resolv_conf_as_glibc_reads_it():
 _words = st.text(alphabet="abcdefghij0123456789.-:", min_size=1, max_size=12)
 _lines = st.one_of(
     st.builds(lambda w: f"nameserver {w}", _words),
+    st.builds(lambda w: f"nameserver 10.0.0.{w}", st.integers(0, 255)),
     st.builds(lambda ws: "search " + " ".join(ws), st.lists(_words, min_size=1, max_size=4)),
     st.builds(lambda w: f"domain {w}", _words),
-    st.builds(lambda ws: "options " + " ".join(ws), st.lists(_words, min_size=1, max_size=3)),
+    st.builds(lambda ws: "options " + " ".join(ws), st.lists(st.one_of(_words, st.sampled_from(["rotate", "timeout:3", "attempts:4"])), min_size=1, max_size=3)),
     st.builds(lambda w: f"# {w}", _words),
     st.just(""),
+    st.just(" \r"),
 )
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(_lines, max_size=8))
-def test_any_resolv_conf_round_trips(lines):
-    prev = "".join(ln + "\n" for ln in lines)
+@given(st.lists(_lines, max_size=8), st.booleans())
+def test_any_resolv_conf_round_trips(lines, final_newline):
+    prev = "\n".join(lines) + ("\n" if final_newline and lines else "")
     once = dns.render_resolv_conf(prev, LISTEN, "cluster.local")
     assert dns.render_resolv_conf(once, LISTEN, "cluster.local") == once
     assert dns.restore_resolv_conf(once) == prev
     assert dns.parse_upstreams(once) == dns.parse_upstreams(prev)
+    active = [ln for ln in once.split("\n") if ln and not ln.startswith("#")]
+    # svcops's server first, its options last: whatever the previous file said.
+    assert active[0] == f"nameserver {LISTEN}" and active[-1].endswith(" timeout:1 attempts:2")
+    assert "rotate" not in active[-1].split()
+
+
+# --- supervision, deadlines -------------------------------------------------------------
+
+
+def test_the_supervision_file_follows_the_init_system_and_a_change_of_it_restarts_only_without_systemd():
+    assert dns.SUPERVISOR in site_files().files and dns.DROPIN not in site_files().files
+    assert dns.DROPIN in site_files(systemd=True).files and dns.SUPERVISOR not in site_files(systemd=True).files
+    assert dns.dns_action([dns.SUPERVISOR]) == "restart"
+    assert dns.dns_action([dns.DROPIN]) == "none"  # a daemon-reload: Restart= needs no restart
+
+
+def test_the_drop_in_restarts_whatever_the_exit_and_bounds_a_stop():
+    keys = dict(ln.split("=", 1) for ln in dns.dropin_text().splitlines() if "=" in ln and not ln.startswith("#"))
+    assert keys == {"Restart": "always", "RestartSec": "1", "TimeoutStopSec": "5"}
+
+
+@pytest.mark.skipif(not (shutil.which("systemd-analyze") and Path("/lib/systemd/system/pdns-recursor@.service").exists()),
+                    reason="needs systemd-analyze and Debian's pdns-recursor unit")  # fmt: skip
+def test_systemd_reads_the_drop_in_without_a_complaint(tmp_path):
+    units = tmp_path / "units"
+    dropin = units / Path(dns.DROPIN).relative_to("/etc/systemd/system")
+    dropin.parent.mkdir(parents=True)
+    shutil.copy("/lib/systemd/system/pdns-recursor@.service", units)
+    dropin.write_text(dns.dropin_text())
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"}
+    r = subprocess.run(["systemd-analyze", "verify", dns.SERVICE_UNIT], capture_output=True, text=True, timeout=60, env=env, cwd=units)
+    assert r.returncode == 0 and "svcops.conf" not in r.stderr, r.stderr
+    # The check can fail: a misspelt key is reported.
+    dropin.write_text(dns.dropin_text().replace("RestartSec", "RestartSecs"))
+    r = subprocess.run(["systemd-analyze", "verify", dns.SERVICE_UNIT], capture_output=True, text=True, timeout=60, env=env, cwd=units)
+    assert "svcops.conf" in r.stderr and "RestartSecs" in r.stderr
+
+
+def test_every_command_that_talks_to_the_server_has_a_hard_deadline():
+    assert dns.rec_control().startswith(f"timeout -k 1 {dns.PING_DEADLINE} rec_control ")
+    assert dns.reload_command()[:4] == ["timeout", "-k", "1", "10"]
+    assert dns.start_command(True)[:4] == ["timeout", "-k", "5", "30"]
+    # Without systemd the start returns at once: the supervisor runs detached.
+    assert dns.start_command(False) == ["setsid", "-f", "bash", dns.SUPERVISOR]
 
 
 # --- the real server -------------------------------------------------------------------
@@ -265,7 +347,7 @@ class Node:
     127.0.0.2, and pdns-recursor with the rendered files at their real paths
     (/etc/powerdns bind-mounted from a temp folder, /run a private tmpfs)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *records: str) -> None:
         self.ns = f"svcops-dnstest-{uuid.uuid4().hex[:8]}"
         self.tmp = tmp
         self.etc = tmp / "powerdns"
@@ -283,7 +365,7 @@ class Node:
             subprocess.run(["ip", "-n", self.ns, "addr", "add", "10.0.0.11/24", "dev", "eth0"], check=True)
             subprocess.run(["ip", "-n", self.ns, "link", "set", "eth0", "up"], check=True)
             outside = self.spawn(
-                [sys.executable, QUERY, "serve", OUTSIDE, "ext.example.test=203.0.113.9", "other.example.test=203.0.113.10"],
+                [sys.executable, QUERY, "serve", OUTSIDE, "ext.example.test=203.0.113.9", "other.example.test=203.0.113.10", *records],
                 stdout=subprocess.PIPE,
                 text=True,
             )
@@ -339,14 +421,15 @@ class Node:
         assert r.returncode == 0, r.stderr
         return r.stdout
 
-    def getent(self, resolv_conf: str, *argv: str) -> str:
-        """glibc's resolver with `resolv_conf` as /etc/resolv.conf (in a private mount)."""
+    def getent(self, resolv_conf: str, *argv: str, timeout: float = 30) -> str:
+        """glibc's resolver with `resolv_conf` as /etc/resolv.conf (in a private mount);
+        `timeout`: how long it may take before the test fails (TimeoutExpired)."""
         path = self.tmp / "resolv.conf"
         path.write_text(resolv_conf)
         r = subprocess.run(
             ["ip", "netns", "exec", self.ns, "unshare", "-m", "--propagation", "private", "sh", "-c",
              f'mount --bind {path} /etc/resolv.conf && exec getent "$@"', "getent", *argv],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
         return r.stdout
 
@@ -501,3 +584,39 @@ def test_reload_changes_records_with_no_window_where_known_names_fail(node, tmp_
                 assert value == done[-1], line
                 checked_after_reload += 1
     assert len(lines) > 200 and checked_after_reload > 20  # the loop really ran through the reloads
+
+
+@pytest.mark.root
+@needs_server
+def test_glibc_with_the_rendered_resolv_conf_outlives_a_hung_and_a_dead_server(tmp_path):
+    """The server SIGSTOPped, then SIGKILLed: glibc, with the rendered resolv.conf (from a
+    previous file whose own options would have made it slower), still resolves outside
+    names, and cluster names fail rather than hang. Each lookup's bound is its
+    subprocess timeout (measured: 2 s stopped, no delay dead; glibc's defaults with
+    svcops's server alone took 40 s and failed)."""
+    # The outside server knows a name in the cluster domain that svcops's does not.
+    n = Node(tmp_path, "nope.default.svc.cluster.local=198.51.100.7")
+    try:
+        n.write(site_files(upstreams=(OUTSIDE,)))
+        n.start()
+        resolv = dns.render_resolv_conf(f"nameserver {OUTSIDE}\noptions timeout:5 attempts:3 rotate\n", LISTEN, "cluster.local")
+        web_ip = F.allocations(SERVICES).cluster_ips["default/web"]
+        assert n.getent(resolv, "ahostsv4", "web.default.svc.cluster.local").split()[:1] == [web_ip]
+        # While it answers, svcops's NXDOMAIN is final: glibc does not ask the next server.
+        assert n.getent(resolv, "ahostsv4", "nope.default.svc.cluster.local") == ""
+        os.kill(n.server.pid, signal.SIGSTOP)
+        try:
+            assert n.getent(resolv, "ahostsv4", "other.example.test", timeout=8).split()[:1] == ["203.0.113.10"]
+            assert n.getent(resolv, "ahostsv4", "web.default.svc.cluster.local", timeout=8) == ""
+            # The bound is one a resolv.conf naming svcops's server alone does not meet.
+            with pytest.raises(subprocess.TimeoutExpired):
+                n.getent(f"nameserver {LISTEN}\n", "ahostsv4", "other.example.test", timeout=8)
+        finally:
+            os.kill(n.server.pid, signal.SIGKILL)
+            n.server.wait()
+        assert n.getent(resolv, "ahostsv4", "other.example.test", timeout=8).split()[:1] == ["203.0.113.10"]
+        assert n.getent(resolv, "ahostsv4", "web.default.svc.cluster.local", timeout=8) == ""
+        # Dead, cluster names go to the next server: what it says is what the node gets.
+        assert n.getent(resolv, "ahostsv4", "nope.default.svc.cluster.local", timeout=8).split()[:1] == ["198.51.100.7"]
+    finally:
+        n.close()
