@@ -65,6 +65,7 @@ from svcops.render.nftables_normal import MAP_DECLS, SKELETON_CHAINS, SKELETON_H
 
 __all__ = ["NftPlan", "plan_update", "update_payloads", "DRIFT_LINES"]
 
+_SKELETON_PREFIX = SKELETON_COMMENT.rsplit(" ", 1)[0] + " "  # "svcops skeleton "
 # At most this many drift lines are kept (a table flushed by hand would name every
 # chain); the rest are counted in the last one.
 DRIFT_LINES = 20
@@ -162,6 +163,8 @@ class _Diff:
                 out.append(f"chain {chain} missing")
                 continue
             hook, wanted_hook = c.hooks.get(chain), SKELETON_HOOKS.get(chain)
+            if wanted_hook is not None and live.chains[chain] != SKELETON_COMMENT:
+                out.append(f"chain {chain} comment differs: {live.chains[chain] or 'none'}")
             if hook != wanted_hook:
                 out.append(f"chain {chain} hook differs: {hook or 'none'} (svcops: {wanted_hook or 'none'})")
                 if wanted_hook is None:
@@ -208,7 +211,8 @@ class _Diff:
         drifted = 0
         # The skeleton's version, from the base chains still there (a base chain deleted
         # by hand is drift, not another version).
-        current = {live.chains.get(n) for n in BASE_CHAINS if n in live.chains} <= {SKELETON_COMMENT}
+        versions = {live.chains.get(n) or "" for n in BASE_CHAINS}
+        current = {v for v in versions if v.startswith(_SKELETON_PREFIX)} <= {SKELETON_COMMENT}
         skeleton = not (
             current
             and all(n in live.chains for n in BASE_CHAINS)

@@ -83,6 +83,17 @@ def test_skeleton_drift_re_sends_the_skeleton_and_keeps_the_maps():
     assert "delete chain ip svcops filter-forward\n" in tx and "delete table" not in tx and "add element" not in tx
 
 
+def test_a_base_chain_re_made_by_hand_without_svcops_comment_is_drift_not_another_version():
+    live = simulated()
+    live = replace(live, chains={**live.chains, "nat-output": None})
+    plan = plan_update(RULES, live)
+    assert plan.skeleton and plan.drifted == 1 and plan.drift == ("chain nat-output comment differs: none",)
+    # Another svcops version's skeleton is no drift: it is re-sent all the same.
+    old = {n: "svcops skeleton OLDOLDOLDOLDOLDO" if c and c.startswith("svcops skeleton") else c for n, c in simulated().chains.items()}
+    plan = plan_update(RULES, replace(simulated(), chains=old))
+    assert plan.skeleton and plan.drift == () and len(plan.transactions) == 1
+
+
 def test_a_map_of_another_declaration_makes_the_table_re_made_whole():
     live = simulated()
     decls = {**live.content.decls, "service-nodeports": (("type", "inet_proto . inet_service : verdict"),)}
