@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,7 @@ from svcops.site.hostdata import nodes_from_hosts  # noqa: E402
 from svcops.site.load import load_site  # noqa: E402
 from svcops.site.model import Allocations  # noqa: E402
 from svcops.render.nftables_sync import LOADER, chunked, transactions  # noqa: E402
+from svcops.render.nftables_live import LIST_COMMAND  # noqa: E402
 from svcops.compile.pipeline import compile_site  # noqa: E402
 from svcops.render.iptables import parse_iptables_save, restore_transactions  # noqa: E402
 from svcops.render.nftables import LIVE_COMMANDS, full_payload, parse_nft_list  # noqa: E402
@@ -124,11 +126,28 @@ def apply_iptables(ns: Netns, rules, limit: float) -> tuple[float, int, int]:
     return time.perf_counter() - t, len(payload), len(txs)
 
 
-def apply_nftables(ns: Netns, rules, tmp: Path) -> tuple[float, int, int]:
-    """(seconds, payload bytes, transactions) of one nftables-mode apply."""
+def read_nft(ns: Netns, full: bool) -> tuple[object, float, float, float, float]:
+    """(live table, seconds reading it, of which the children's user and system CPU
+    seconds, seconds parsing it) the way the fact does: full, `nft list table ip svcops`
+    (every chain's rules); not full, the cheap LIVE_COMMANDS (digests only, as before
+    the drift check)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    out = "".join(subprocess.run(["ip", "netns", "exec", ns.name, *c], capture_output=True, text=True).stdout for c in LIVE_COMMANDS)
-    txs = transactions(rules, parse_nft_list(out))
+    commands = (LIST_COMMAND,) if full else LIVE_COMMANDS
+    out = "".join(subprocess.run(["ip", "netns", "exec", ns.name, *c], capture_output=True, text=True).stdout for c in commands)
+    read = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    live = parse_nft_list(out, full=full)
+    return live, read, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime, time.perf_counter() - t
+
+
+def apply_nftables(ns: Netns, rules, tmp: Path, full: bool = True) -> tuple[float, int, int]:
+    """(seconds, payload bytes, transactions) of one nftables-mode apply (full: the
+    whole table read and compared, as svcops does; else digests only, as it did)."""
+    t = time.perf_counter()
+    live = read_nft(ns, full)[0]
+    txs = transactions(rules, live)
     if not txs:
         return time.perf_counter() - t, 0, 0
     path = tmp / "apply.nft"
@@ -136,6 +155,25 @@ def apply_nftables(ns: Netns, rules, tmp: Path) -> tuple[float, int, int]:
     path.write_text(text)
     ns.run(["sh", "-c", f"{LOADER}\nsvcops_nft_load {path}"])
     return time.perf_counter() - t, len(text), len(txs)
+
+
+def nft_read_costs(ns: Netns, rules, n: int, results: dict) -> None:
+    """The fact read and an in-sync apply, digests only (before the drift check) and
+    whole (after), on a table holding `rules`; prints them with their ratios."""
+    for full in (False, True):
+        live, read, user, system, parse = read_nft(ns, full)
+        t = time.perf_counter()
+        assert transactions(rules, live) == []
+        decide = time.perf_counter() - t
+        what = "whole (after)" if full else "digests (before)"
+        results[(n, "read", full)] = read + parse
+        results[(n, "in sync", full)] = read + parse + decide
+        print(
+            f"  {n:>6} services  nftables read {what:<17} {read:7.2f} s (nft: user {user:.2f} s, system {system:.2f} s)"
+            f"  parse {parse:5.2f} s  decide {decide:5.2f} s  in-sync apply {read + parse + decide:7.2f} s"
+        )
+    for what in ("read", "in sync"):
+        print(f"  {n:>6} services  nftables {what}: after / before {results[(n, what, True)] / results[(n, what, False)]:.1f}x")
 
 
 def main() -> int:
@@ -184,6 +222,7 @@ def main() -> int:
                         cold, size, ntx = apply_nftables(ns, rules, tmp)
                         change, csize, ctx = apply_nftables(ns, rules2, tmp)
                         again, _, _ = apply_nftables(ns, rules2, tmp)
+                        nft_read_costs(ns, rules2, n, results)
                     extra = f" ({ntx} transactions cold, {ctx} for the change)"
                 results[(n, mode, "cold")] = cold
                 results[(n, mode, "change")] = change

@@ -15,7 +15,7 @@ from svcops.render.iptables import LiveTables
 from svcops.render.iptables_sync import TablesDiff, diff_tables
 from svcops.render.ipvs import ipvs_modules
 from svcops.render.ipvs_sync import ipvs_plan, ipvs_removal
-from svcops.render.nftables_sync import DELETE_TABLE, transactions
+from svcops.render.nftables_sync import DELETE_TABLE, nft_plan
 from svcops.render.node_files import sha256_text
 from svcops.site.model import address_label
 
@@ -100,17 +100,7 @@ def mode_changes(out, nft=None, ipvs=None, iptables: LiveTables | None = None) -
             if want is not None:
                 lines.append("nftables: nft is not installed on the node (apply fails)")
         else:
-            txs = transactions(want, nft.live)
-            if txs == [DELETE_TABLE]:
-                lines.append("nftables: - table ip svcops")
-            elif txs:
-                units = nft.live.units()
-                ids = {u.id for u in want.units}
-                added = sum(1 for u in want.units if u.id not in units)
-                changed = sum(1 for u in want.units if u.id in units and units[u.id] != u.digest)
-                removed = sum(1 for uid in units if uid not in ids)
-                what = "cold start" if not nft.live.exists else f"service ports +{added} ~{changed} -{removed}"
-                lines.append(f"nftables: {what}, {len(txs)} transaction{'s' if len(txs) != 1 else ''}")
+            lines += _nft_lines(nft_plan(want, nft.live))
     if ipvs is not None:
         if out.mode == "ipvs":
             if ipvs.missing:
@@ -122,6 +112,24 @@ def mode_changes(out, nft=None, ipvs=None, iptables: LiveTables | None = None) -
             if not removal.empty:
                 lines.append("ipvs: - svcops's sets, virtual servers and dummy interface")
     return lines
+
+
+def _nft_lines(plan) -> list[str]:
+    """An `NftPlan` as diff lines: what changes, then what drifted, one line each."""
+    txs = plan.transactions
+    if not txs:
+        return []
+    if txs == (DELETE_TABLE,):
+        return ["nftables: - table ip svcops"]
+    n = f"{len(txs)} transaction{'s' if len(txs) != 1 else ''}"
+    if plan.cold:
+        return [f"nftables: cold start, {n}"]
+    what = f"service ports +{plan.added} ~{plan.changed} -{plan.removed}"
+    if plan.drifted:
+        what += f", drift in {plan.drifted}"
+    if plan.reload:
+        what += ", the table re-made whole"
+    return [f"nftables: {what}, {n}", *(f"nftables: drift: {d}" for d in plan.drift)]
 
 
 def node_diff(

@@ -16,7 +16,7 @@ from svcops.compile.pipeline import compile_site
 from svcops.facts.nftables import parse_nft_state
 from svcops.render.ipvs import SETS, SYSCTLS, ipvs_modules
 from svcops.render.ipvs_sync import IpvsLive, parse_ipset_save
-from svcops.render.nftables import LIVE_COMMANDS
+from svcops.render.nftables_live import LIST_COMMAND
 
 EXAMPLE = ROOT / "examples" / "walkthrough"
 INVENTORY = str(ROOT / "inventory" / "example.py")
@@ -55,9 +55,7 @@ def files_of(mode: str, node: str = "node1"):
 
 def live_state(ns: str, boot: str = "") -> "object":
     """What SvcopsNftables reads on a node, from the namespace."""
-    out = "".join(
-        subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True).stdout for cmd in LIVE_COMMANDS
-    )
+    out = subprocess.run(["ip", "netns", "exec", ns, *LIST_COMMAND], capture_output=True, text=True).stdout
     return parse_nft_state([f"svcops-nft boot {boot}", *out.splitlines()])
 
 

@@ -115,3 +115,35 @@ def test_dry_run_lines_for_nftables_and_ipvs():
     assert "cannot do IPVS" in mode_changes(ipvs_out, None, missing)[0]
     live = live_holding(ipvs_out.ipvs)
     assert mode_changes(ipt_out, None, IpvsState((), live)) == ["ipvs: - svcops's sets, virtual servers and dummy interface"]
+
+
+def test_dry_run_names_nftables_drift_and_ipvs_hand_edits():
+    from dataclasses import replace
+
+    from svcops.facts.ipvs import IpvsState
+    from svcops.facts.nftables import NftState
+    from svcops.render.iptables_sync import expected_tables
+    from svcops.render.nftables_live import parse_nft_list
+    from svcops.render.nftables_normal import printed_listing
+    from render_fixtures import simulated_live
+
+    out = compiled("nftables").outputs["node1"]
+    rules = out.nftables
+    live = simulated_live(rules)
+    live = replace(live, content=parse_nft_list(printed_listing(rules), full=True).content)
+    assert mode_changes(out, NftState(True, live)) == []
+    chain = next(c for c in rules.unit("default/web/tcp/http").chains if c.startswith("service-"))
+    flushed = replace(live, content=replace(live.content, rules={**live.content.rules, chain: ()}))
+    assert mode_changes(out, NftState(True, flushed)) == [
+        "nftables: service ports +0 ~0 -0, drift in 1, 1 transaction",
+        f"nftables: drift: chain {chain} rules differ: 2 rules missing (flushed)",
+    ]
+    ipvs_out = compiled("ipvs").outputs["node1"]
+    held = live_holding(ipvs_out.ipvs)
+    edited = replace(held, ipvsadm=held.ipvsadm.replace("-A -t 10.96.0.10:80 -s rr", "-A -t 10.96.0.10:80 -s wlc"))
+    ipt = expected_tables(ipvs_out.ipvs.iptables_rules)
+    assert mode_changes(ipvs_out, None, IpvsState((), held), ipt) == []
+    assert mode_changes(ipvs_out, None, IpvsState((), edited), ipt) == [
+        "ipvs: 1 virtual/real server change",
+        "ipvs: ~ virtual server -t 10.96.0.10:80: -s wlc -> -s rr",
+    ]

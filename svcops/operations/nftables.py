@@ -26,8 +26,8 @@ from svcops.render.nftables_sync import (
     ROLLBACK_FROM_LISTING,
     chunked,
     live_fingerprint,
+    nft_plan,
     removal,
-    transactions,
 )
 from svcops.render.node_files import NFT_FILE
 
@@ -58,13 +58,15 @@ def rules(
     The decision comes from the live table (`svcops.facts.nftables.SvcopsNftables`): a node in
     sync gets no command; a clean node gets the skeleton and then the service ports in
     chunks (a 10,000-service table in one transaction takes the kernel ~56 s, in chunks
-    ~12.5 s); a live one only the service ports whose digest differs (a one-service
-    change is one small transaction). Only ``table ip svcops`` is ever named: no other
+    ~12.5 s); a live one only what differs (`svcops.render.nftables_diff`): the service
+    ports whose digest or content differs (a one-service change is one small
+    transaction; a chain edited by hand is flushed and refilled) and the removal of
+    anything foreign inside the table. Only ``table ip svcops`` is ever named: no other
     table (iptables-nft's, docker's, a firewall's) is touched.
 
     SSH safety as in iptables mode. The rollback is the previous table: the boot file
-    ``/etc/svcops/rules.nft`` when its fingerprint says it holds exactly the live table,
-    else the live table's listing, or the table's deletion when there was none. A
+    ``/etc/svcops/rules.nft`` when its fingerprint says it holds exactly the live table
+    (and the live table shows no drift), else the live table's listing, or the table's deletion when there was none. A
     transaction that fails after earlier ones succeeded rolls back at once.
     """
     state = node_fact(host, SvcopsNftables)
@@ -77,7 +79,8 @@ def rules(
             return
         yield error("svcops: nftables mode needs nft (Debian package nftables) on the node; nothing changed")
         return
-    txs = transactions(rules, state.live, chunk)
+    plan = nft_plan(rules, state.live, chunk)
+    txs = plan.transactions
     if not txs:
         host.noop("the svcops table is in sync" if rules is not None else "no svcops table")
         return
@@ -88,7 +91,7 @@ def rules(
     yield StringCommand(f"cat > {lib}", _stdin=LOADER)
     if not state.live.exists:
         yield StringCommand(f"cat > {d}/nft.rollback", _stdin=removal())
-    elif state.boot_state and state.boot_state == live_fingerprint(state.live):
+    elif state.boot_state and not plan.drift and state.boot_state == live_fingerprint(state.live):
         yield StringCommand(f"cp {NFT_FILE} {d}/nft.rollback")
     else:
         yield StringCommand(f"{{ {ROLLBACK_FROM_LISTING}; }} > {d}/nft.rollback")

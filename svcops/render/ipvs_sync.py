@@ -16,7 +16,14 @@ IPVS mode is applied in kube-proxy's order (`svcops.render.ipvs`):
 
 `ipvs_plan` decides each step from the node's facts (`svcops.facts.ipvs.IpvsState`,
 ``SvcopsIptables``); a step already in sync is left out, so a node in sync gets no
-command. Leaving IPVS mode (`ipvs_removal`): after the new mode's iptables rules
+command. Everything svcops owns is compared with the render, so a hand edit is put
+right by the next apply (and named by ``apply --dry``: `IpvsPlan.details`): every
+virtual server it renders with its scheduler, persistence and flags as
+``ipvsadm-save -n`` prints them, each of its real servers with its forwarding method
+and weight (a foreign one is deleted), any other virtual server on an address of the
+dummy interface or of the node (deleted), each ipset's members (and the node-port
+bitmaps' range), the dummy interface's addresses, svcops's iptables chains and jumps,
+the sysctls and the modules. Leaving IPVS mode (`ipvs_removal`): after the new mode's iptables rules
 replaced svcops's chains, svcops's sets are destroyed, its virtual servers deleted and
 the dummy interface with them, and the ARP sysctls get their earlier values back.
 
@@ -33,7 +40,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 from svcops.render.iptables import LiveTables, restore_payload
-from svcops.render.iptables_sync import in_sync, rollback_payload
+from svcops.render.iptables_sync import diff_tables, in_sync, rollback_payload
 from svcops.render.ipvs import (
     DUMMY_INTERFACE,
     NODE_WIDE_SYSCTLS,
@@ -45,7 +52,19 @@ from svcops.render.ipvs import (
     parse_ipvsadm_save,
 )
 
-__all__ = ["applied_state", "IpvsLive", "IpvsPlan", "ipvs_plan", "ipvs_removal", "IpvsRemoval", "removal_undo", "ipvsadm_edit", "ipset_payload", "parse_ipset_save"]
+__all__ = [
+    "applied_state",
+    "IpvsLive",
+    "IpvsPlan",
+    "ipvs_plan",
+    "ipvs_removal",
+    "IpvsRemoval",
+    "removal_undo",
+    "ipvsadm_edit",
+    "describe_ipvsadm_edit",
+    "ipset_payload",
+    "parse_ipset_save",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +185,14 @@ class IpvsPlan:
     finish: str = ""  # ip -batch input: the addresses no longer rendered, removed
     undo_iptables: str = ""  # iptables-restore --noflush input that gives back the old chains
     undo_ipvsadm: str = ""  # ipvsadm -R input that gives back the old virtual servers
+    details: tuple[str, ...] = ()  # what differs, one line each (`summary` shows them)
 
     @property
     def empty(self) -> bool:
         return not (self.prepare or self.addresses or self.ipset or self.iptables or self.ipvsadm or self.finish)
 
     def summary(self) -> list[str]:
+        """One line a step, then what differs (`details`): for ``svcops apply --dry``."""
         out = []
         if self.prepare:
             out.append("ipvs: modules, sysctls or dummy interface")
@@ -187,7 +208,60 @@ class IpvsPlan:
             out.append(f"ipvs: {n} virtual/real server change{'s' if n != 1 else ''}")
         if self.finish:
             out.append("ipvs: stale virtual addresses removed")
-        return out
+        return out + list(self.details)
+
+
+# At most this many detail lines per step (a node cleared by hand would list every server).
+DETAIL_LINES = 20
+
+
+def _capped(lines: list[str]) -> list[str]:
+    if len(lines) <= DETAIL_LINES:
+        return lines
+    return [*lines[: DETAIL_LINES - 1], f"ipvs: ... and {len(lines) - DETAIL_LINES + 1} more"]
+
+
+_EDIT_SIGN = {"-A": "+", "-E": "~", "-D": "-", "-a": "+", "-e": "~", "-d": "-"}
+
+
+def describe_ipvsadm_edit(edit: str, have: str) -> list[str]:
+    """An ``ipvsadm -R`` edit from `have` (``ipvsadm-save -n``), one line a change:
+    "+ virtual server -t 10.96.0.10:80 -s rr", "~ real server 10.244.1.5:80 of -t
+    10.96.0.10:80: -m -w 5 -> -m -w 1", "- real server ..."."""
+    live = parse_ipvsadm_save(have)
+    out: list[str] = []
+    for line in edit.splitlines():
+        p = line.split()
+        sign = _EDIT_SIGN.get(p[0]) if len(p) >= 3 else None
+        if sign is None:
+            continue
+        vs = f"{p[1]} {p[2]}"
+        cur_opts, cur_reals = live.get(vs, ("", {}))
+        if p[0] in ("-A", "-E", "-D"):
+            what, now, then = f"virtual server {vs}", cur_opts, " ".join(p[3:])
+        elif len(p) >= 5 and p[3] == "-r":
+            what, now, then = f"real server {p[4]} of {vs}", cur_reals.get(p[4], ""), " ".join(p[5:])
+        else:
+            continue
+        out.append(f"ipvs: ~ {what}: {now} -> {then}" if sign == "~" else f"ipvs: {sign} {what} {then if sign == '+' else now}".rstrip())
+    return _capped(out)
+
+
+def _sets_drift(rules: IpvsRules, live: IpvsLive) -> list[str]:
+    """How svcops's ipsets differ from the node's, one line a set."""
+    want = rules.set_entries()
+    out: list[str] = []
+    lo, hi = rules._node_port_range
+    for s in SETS:
+        if s.name not in live.sets:
+            out.append(f"ipvs: ipset {s.name} missing")
+            continue
+        if s.type == "bitmap:port" and _range(live.sets[s.name]) != f"{lo}-{hi}":
+            out.append(f"ipvs: ipset {s.name} range {_range(live.sets[s.name])} (svcops: {lo}-{hi})")
+        have, need = live.members.get(s.name, frozenset()), frozenset(want.get(s.name, ()))
+        if have != need:
+            out.append(f"ipvs: ipset {s.name} entries +{len(need - have)} -{len(have - need)}")
+    return out
 
 
 def ipvs_plan(rules: IpvsRules, live: IpvsLive, iptables: LiveTables, modules: Iterable[str]) -> IpvsPlan:
@@ -219,7 +293,19 @@ def ipvs_plan(rules: IpvsRules, live: IpvsLive, iptables: LiveTables, modules: I
         undo_ipvsadm = ipvsadm_edit(live.ipvsadm, rules.ipvsadm, lambda a, p: a in mine)
     wanted = set(rules.addresses)
     finish = "".join(f"address del {a}/32 dev {d}\n" for a in live.addresses if a not in wanted)
-    return IpvsPlan(" && ".join(prep), addresses, ipset, iptables_payload, ipvsadm, finish, undo_ipt, undo_ipvsadm)
+    details: list[str] = _capped([f"ipvs: + address {a} on {DUMMY_INTERFACE}" for a in rules.addresses if a not in have])
+    details += _capped([f"ipvs: - address {a} on {DUMMY_INTERFACE}" for a in live.addresses if a not in wanted])
+    if ipset:
+        details += _sets_drift(rules, live)
+    if iptables_payload:
+        for name, t in diff_tables(ipt, iptables).tables.items():
+            details += [f"ipvs: iptables {name}: {sign} {c}" for sign, cs in (("+", t.added), ("-", t.removed), ("~", t.changed)) for c in cs]
+            details += [f"ipvs: iptables {name}: {sign} jump {j}" for sign, js in (("+", t.jumps_added), ("-", t.jumps_removed)) for j in js]
+    if ipvsadm:
+        details += describe_ipvsadm_edit(ipvsadm, live.ipvsadm)
+    return IpvsPlan(
+        " && ".join(prep), addresses, ipset, iptables_payload, ipvsadm, finish, undo_ipt, undo_ipvsadm, tuple(details)
+    )
 
 
 def _keep_before(sysctls: Mapping[str, str]) -> str:

@@ -46,12 +46,11 @@ each unit a node has (`svcops.render.nftables_live`).
 
 Applying: a kernel spends most of a big transaction validating it (measured: a
 10,000-service table in one transaction ~56 s, in 1,000-service chunks 12.5 s, a
-one-service change 0.3 s), so `update_payloads` gives a list of transactions: for a
-clean node the skeleton and then chunks of units; for a live one, only the units
-whose digest differs, read from the node with `LIVE_COMMANDS` (about a second on a
-10,000-service table, where `nft list table` takes tens) and `parse_nft_list`.
-`full_payload` is the whole table in one transaction (what `svcops render` prints,
-and a boot file).
+one-service change 0.3 s), so a clean node gets `cold_payloads`: the skeleton and
+then chunks of units. A live one gets only what differs from its listing
+(`svcops.render.nftables_diff`: units whose digest or content differs, anything
+foreign in the table). `full_payload` is the whole table in one transaction (what
+`svcops render` prints, and a boot file).
 
 Speed: as the iptables renderer, each unit is rendered once and shared by every node;
 only Local-policy units are rendered per distinct set of local endpoints.
@@ -67,7 +66,7 @@ import netaddr
 
 from svcops.gcpause import gc_paused
 from svcops.render import chains as C
-from svcops.render.nftables_live import LIVE_COMMANDS, MAP_NAMES, TABLE, NftLive, parse_nft_list, unit_of_name
+from svcops.render.nftables_live import LIVE_COMMANDS, MAP_NAMES, TABLE, NftLive, parse_nft_list
 from svcops.site.model import Cluster, Endpoint, ResolvedPort, is_ipv4
 
 __all__ = [
@@ -77,11 +76,21 @@ __all__ = [
     "SKELETON_DIGEST",
     "NftUnit",
     "NftRules",
+    "SKELETON_COMMENT",
+    "BASE_CHAINS",
+    "TOP_RULES",
+    "BASE_RULES",
+    "MAPS",
     "NftLive",
     "render_nodes",
     "full_payload",
+    "cold_payloads",
+    "skeleton_payload",
+    "cold_units",
+    "set_command",
+    "element_commands",
+    "chunks",
     "parse_nft_list",
-    "update_payloads",
     "unit_id",
     "chain_names",
 ]
@@ -116,7 +125,7 @@ BASE_CHAINS: dict[str, tuple[str, str, str]] = {
 
 _NEW = "ct state new "
 # Regular chains of the skeleton, with their rules.
-_TOP_RULES: dict[str, tuple[str, ...]] = {
+TOP_RULES: dict[str, tuple[str, ...]] = {
     "services": (
         "ip daddr . meta l4proto . th dport vmap @service-ips",
         "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports",
@@ -135,7 +144,7 @@ _TOP_RULES: dict[str, tuple[str, ...]] = {
     ),
     "reject-chain": ("reject",),
 }
-_BASE_RULES: dict[str, tuple[str, ...]] = {
+BASE_RULES: dict[str, tuple[str, ...]] = {
     "filter-prerouting": (_NEW + "jump firewall-check",),
     "filter-input": (_NEW + "jump external-endpoints-check",),
     "filter-forward": (_NEW + "jump service-endpoints-check", _NEW + "jump external-endpoints-check"),
@@ -150,16 +159,16 @@ def _skeleton_body() -> str:
     out = [f'add table {TABLE} {{ comment "service rules of svcops" ; }}\n']
     for name, (kind, comment) in MAPS.items():
         out.append(f'add map {TABLE} {name} {{ type {kind} ; comment "{comment}" ; }}\n')
-    for name in _TOP_RULES:
+    for name in TOP_RULES:
         out.append(f"add chain {TABLE} {name}\n")
-    for name, rules in _TOP_RULES.items():
+    for name, rules in TOP_RULES.items():
         out.extend(f"add rule {TABLE} {name} {r}\n" for r in rules)
     return "".join(out)
 
 
 _SKELETON_BODY = _skeleton_body()
-SKELETON_DIGEST = C.hash16(_SKELETON_BODY + repr(BASE_CHAINS) + repr(_BASE_RULES))
-_SKELETON_COMMENT = f"svcops skeleton {SKELETON_DIGEST}"
+SKELETON_DIGEST = C.hash16(_SKELETON_BODY + repr(BASE_CHAINS) + repr(BASE_RULES))
+SKELETON_COMMENT = f"svcops skeleton {SKELETON_DIGEST}"
 
 
 def _base_chains(recreate: bool) -> str:
@@ -171,14 +180,14 @@ def _base_chains(recreate: bool) -> str:
             out.append(f"add chain {TABLE} {name}\ndelete chain {TABLE} {name}\n")
         out.append(
             f"add chain {TABLE} {name} {{ type {kind} hook {hook} priority {prio} ; policy accept ; "
-            f'comment "{_SKELETON_COMMENT}" ; }}\n'
+            f'comment "{SKELETON_COMMENT}" ; }}\n'
         )
-    for name, rules in _BASE_RULES.items():
+    for name, rules in BASE_RULES.items():
         out.extend(f"add rule {TABLE} {name} {r}\n" for r in rules)
     return "".join(out)
 
 
-def _skeleton(clean: bool) -> str:
+def skeleton_payload(clean: bool) -> str:
     """The table without any service: maps, top-level chains, base chains.
 
     clean=True (a cold start): the table is deleted first, so whatever was there is
@@ -186,7 +195,7 @@ def _skeleton(clean: bool) -> str:
     refilled, base chains re-made, maps kept with their elements.
     """
     head = f"add table {TABLE}\ndelete table {TABLE}\n" if clean else ""
-    flush = "" if clean else "".join(f"flush chain {TABLE} {n}\n" for n in _TOP_RULES)
+    flush = "" if clean else "".join(f"flush chain {TABLE} {n}\n" for n in TOP_RULES)
     # Top-level chains are declared, then (when live) flushed, before any rule.
     body = _SKELETON_BODY
     i = body.index(f"add rule {TABLE} ")
@@ -513,28 +522,29 @@ def _render_nodes(ports: Sequence[ResolvedPort], nodes: Sequence[str]) -> dict[s
 # --- payloads ------------------------------------------------------------------------
 
 
-def _set_decl(name: str, timeout: int) -> str:
+def set_command(name: str, timeout: int) -> str:
+    """The ``add set`` of an affinity set."""
     return f"add set {TABLE} {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}\n"
 
 
-def _elements(op: str, items: dict[str, list[str]]) -> list[str]:
+def element_commands(op: str, items: dict[str, list[str]]) -> list[str]:
     """One `add element` / `delete element` command per map, its items one a line."""
     return [f"{op} element {TABLE} {m} {{ " + ",\n\t".join(v) + " }\n" for m, v in items.items() if v]
 
 
-def _cold_units(units: Sequence[NftUnit]) -> str:
+def cold_units(units: Sequence[NftUnit]) -> str:
     """Units for a table that does not hold them yet: sets, chains, rules, elements."""
     out: list[str] = []
     adds: dict[str, list[str]] = {m: [] for m in MAPS}
     for u in units:
-        out.extend(_set_decl(n, t) for n, t in u.sets)
+        out.extend(set_command(n, t) for n, t in u.sets)
         out.extend(f"add chain {TABLE} {c}\n" for c in u.chains)
     for u in units:
         out.append(u.rules)
         comment = u.comment
         for m, key, value in u.elements:
             adds[m].append(f'{key} comment "{comment}" : {value}')
-    out.extend(_elements("add", adds))
+    out.extend(element_commands("add", adds))
     return "".join(out)
 
 
@@ -543,143 +553,20 @@ def full_payload(rules: NftRules) -> str:
 
     It deletes any previous svcops table first (and nothing else), so loading it
     gives exactly `rules` whatever was there: what `svcops render` prints and what a
-    boot file holds. For a big table prefer `update_payloads`' chunks.
+    boot file holds. For a big table prefer `cold_payloads`' chunks.
     """
-    return _skeleton(clean=True) + _cold_units(rules.units)
+    return skeleton_payload(clean=True) + cold_units(rules.units)
 
 
-def _chunks(seq: Sequence, size: int) -> list[Sequence]:
+def chunks(seq: Sequence, size: int) -> list[Sequence]:
+    """`seq` cut into pieces of at most `size`."""
     size = max(1, size)
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
-def update_payloads(rules: NftRules, live: NftLive | None, chunk: int = 1000) -> list[str]:
-    """The `nft -f` transactions, in order, that turn `live` into `rules`.
-
-    live None (or no table): the skeleton, then chunks of `chunk` units, each a valid
-    transaction on its own. With the live table: only what differs, [] when nothing
-    does:
-
-    1. the skeleton again, if its digest (in the base chains' comments) differs;
-    2. per chunk of changed or new units: their chains declared and flushed (and the
-       unit's leftover chains flushed), affinity sets whose timeout changed re-made,
-       their rules, their map elements replaced;
-    3. per chunk of removed units: their elements deleted, chains flushed, sets deleted;
-    4. elements that differ outside any changed unit (hand edits) put right;
-    5. last, on its own: leftover chains (and maps) deleted. On kernels before 6.2 a
-       chain whose map element was just deleted may still read as busy for a moment
-       (kube-proxy waits a second for this); the chain is empty by then, so retrying
-       this last transaction later is safe.
-    """
-    if live is None or not live.exists:
-        return [_skeleton(clean=True)] + [_cold_units(c) for c in _chunks(rules.units, chunk)]
-    return _live_updates(rules, live, chunk)
-
-
-def _live_updates(rules: NftRules, live: NftLive, chunk: int) -> list[str]:
-    txs: list[str] = []
-    skeleton_ok = (
-        all(live.chains.get(n) == _SKELETON_COMMENT for n in BASE_CHAINS)
-        and all(n in live.chains for n in _TOP_RULES)
-        and all(m in live.maps for m in MAPS)
-    )
-    if not skeleton_ok:
-        txs.append(_skeleton(clean=False))
-
-    live_units = live.units()
-    desired = {u.id: u for u in rules.units}
-    changed = [u for u in rules.units if live_units.get(u.id) != u.digest]
-    changed_ids = {u.id for u in changed}
-
-    # Live chains and sets, by the unit their name tells.
-    live_chains_of: dict[str, list[str]] = {}
-    live_sets_of: dict[str, list[str]] = {}
-    for name in live.chains:
-        uid = unit_of_name(name)
-        if uid is not None:
-            live_chains_of.setdefault(uid, []).append(name)
-    for name in live.sets:
-        uid = unit_of_name(name)
-        if uid is not None:
-            live_sets_of.setdefault(uid, []).append(name)
-    removed = sorted((set(live_units) | set(live_chains_of) | set(live_sets_of)) - set(desired))
-
-    # Element operations, key by key: each goes to the transaction of the unit that
-    # owns it (the desired owner for adds, the live owner for deletes).
-    wanted: dict[tuple[str, str], tuple[str, str, str]] = {}  # (map, key) -> (verdict, comment, uid)
-    for u in rules.units:
-        for m, key, value in u.elements:
-            wanted[(m, key)] = (value, u.comment, u.id)
-    adds: dict[str, dict[str, list[str]]] = {}  # uid -> map -> items
-    deletes: dict[str, dict[str, list[str]]] = {}  # uid ("" = no known unit) -> map -> keys
-    for (m, key), (value, comment, uid) in wanted.items():
-        have = live.maps.get(m, {}).get(key)
-        if have == (value, comment):
-            continue
-        if have is not None:
-            deletes.setdefault(uid, {}).setdefault(m, []).append(key)
-        adds.setdefault(uid, {}).setdefault(m, []).append(f'{key} comment "{comment}" : {value}')
-    for m, elements in live.maps.items():
-        for key, (_value, comment) in elements.items():
-            if (m, key) in wanted:
-                continue
-            owner = comment.rpartition(" ")[0] if comment else ""
-            if owner not in changed_ids and owner not in removed:
-                owner = ""
-            deletes.setdefault(owner, {}).setdefault(m, []).append(key)
-
-    stale_chains = [c for c in live.chains if c not in BASE_CHAINS and c not in _TOP_RULES]
-    wanted_chains = {c for u in rules.units for c in u.chains}
-    stale_chains = [c for c in stale_chains if c not in wanted_chains]
-    wanted_sets = {n: t for u in rules.units for n, t in u.sets}
-    deleted_sets: set[str] = set()
-
-    for group in _chunks(changed, chunk):
-        out: list[str] = []
-        for u in group:
-            out.extend(f"add chain {TABLE} {c}\n" for c in u.chains if c not in live.chains)
-        for u in group:
-            out.extend(f"flush chain {TABLE} {c}\n" for c in live_chains_of.get(u.id, ()))
-        for u in group:
-            for name in live_sets_of.get(u.id, ()):
-                if wanted_sets.get(name) != live.sets[name]:
-                    out.append(f"delete set {TABLE} {name}\n")
-                    deleted_sets.add(name)
-            out.extend(_set_decl(n, t) for n, t in u.sets if n not in live.sets or n in deleted_sets)
-        out.extend(u.rules for u in group)
-        out.extend(_elements("delete", _merge(deletes.pop(u.id, {}) for u in group)))
-        out.extend(_elements("add", _merge(adds.pop(u.id, {}) for u in group)))
-        txs.append("".join(out))
-
-    for group in _chunks(removed, chunk):
-        out = _elements("delete", _merge(deletes.pop(uid, {}) for uid in group))
-        out.extend(f"flush chain {TABLE} {c}\n" for uid in group for c in live_chains_of.get(uid, ()))
-        for uid in group:
-            for name in live_sets_of.get(uid, ()):
-                out.append(f"delete set {TABLE} {name}\n")
-                deleted_sets.add(name)
-        if out:
-            txs.append("".join(out))
-
-    rest_del = _merge(deletes.values())
-    rest_add = _merge(adds.values())
-    if any(rest_del.values()) or any(rest_add.values()):
-        txs.append("".join(_elements("delete", rest_del) + _elements("add", rest_add)))
-
-    stale_sets = [n for n in live.sets if n not in wanted_sets and n not in deleted_sets]
-    stale_maps = [m for m in live.maps if m not in MAPS]
-    if stale_chains or stale_sets or stale_maps:
-        out = [f"flush chain {TABLE} {c}\n" for c in stale_chains]
-        out.extend(f"delete set {TABLE} {n}\n" for n in stale_sets)
-        out.extend(f"delete map {TABLE} {m}\n" for m in stale_maps)
-        out.extend(f"delete chain {TABLE} {c}\n" for c in stale_chains)
-        txs.append("".join(out))
-    return txs
-
-
-def _merge(parts: Iterable[dict[str, list[str]]]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for part in parts:
-        for m, items in part.items():
-            out.setdefault(m, []).extend(items)
-    return out
+def cold_payloads(rules: NftRules, chunk: int = 1000) -> list[str]:
+    """The `nft -f` transactions, in order, that give a node without svcops's table (or
+    with any table: the first deletes it) exactly `rules`: the skeleton, then chunks of
+    `chunk` units, each a valid transaction on its own. (For a live table, only what
+    differs: `svcops.render.nftables_diff.update_payloads`.)"""
+    return [skeleton_payload(clean=True)] + [cold_units(c) for c in chunks(rules.units, chunk)]

@@ -1,11 +1,12 @@
 """Pushing nftables mode: the pure parts (texts and decisions; the operation runs them).
 
 A node's svcops table is changed by a list of ``nft -f`` transactions
-(`svcops.render.nftables.update_payloads`): for a clean node the skeleton and then
-chunks of 1,000 service ports (a 10,000-service table in one transaction takes the
-kernel ~56 s to validate, in chunks ~12.5 s in all), for a live node only what differs
-(a one-service change is one small transaction, ~0.3 s), and nothing at all when the
-node is in sync.
+(`nft_plan`, from `svcops.render.nftables_diff.plan_update`): for a clean node the
+skeleton and then chunks of 1,000 service ports (a 10,000-service table in one
+transaction takes the kernel ~56 s to validate, in chunks ~12.5 s in all), for a live
+node only what differs from its listing, content included (a one-service change is
+one small transaction, ~0.3 s; a chain someone edited is re-sent), and nothing at all
+when the node is in sync.
 
 Those transactions travel, and are kept, as one *chunked file*: each transaction after
 a line ``# svcops: transaction K/N`` (a comment to nft). `LOADER` is the shell
@@ -23,8 +24,9 @@ The boot file (``/etc/svcops/rules.nft``) is the cold load of the last applied s
 its first line ``# svcops-state <fingerprint>``. The fingerprint sums up a table as
 the skeleton's digest and every service port's digest, which the live table carries in
 its comments too (`live_fingerprint`). So the controller knows, without reading
-the node's files, whether the boot file holds exactly what the live table holds; if
-so it is the rollback of an apply (copied aside before the apply), otherwise the live
+the node's files, whether the boot file holds exactly what the live table holds (the
+same fingerprint, and no drift in the live table's content: `NftPlan.drift`); if so
+it is the rollback of an apply (copied aside before the apply), otherwise the live
 table is listed into one (`ROLLBACK_FROM_LISTING`), and a node without a table gets
 a rollback that deletes the table again.
 """
@@ -34,7 +36,8 @@ from __future__ import annotations
 from hashlib import sha256
 from typing import Sequence
 
-from svcops.render.nftables import SKELETON_DIGEST, TABLE, NftLive, NftRules, update_payloads
+from svcops.render.nftables import SKELETON_DIGEST, TABLE, NftLive, NftRules, cold_payloads
+from svcops.render.nftables_diff import NftPlan, plan_update
 
 __all__ = [
     "MARK",
@@ -46,6 +49,7 @@ __all__ = [
     "chunked",
     "boot_file",
     "transactions",
+    "nft_plan",
     "count_transactions",
     "removal",
 ]
@@ -116,15 +120,21 @@ def count_transactions(text: str) -> int:
 def boot_file(rules: NftRules, chunk: int = 1000) -> str:
     """``/etc/svcops/rules.nft``: the cold load of `rules`, fingerprinted. Loading it
     replaces whatever svcops table is there (its first transaction deletes it)."""
-    return chunked(update_payloads(rules, None, chunk), fingerprint(rules))
+    return chunked(cold_payloads(rules, chunk), fingerprint(rules))
+
+
+def nft_plan(rules: NftRules | None, live: NftLive, chunk: int = 1000) -> NftPlan:
+    """What to run on a node whose live table is `live`, and why (`NftPlan`; no
+    transactions when nothing differs). rules=None: the node must hold no svcops table
+    (another proxy mode)."""
+    if rules is None:
+        return NftPlan((DELETE_TABLE,) if live.exists else ())
+    return plan_update(rules, live, chunk)
 
 
 def transactions(rules: NftRules | None, live: NftLive, chunk: int = 1000) -> list[str]:
-    """What to run on a node whose live table is `live`: [] when nothing differs.
-    rules=None: the node must hold no svcops table (another proxy mode)."""
-    if rules is None:
-        return [DELETE_TABLE] if live.exists else []
-    return update_payloads(rules, live, chunk)
+    """`nft_plan`'s transactions: [] when nothing differs."""
+    return list(nft_plan(rules, live, chunk).transactions)
 
 
 def removal() -> str:

@@ -6,9 +6,12 @@ The guest (tests/qemu/ssh_guest.py) is node1 of the proof's topology: web-1 on i
 address 10.0.0.11:80, web-2 at 10.244.2.7:8080 in a namespace behind it, a client
 namespace at 10.0.0.100. In turn: a cold apply, then traffic to the cluster IP and the
 node port from the client, answered by both backends; a second apply that changes
-nothing; a change (ClientIP affinity) that edits one virtual server; and a switch to
-iptables mode that leaves nothing of IPVS (virtual servers, sets, dummy interface, ARP
-sysctls back) while traffic goes on. Slow (emulated): about two minutes.
+nothing; a change (ClientIP affinity) that edits one virtual server; hand edits on the
+node (a real server deleted with ``ipvsadm -d``, a weight and a scheduler changed, an
+ipset member deleted, a dummy address deleted, an iptables chain flushed), each named
+by ``svcops apply --dry`` and put right by ``svcops apply``; and a switch to iptables
+mode that leaves nothing of IPVS (virtual servers, sets, dummy interface, ARP sysctls
+back) while traffic goes on. Slow (emulated): about four minutes.
 """
 
 from __future__ import annotations
@@ -136,7 +139,55 @@ def test_4_a_change_edits_only_its_virtual_server(guest, site):
     assert len(set(backends(guest.get(STICKY, 80, 4)))) == 1  # one client, one backend
 
 
-def test_5_leaving_ipvs_for_iptables_leaves_nothing_of_it_and_traffic_goes_on(guest, site):
+# Hand edits: (what is done on the node, what `svcops apply --dry` says of it).
+DRIFT = {
+    "real server deleted": (f"ipvsadm -d -t {WEB}:80 -r 10.244.2.7:8080", f"ipvs: + real server 10.244.2.7:8080 of -t {WEB}:80 -m -w 1"),
+    "weight changed": (
+        f"ipvsadm -e -t {WEB}:80 -r 10.244.2.7:8080 -m -w 5",
+        f"ipvs: ~ real server 10.244.2.7:8080 of -t {WEB}:80: -m -w 5 -> -m -w 1",
+    ),
+    "scheduler changed": (f"ipvsadm -E -t {WEB}:80 -s wlc", f"ipvs: ~ virtual server -t {WEB}:80: -s wlc -> -s rr"),
+    "ipset member deleted": (f"ipset del SVCOPS-CLUSTER-IP {WEB},tcp:80", "ipvs: ipset SVCOPS-CLUSTER-IP entries +1 -0"),
+    "dummy address deleted": (f"ip addr del {STICKY}/32 dev svcops-ipvs0", f"ipvs: + address {STICKY} on svcops-ipvs0"),
+    "iptables chain flushed": ("iptables -t nat -F SVCOPS-POSTROUTING", "ipvs: iptables nat: ~ SVCOPS-POSTROUTING"),
+}
+
+
+def ipvs_state(guest) -> dict[str, list[str]]:
+    """svcops's IPVS footprint on the guest, each part's lines sorted (a set refilled
+    or a server re-added may list in another order)."""
+    parts = {
+        "servers": "ipvsadm -S -n",
+        "sets": "ipset save | grep SVCOPS-",
+        "addresses": "ip -4 -o addr show dev svcops-ipvs0 | awk '{print $4}'",
+        "iptables": "iptables-save | grep SVCOPS-",
+    }
+    return {k: sorted(guest.ssh(cmd).stdout.splitlines()) for k, cmd in parts.items()}
+
+
+def dry(guest, site) -> list[str]:
+    inventory = guest.inventory(site, WORKLOADS)
+    r = subprocess.run([SVCOPS, "apply", "-i", str(inventory), "--dry", str(site)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return [ln.strip() for ln in r.stdout.split("what apply would change", 1)[-1].splitlines()]
+
+
+@pytest.mark.parametrize("name", list(DRIFT))
+def test_5_a_hand_edit_is_seen_by_dry_and_repaired_by_apply(guest, site, name):
+    script, seen = DRIFT[name]
+    before = ipvs_state(guest)
+    guest.ssh(script)
+    assert ipvs_state(guest) != before, "the drill changed nothing"
+    lines = dry(guest, site)
+    assert seen in lines, lines
+    r = apply(guest, site)
+    assert status(r).startswith("changed"), r.stdout
+    assert ipvs_state(guest) == before
+    assert "node1: in sync" in dry(guest, site)
+    assert set(backends(guest.get(WEB, 80, 6))) == {"web-1", "web-2"}
+
+
+def test_6_leaving_ipvs_for_iptables_leaves_nothing_of_it_and_traffic_goes_on(guest, site):
     (site / "svcops.yaml").write_text(SVCOPS_YAML.format(mode="iptables"))
     r = apply(guest, site)
     assert status(r).startswith("changed"), r.stdout

@@ -8,11 +8,14 @@ from __future__ import annotations
 import subprocess
 from dataclasses import replace
 
+import pytest
+from golden import check_golden
 from modes_fixtures import SERVICES, compiled, live_holding
+from paths import GOLDEN
 
 from svcops.facts.ipvs import parse_ipvs_state
 from svcops.render.iptables import parse_iptables_save, restore_payload
-from svcops.render.iptables_sync import expected_tables, in_sync
+from svcops.render.iptables_sync import expected_tables, in_sync, live_text
 from svcops.render.ipvs import DUMMY_INTERFACE, SETS, SYSCTLS, SYSCTLS_BEFORE, ipvs_modules, parse_ipvsadm_save
 from svcops.render.ipvs_sync import (
     IpvsLive,
@@ -149,3 +152,93 @@ def test_ipvs_keeps_the_nodes_own_arp_sysctls_and_leaving_puts_them_back(tmp_pat
 def test_ipvsadm_edit_only_touches_what_it_owns():
     have = "-A -t 10.96.0.10:80 -s rr\n-A -t 198.51.100.1:80 -s rr\n"
     assert ipvsadm_edit("", have, lambda a, p: a.startswith("10.96.")) == "-D -t 10.96.0.10:80\n"
+
+
+# --- drift: every svcops-owned object compared (golden texts) --------------------------
+
+IPVS_DRIFT = {
+    # name: (what was done by hand, a function of the live state)
+    "real-server-deleted": (
+        "ipvsadm -d -t 10.96.0.10:80 -r 10.244.2.7:8080",
+        lambda live: replace(live, ipvsadm=live.ipvsadm.replace("-a -t 10.96.0.10:80 -r 10.244.2.7:8080 -m -w 1\n", "")),
+    ),
+    "weight-changed": (
+        "ipvsadm -e -t 10.96.0.10:80 -r 10.244.2.7:8080 -m -w 5",
+        lambda live: replace(live, ipvsadm=live.ipvsadm.replace("-r 10.244.2.7:8080 -m -w 1\n-A -t 10.96.0.14", "-r 10.244.2.7:8080 -m -w 5\n-A -t 10.96.0.14")),
+    ),
+    "forwarding-method-changed": (
+        "ipvsadm -e -t 10.96.0.12:80 -r 10.0.0.11:80 -g -w 1",
+        lambda live: replace(live, ipvsadm=live.ipvsadm.replace("-a -t 10.96.0.12:80 -r 10.0.0.11:80 -m -w 1", "-a -t 10.96.0.12:80 -r 10.0.0.11:80 -g -w 1")),
+    ),
+    "scheduler-changed": (
+        "ipvsadm -E -t 10.96.0.10:80 -s wlc",
+        lambda live: replace(live, ipvsadm=live.ipvsadm.replace("-A -t 10.96.0.10:80 -s rr", "-A -t 10.96.0.10:80 -s wlc")),
+    ),
+    "persistence-removed": (
+        "ipvsadm -E -t 10.96.0.11:80 -s rr",
+        lambda live: replace(live, ipvsadm=live.ipvsadm.replace("-A -t 10.96.0.11:80 -s rr -p 600", "-A -t 10.96.0.11:80 -s rr")),
+    ),
+    "virtual-server-deleted": (
+        "ipvsadm -D -t 10.0.0.11:30080",
+        lambda live: replace(live, ipvsadm="".join(ln + "\n" for ln in live.ipvsadm.splitlines() if "10.0.0.11:30080" not in ln)),
+    ),
+    "foreign-real-server": (
+        "ipvsadm -a -t 10.96.0.10:80 -r 10.9.9.9:80 -m -w 1",
+        lambda live: replace(live, ipvsadm=live.ipvsadm + "-a -t 10.96.0.10:80 -r 10.9.9.9:80 -m -w 1\n"),
+    ),
+    "foreign-virtual-server-on-a-svcops-address": (
+        "ipvsadm -A -t 10.96.0.10:8080 -s rr",
+        lambda live: replace(live, ipvsadm=live.ipvsadm + "-A -t 10.96.0.10:8080 -s rr\n"),
+    ),
+    "ipset-member-deleted": (
+        "ipset del SVCOPS-CLUSTER-IP 10.96.0.10,tcp:80",
+        lambda live: replace(live, members={**live.members, "SVCOPS-CLUSTER-IP": live.members["SVCOPS-CLUSTER-IP"] - {"10.96.0.10,tcp:80"}}),
+    ),
+    "ipset-member-added": (
+        "ipset add SVCOPS-NO-ENDPOINTS 10.96.0.10,tcp:80",
+        lambda live: replace(live, members={**live.members, "SVCOPS-NO-ENDPOINTS": live.members["SVCOPS-NO-ENDPOINTS"] | {"10.96.0.10,tcp:80"}}),
+    ),
+    "dummy-address-deleted": (
+        "ip addr del 10.96.0.11/32 dev svcops-ipvs0",
+        lambda live: replace(live, addresses=tuple(a for a in live.addresses if a != "10.96.0.11")),
+    ),
+    "foreign-dummy-address": (
+        "ip addr add 10.96.0.99/32 dev svcops-ipvs0",
+        lambda live: replace(live, addresses=(*live.addresses, "10.96.0.99")),
+    ),
+}
+
+
+def _ipt_drifted(rules):
+    """svcops's iptables chains with SVCOPS-POSTROUTING flushed by hand."""
+    ipt = expected_tables(rules.iptables_rules)
+    nat = ipt.table("nat")
+    return replace(ipt, tables={**ipt.tables, "nat": replace(nat, chains={**nat.chains, "SVCOPS-POSTROUTING": ()})})
+
+
+@pytest.mark.parametrize("name", sorted(IPVS_DRIFT) + ["iptables-chain-flushed"])
+def test_golden_ipvs_drift_is_named_and_its_edit_puts_it_right(name):
+    rules = ipvs_rules()
+    live = live_holding(rules)
+    ipt = expected_tables(rules.iptables_rules)
+    if name == "iptables-chain-flushed":
+        what, ipt = "iptables -t nat -F SVCOPS-POSTROUTING", _ipt_drifted(rules)
+    else:
+        what, drill = IPVS_DRIFT[name]
+        live = drill(live)
+        assert live != live_holding(rules), "the drill changed nothing"
+    plan = ipvs_plan(rules, live, ipt, ipvs_modules(rules.ipvsadm))
+    assert not plan.empty
+    check_golden(
+        GOLDEN / "ipvs-drift" / f"{name}.txt",
+        f"# by hand: {what}\n## svcops apply --dry\n" + "".join(ln + "\n" for ln in plan.summary())
+        + "## ipvsadm -R\n" + plan.ipvsadm + "## iptables-restore --noflush\n" + plan.iptables,
+    )  # fmt: skip
+    # What the plan sends gives back the render: servers, sets, addresses, chains.
+    assert simulate_ipvsadm(live.ipvsadm, plan.ipvsadm) == parse_ipvsadm_save(rules.ipvsadm)
+    if plan.ipset:
+        assert plan.ipset == ipset_payload(rules, live)
+    assert set(live.addresses) | {ln.split()[2].split("/")[0] for ln in plan.addresses.splitlines()} >= set(rules.addresses)
+    assert not (set(live.addresses) - {ln.split()[2].split("/")[0] for ln in plan.finish.splitlines()}) - set(rules.addresses)
+    if plan.iptables:
+        assert in_sync(rules.iptables_rules, parse_iptables_save(live_text(ipt) + plan.iptables))

@@ -41,8 +41,8 @@ from svcops.render.nftables import (
     full_payload,
     parse_nft_list,
     render_nodes,
-    update_payloads,
 )
+from svcops.render.nftables_diff import update_payloads
 from svcops.render.nftables_live import NftLive, parse_timeout, unit_of_name
 from svcops.site.model import Endpoint, ResolvedPort, Service, ServicePort
 
@@ -518,7 +518,7 @@ def test_scenario_loads_and_a_second_apply_changes_nothing(name):
     rules, node = render_scenario(name)
     with netns() as ns:
         nft_apply(ns, full_payload(rules[node]))
-        live = parse_nft_list(listing(ns))
+        live = parse_nft_list(listing(ns), full=True)
         assert live.exists and {u.id for u in rules[node].units} == set(live.units())
         assert update_payloads(rules[node], live) == []
         # Loading the full payload again replaces the table with the same one.
@@ -535,11 +535,11 @@ def test_a_small_change_is_a_small_transaction_that_matches_a_cold_load(change):
     with netns() as cold, netns() as ns:
         nft_apply(cold, full_payload(new))
         nft_apply(ns, full_payload(old))
-        payloads = update_payloads(new, parse_nft_list(listing(ns)))
+        payloads = update_payloads(new, parse_nft_list(listing(ns), full=True))
         assert 1 <= len(payloads) <= 3 and sum(map(len, payloads)) < len(full_payload(new)) / 2
         nft_apply(ns, *payloads)
         assert normalized(listing(ns)) == normalized(listing(cold))
-        assert update_payloads(new, parse_nft_list(listing(ns))) == []
+        assert update_payloads(new, parse_nft_list(listing(ns), full=True)) == []
 
 
 @pytest.mark.root
@@ -554,7 +554,7 @@ def test_chunked_cold_load_gives_the_same_table_as_one_transaction():
         assert len(payloads) == 1 + -(-len(rules.units) // 7)
         nft_apply(chunked, *payloads)
         assert normalized(listing(chunked)) == normalized(listing(one))
-        assert update_payloads(rules, parse_nft_list(listing(chunked))) == []
+        assert update_payloads(rules, parse_nft_list(listing(chunked), full=True)) == []
 
 
 @pytest.mark.root
@@ -571,7 +571,7 @@ def test_other_tables_are_left_byte_identical():
         nft_apply(ns, foreign)
         before = ns_run(ns, "nft", "list", "ruleset")
         nft_apply(ns, *update_payloads(old, None, chunk=2))
-        nft_apply(ns, *update_payloads(new, parse_nft_list(listing(ns))))
+        nft_apply(ns, *update_payloads(new, parse_nft_list(listing(ns), full=True)))
         nft_apply(ns, full_payload(old))
         after = ns_run(ns, "nft", "list", "ruleset")
         assert before in after  # the foreign tables come first, unchanged
@@ -604,7 +604,7 @@ def test_a_damaged_table_is_repaired():
         ns_run(ns, "nft", "delete", "chain", "ip", "svcops", "nat-output")
         key = next(k for m, k, _ in web.elements if m == "service-nodeports")
         ns_run(ns, "nft", f"delete element ip svcops service-nodeports {{ {key} }}")
-        payloads = update_payloads(rules, parse_nft_list(listing(ns)))
+        payloads = update_payloads(rules, parse_nft_list(listing(ns), full=True))
         nft_apply(ns, *payloads)
         assert normalized(listing(ns)) == normalized(listing(cold))
 
