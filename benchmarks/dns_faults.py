@@ -31,8 +31,8 @@ Measured here (2 cores; getent through `svcops lab exec`, ~0.15 s of it its star
                 again 1.3 s after the kill (the supervisor); the apply then has nothing to do
       stopped   cluster name fails 8.2 s, outside name 5.3 s (`getent hosts`: its empty
                 AAAA walks the 3-domain search list, 1 s a query; A alone: 1 s); the
-                apply 5.3 s, after which both answer in 0.25 s
-      no upstream  the apply 1.7 s
+                apply 6.9 s, after which both answer in 0.25 s
+      no upstream  the apply 1.7 s (the outside name still answers, from the server's cache)
 """
 
 from __future__ import annotations

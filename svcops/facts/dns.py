@@ -114,8 +114,9 @@ def _state_command() -> str:
         f"for f in {CONFIG_FILE} {FORWARD_FILE} {SUPERVISOR} {DROPIN} {DATA_DIR}/*.zone; do\n"
         '    [ -f "$f" ] && echo "file $(sha256sum < "$f" | cut -d" " -f1) $f"\n'
         "done\n"
-        # glibc's fallback search domain: the kernel's host name after its first dot.
-        'h=$(uname -n); case "$h" in *.*) echo "domain ${h#*.}";; esac\n'
+        # glibc's fallback search domain: the kernel's host name after its first dot. The
+        # line is always there: pyinfra takes a fact that prints nothing for its default.
+        'h=$(uname -n); case "$h" in *.*) echo "domain ${h#*.}";; *) echo "domain ";; esac\n'
         f'[ -L {RESOLV_CONF} ] && echo "link $(readlink {RESOLV_CONF})"\n'
         # base64: the file exactly as it is (blank lines, trailing spaces, no final newline).
         f'[ -f {RESOLV_CONF} ] && echo "resolv $(base64 -w0 < {RESOLV_CONF})"\n'

@@ -44,12 +44,13 @@ what differs:
 Every node-side command that talks to the server, systemd or apt has a hard deadline
 (coreutils ``timeout``; rec_control's own ``--timeout`` does not cover a hung server):
 on a node whose server is SIGSTOPped, the apply reads it as not answering within 4 s
-and leaves it answering (the whole apply took 5.3 s on the lab).
+and leaves it answering (the whole apply took 6.9 s on the lab).
 
 No window in which known names fail: the resolver switches to the server only once
 it answers; a records change is a reload, during which the server keeps answering
-(old data until the new data is swapped in). A restart (the settings changed: only
-when the cluster domain changes) leaves a gap of about a tenth of a second.
+(old data until the new data is swapped in). A restart (another listen address, a new
+supervisor script) leaves a short gap: the old process ends before the new one binds
+the port, and meanwhile glibc goes on to the next nameserver.
 
 `absent` takes svcops's DNS off a node again: the previous resolv.conf back first,
 then the server stopped and its files removed.

@@ -93,11 +93,11 @@ go with it, and neither of these is enough alone:
   start limit); without systemd (the lab, containers) by `supervisor_script`, a bash
   loop that runs the daemon in the foreground as the unit does (measured: a cluster
   name answers again 1.3 s after a ``kill -9``).
-* a *hung* server is noticed by the next ``svcops apply`` (``svcops check`` reports it):
+* a *hung* server is noticed by the next ``svcops apply`` (``svcops apply --dry`` shows it):
   the fact reads it as not answering within 4 s (`PING_DEADLINE`, then KILL), the
   operation kills it by PID (only svcops's instance: the unit's processes, or the PID
   file's process when its command line is ``--config-name=svcops`` in the node's network
-  namespace) and starts it again (measured: the whole apply 5.3 s). Nothing on the node
+  namespace) and starts it again (measured: the whole apply 6.9 s). Nothing on the node
   notices it sooner: pdns-recursor 4.8 sends systemd ``READY=1`` but no ``WATCHDOG=1``
   (checked in the binary; PowerDNS issue 3693 is open), so ``WatchdogSec=`` cannot
   work, and a prober of svcops's own would be one more daemon per node (and one more

@@ -116,6 +116,9 @@ def test_03_a_hung_server_still_lets_outside_names_resolve_and_the_apply_ends_an
         assert lookup(OUTSIDE_NAME, 4) == CLIENT
         assert lookup(OUTSIDE_NAME, 10, "hosts") == CLIENT  # AAAA too, through the search list
         assert lab_exec(NODE, "getent", "ahostsv4", CLUSTER_NAME, timeout=10).returncode == 2
+        # The dry run reads it as not answering (in bounded time too) and says so.
+        dry = run([SVCOPS, "apply", "-i", INVENTORY, "--dry", str(world["site"])], timeout=30)
+        assert f"dns: the server (pid {hung}) does not answer: kill it and start it again" in dry.stdout, dry.stdout
         # The apply: the fact reads it as not answering, the operation kills it and starts
         # it again; it must end (it hung for good before: rec_control ping).
         r = timed_apply(world["site"], 30)

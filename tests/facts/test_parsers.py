@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import base64
+import os
+import shutil
+import subprocess
 import json
 
+import pytest
 import render_fixtures as F
 from udp_fixtures import SVC, resolved
 
@@ -117,3 +121,19 @@ def test_every_facts_value_prints_as_json_on_pyinfras_command_line():
     assert nft["available"] is True and nft["live"]["exists"] is True
     dns_state = _json_as_pyinfra_prints_it(parse_dns_state(["installed yes", "domain corp.test"]))
     assert dns_state["installed"] is True and dns_state["domain"] == "corp.test"
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
+def test_the_fact_prints_a_line_on_a_bare_node():
+    """pyinfra takes a fact command that prints nothing for the fact's default (None:
+    "could not read the node's DNS state"): on a node with nothing of DNS, no
+    resolv.conf and a host name without a dot, it still prints its domain line."""
+    hide = "mount -t tmpfs tmpfs /etc && mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /usr/sbin"
+    r = subprocess.run(
+        ["unshare", "-m", "-u", "--propagation", "private", "sh", "-c", f'{hide} && hostname bare && exec sh -c "$0"', _state_command()],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "domain \n"
+    assert parse_dns_state(r.stdout.splitlines()) == DnsState() and not DnsState().present
