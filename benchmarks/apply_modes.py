@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Apply time on one node, per proxy mode, at 1,000 and 10,000 services: cold and for a
-one-service change.
+"""Apply time on one node, per proxy mode, at 1,000 and 10,000 services: cold, for a
+one-service change and in sync; and nftables mode's read of the live table, whole
+(what svcops does since issue 10) against digests only (what it did before).
 
     sudo .venv/bin/python benchmarks/apply_modes.py [--services 1000,10000] [--endpoints 10]
                                                     [--modes iptables,nftables] [--single]
@@ -14,9 +15,9 @@ the node, with svcops's own payloads, timed end to end:
                (in_sync), build restore_transactions(rules, live) (only the chains that
                differ; many are cut into transactions of 1,000 chains), one
                iptables-restore --noflush
-    nftables   read the live state (LIVE_COMMANDS: nft list chains/sets/maps), parse it,
-               decide (update_payloads: the skeleton and 1,000-service chunks cold, only
-               the changed service ports live), load the transactions with the same shell
+    nftables   read the live state (LIST_COMMAND: nft list table ip svcops, every rule),
+               parse it, decide (update_payloads: the skeleton and 1,000-service chunks
+               cold, only what differs live), load the transactions with the same shell
                loader the operation and the boot script use
 
 "cold" is a clean node (a fresh namespace); "change" is the same node afterwards, with
@@ -32,7 +33,7 @@ The synthetic site is benchmarks/sitegen.py's (services x endpoints over 20 node
 the node measured is node1. Prints seconds and the nftables/iptables ratios.
 
 Measured here (2 cores, kernel 6.18, nft 1.0.6, iptables-nft 1.8.9; 10 endpoints per
-service; take the 1,000-service figures as +-20%):
+service; take the 1,000-service figures as +-20%). Before issue 10, on a quiet machine:
 
     services  mode      cold                 one-service change                 in sync
     1,000     iptables   0.86 s (5 MB)        0.66 s (one 7.6 kB transaction)    0.56 s
@@ -40,6 +41,23 @@ service; take the 1,000-service figures as +-20%):
     2,000     iptables   2.0 s (10 MB)        1.35 s                             1.1 s
     10,000    iptables  15.0 s (50 MB, 115 tx) 9.4 s (7.0 s reading the live state) 7.0 s
     10,000    nftables  11.4 s (11 tx)        2.7 s (1.6 s reading the live state) 1.6 s
+
+With the whole table read (nftables), in one run on the machine shared and loaded
+(iptables measured beside it for scale):
+
+    1,000     iptables   1.62 s               1.08 s                             1.02 s
+    1,000     nftables   1.14 s               1.72 s                             1.33 s
+    10,000    iptables  27.5 s                20.8 s                            15.9 s
+    10,000    nftables  24.9 s                89.5 s (1.8 s the transaction)     74.7 s
+
+    the read      digests only   whole table   of which nft's system time   in-sync apply
+    1,000         0.24 s         1.88 s (7.7x)  0.63 s                       0.29 -> 2.15 s (7.4x)
+    10,000        3.9 s          56.3 s (13x)   48.6 s                       4.9 -> 58.6 s (12x)
+
+(an earlier, quieter run: 0.24 -> 1.24 s and 3.0 -> 63.9 s, in sync 3.6 -> 65.6 s). The
+kernel dominates: its rule dump restarts from the table's first chain for every
+32 kB batch, so the whole listing grows with the square of the table (10x the
+services, 80x the system time); parsing it takes 1.8 s at 10,000, deciding 0.5 s.
 
 Before iptables mode wrote only the chains that differ and cut big changes into
 transactions, one restore of everything took 3.7 s (1,000), 40-55 s (2,000) and did

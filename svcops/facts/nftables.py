@@ -75,9 +75,9 @@ class SvcopsNftables(FactBase):
     fingerprint of the boot file ``/etc/svcops/rules.nft``. No other table is read.
 
     The whole listing is what lets an apply see a chain edited by hand; it costs
-    0.9 s on a 1,000-service table and about a minute on a 10,000-service one on this
+    1-2 s on a 1,000-service table and about a minute on a 10,000-service one on this
     kernel (the kernel's rule dump grows with the square of the table), where the
-    digests alone (`svcops.render.nftables_live.LIVE_COMMANDS`) take 0.15 s and 2 s.
+    digests alone (`svcops.render.nftables_live.LIVE_COMMANDS`) take 0.25 s and 3-4 s.
 
     .. code:: python
 

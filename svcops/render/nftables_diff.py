@@ -133,6 +133,7 @@ class _Diff:
     def __init__(self, rules: NftRules, live: NftLive) -> None:
         self.rules, self.live, self.content = rules, live, live.content
         self.drift: list[str] = []
+        self.drifted = 0  # the skeleton, units and foreign objects that drifted
         self.reload = False
         # Live chains and sets, by the unit their name tells.
         self.chains_of: dict[str, list[str]] = {}
@@ -203,12 +204,45 @@ class _Diff:
                 out.append(f"map {m} element {key} differs: {_element_text(have)} (svcops: {value})")
         return out
 
+    def element_ops(self, changed_ids: set[str], removed_ids: set[str]) -> tuple[dict, dict]:
+        """The map elements to add and delete, key by key, each filed under the unit whose
+        transaction carries it (the desired owner for adds, the live owner for deletes;
+        "" for the transaction of elements outside any unit sent whole). Foreign
+        elements are named as drift."""
+        live = self.live
+        wanted: dict[tuple[str, str], tuple[str, str, str]] = {}  # (map, key) -> (verdict, comment, uid)
+        for u in self.rules.units:
+            for m, key, value in u.elements:
+                wanted[(m, key)] = (value, u.comment, u.id)
+        adds: dict[str, dict[str, list[str]]] = {}  # uid -> map -> items
+        deletes: dict[str, dict[str, list[str]]] = {}  # uid or "" -> map -> keys
+        for (m, key), (value, comment, uid) in wanted.items():
+            have = live.maps.get(m, {}).get(key)
+            if have == (value, comment):
+                continue
+            if have is not None:
+                deletes.setdefault(uid, {}).setdefault(m, []).append(key)
+            adds.setdefault(uid, {}).setdefault(m, []).append(f'{key} comment "{comment}" : {value}')
+        for m, elements in live.maps.items():
+            if m not in MAPS:
+                continue  # deleted whole, last
+            for key, (_value, comment) in elements.items():
+                if (m, key) in wanted:
+                    continue
+                owner = comment.rpartition(" ")[0] if comment else ""
+                if owner not in changed_ids and owner not in removed_ids:
+                    owner = ""
+                    if self.content is not None:
+                        self.drift.append(f"map {m} foreign element {key}")
+                        self.drifted += 1
+                deletes.setdefault(owner, {}).setdefault(m, []).append(key)
+        return adds, deletes
+
     # --- the plan -------------------------------------------------------------------
 
     def plan(self, chunk: int) -> NftPlan:
         rules, live, c = self.rules, self.live, self.content
         drift = self.drift
-        drifted = 0
         # The skeleton's version, from the base chains still there (a base chain deleted
         # by hand is drift, not another version).
         versions = {live.chains.get(n) or "" for n in BASE_CHAINS}
@@ -225,7 +259,7 @@ class _Diff:
                 # The skeleton's version is current: any difference in it is drift (with
                 # another version it is re-sent anyway).
                 drift.extend(lines)
-                drifted += 1
+                self.drifted += 1
                 skeleton = True
 
         live_units = live.units()
@@ -239,14 +273,14 @@ class _Diff:
                     lines = self.unit_drift(u, c)
                     if lines:
                         drift.extend(lines)
-                        drifted += 1
+                        self.drifted += 1
                         changed.append(u)
                 continue
             if digest is None and c is not None and u.id in self.chains_of:
                 # Its chains are here but no element says which version: its elements
                 # were deleted by hand.
                 drift.extend(self.unit_drift(u, c))
-                drifted += 1
+                self.drifted += 1
             elif digest is None:
                 added += 1
             else:
@@ -259,7 +293,7 @@ class _Diff:
         if self.reload:
             return NftPlan(
                 (full_payload(rules),), reload=True, skeleton=True, added=added, changed=n_changed,
-                removed=len(removed), drifted=max(drifted, 1), drift=_capped(drift),
+                removed=len(removed), drifted=max(self.drifted, 1), drift=_capped(drift),
             )  # fmt: skip
 
         txs: list[str] = []
@@ -270,36 +304,7 @@ class _Diff:
         if skeleton:
             txs.append(skeleton_payload(clean=False))
 
-        # Element operations, key by key: each goes to the transaction of the unit that
-        # owns it (the desired owner for adds, the live owner for deletes).
-        wanted: dict[tuple[str, str], tuple[str, str, str]] = {}  # (map, key) -> (verdict, comment, uid)
-        for u in rules.units:
-            for m, key, value in u.elements:
-                wanted[(m, key)] = (value, u.comment, u.id)
-        adds: dict[str, dict[str, list[str]]] = {}  # uid -> map -> items
-        deletes: dict[str, dict[str, list[str]]] = {}  # uid ("" = no unit of 2 or 3) -> map -> keys
-        for (m, key), (value, comment, uid) in wanted.items():
-            have = live.maps.get(m, {}).get(key)
-            if have == (value, comment):
-                continue
-            if have is not None:
-                deletes.setdefault(uid, {}).setdefault(m, []).append(key)
-            adds.setdefault(uid, {}).setdefault(m, []).append(f'{key} comment "{comment}" : {value}')
-        foreign_elements = 0
-        for m, elements in live.maps.items():
-            if m not in MAPS:
-                continue  # deleted whole, below
-            for key, (_value, comment) in elements.items():
-                if (m, key) in wanted:
-                    continue
-                owner = comment.rpartition(" ")[0] if comment else ""
-                if owner not in changed_ids and owner not in removed_ids:
-                    owner = ""
-                    foreign_elements += 1
-                    if c is not None:
-                        drift.append(f"map {m} foreign element {key}")
-                deletes.setdefault(owner, {}).setdefault(m, []).append(key)
-        drifted += foreign_elements if c is not None else 0
+        adds, deletes = self.element_ops(changed_ids, removed_ids)
 
         wanted_chains = {ch for u in rules.units for ch in u.chains}
         stale_chains = [ch for ch in live.chains if ch not in BASE_CHAINS and ch not in TOP_RULES and ch not in wanted_chains]
@@ -354,7 +359,7 @@ class _Diff:
             lines += [f"foreign set {n}" for n in stale_sets if foreign(n)]
             lines += [f"foreign map {m}" for m in stale_maps]
             lines += [f"foreign {kind} {name}" for kind, name in objects]
-            drifted += sum(1 for ln in lines if ln not in drift)
+            self.drifted += sum(1 for ln in lines if ln not in drift)
             drift.extend(lines)
         if stale_chains or stale_sets or stale_maps or objects:
             out = [f"flush chain {TABLE} {ch}\n" for ch in stale_chains]
@@ -365,7 +370,7 @@ class _Diff:
             txs.append("".join(out))
         return NftPlan(
             tuple(txs), skeleton=skeleton, added=added, changed=n_changed, removed=len(removed),
-            drifted=drifted, drift=_capped(drift),
+            drifted=self.drifted, drift=_capped(drift),
         )  # fmt: skip
 
     def _set_ok(self, name: str, timeout: int | None) -> bool:

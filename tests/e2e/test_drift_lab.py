@@ -6,7 +6,8 @@ node1 -- ...`); `svcops apply --dry` names the drift on node1 (and exits 0, as f
 any change it would make), every other node in sync; the service is broken where the
 drill breaks it (curl from node1 to the cluster IP, or from the client to node1's
 node port); `svcops apply -y` changes node1 alone; the service answers from every
-backend again; a second `svcops apply --dry` says node1 is in sync.
+backend again; a second `svcops apply --dry` says node1 is in sync, and a second
+`svcops apply` leaves every node unchanged.
 
 Its own lab (module scope), brought up and down around this module.
 """
@@ -186,3 +187,4 @@ def test_a_hand_edit_is_seen_by_dry_and_repaired_by_apply(tmp_path, mode, name):
     assert failures(lines) == 0 and set(backends(lines)) == ALL, "\n".join(lines)
     code, after = dry(site)
     assert code == 0 and after == {n: ["in sync"] for n in NODES}, after
+    assert results(apply(site)) == {n: "unchanged" for n in NODES}

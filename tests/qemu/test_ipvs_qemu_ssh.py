@@ -155,10 +155,11 @@ DRIFT = {
 
 def ipvs_state(guest) -> dict[str, list[str]]:
     """svcops's IPVS footprint on the guest, each part's lines sorted (a set refilled
-    or a server re-added may list in another order)."""
+    or a server re-added may list in another order; a refilled set has a new hash seed,
+    its "initval")."""
     parts = {
         "servers": "ipvsadm -S -n",
-        "sets": "ipset save | grep SVCOPS-",
+        "sets": "ipset save | grep SVCOPS- | sed 's/ initval 0x[0-9a-f]*//'",
         "addresses": "ip -4 -o addr show dev svcops-ipvs0 | awk '{print $4}'",
         "iptables": "iptables-save | grep SVCOPS-",
     }
