@@ -288,7 +288,7 @@ class _Interrupt:
                 gevent.spawn(g.abort, "interrupted (Ctrl-C)")
 
 
-def _result(n: str, h, metas, state, interrupted: bool) -> NodeResult:
+def _result(n: str, h, metas, interrupted: bool) -> NodeResult:
     """One node's result, from its operations and its transaction's outcome."""
     from svcops.operations import txn
 
@@ -411,7 +411,7 @@ def _run_batch(opts: ApplyOptions, plan, names: list[str], interrupt: "_Interrup
             if n not in metas:
                 results[n] = NodeResult(n, "unreachable", ["could not connect (see above)"])
                 continue
-            results[n] = _result(n, h, metas[n], state, interrupted)
+            results[n] = _result(n, h, metas[n], interrupted)
     except PyinfraError:
         for n in names:
             results.setdefault(n, NodeResult(n, "skipped", ["not started: interrupted"]))

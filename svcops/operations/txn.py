@@ -20,7 +20,7 @@ no heartbeat for ``rollback_after`` seconds). So a node ends wholly old or wholl
 The controller side: while the transaction is open a heartbeat goes to the guard every
 second (`HEARTBEAT`); a node that does not answer for ``node_timeout`` seconds is
 reported unreachable and its connection closed, so nothing waits on it any longer (its
-guard undoes the apply by itself). `abort` and `outcome` are for `svcops.apply`.
+guard undoes the apply by itself). `guard_of` and `NodeGuard.abort` are for `svcops.apply`.
 
 An svcops operation used on its own, outside begin/commit, is its own transaction
 (`ensure`/`finish`): it locks the node only once it has decided to change something.
@@ -71,13 +71,11 @@ __all__ = [
     "current",
     "ensure",
     "finish",
-    "abort",
     "guard_of",
     "STOPPING",
     "files_dir",
     "replace_file",
     "remove_files",
-    "token",
 ]
 
 DEFAULT_LOCK_TIMEOUT = 30  # seconds a second apply waits for a node another one holds
@@ -424,18 +422,6 @@ def step(what: str, change: str, undo: str | None = None, stdin: str | None = No
         yield StringCommand(f"cat > {undo_path(g.token, g.seq, what)}", _stdin=undo)
     command = step_command(g.token, change, g.deadline)
     yield StringCommand(command, _stdin=stdin) if stdin is not None else StringCommand(command)
-
-
-def token() -> str | None:
-    """The current transaction's token (for files kept in its folder), else None."""
-    g = current()
-    return g.token if g is not None else None
-
-
-def abort(h, why: str = "") -> str:
-    """Undo host `h`'s open transaction now (see `NodeGuard.abort`); its outcome."""
-    g = guard_of(h)
-    return g.abort(why) if g is not None else "none"
 
 
 @operation()
