@@ -1,0 +1,136 @@
+"""What svcops last applied on a node, kept on the node in buckets: `Record`.
+
+An apply at 10,000 services must not read the whole live state back (``nft list table``
+takes about a minute there, ``iptables-save`` 6-16 s) nor send the whole boot file
+again for a one-service change. So each mode keeps, on the node, the *record* of what
+svcops applied last: the boot file itself, cut into up to 256 bucket files by a hash of
+each unit's name (a unit: one service port's objects; ``bucket_of``), plus one small
+index naming every bucket with the digest of its text::
+
+    /etc/svcops/nft.d/index      svcops-record 1 nftables FINGERPRINT
+                                 3f 8c1e...   (bucket, sha256 of its file)
+    /etc/svcops/nft.d/3f         the units hashed into bucket 3f, as boot text
+
+The fingerprint sums the index up; the mode also writes it into the kernel state as
+its *canary* (an element of a set of svcops's table, a rule of a svcops chain), which
+the node's boot script puts back from the record, and which anything that flushes,
+deletes or re-makes svcops's objects removes. An apply reads the canary and the index
+(a few kilobytes, milliseconds): when they agree, the record is what the node holds,
+and only the buckets whose digest differs from the render's are read and compared
+(`changed_buckets`): a one-service change reads one bucket and sends one. When they
+disagree, or on ``--verify``, the whole live state is read, as before.
+
+A bucket file's own digest is checked against its index line when it is read
+(`verify_bucket`): a file edited or truncated by hand reads as "no record".
+
+Pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from hashlib import sha256
+from typing import Iterable, Mapping
+
+__all__ = [
+    "BUCKETS",
+    "RECORD_VERSION",
+    "Record",
+    "RecordIndex",
+    "bucket_of",
+    "fingerprint",
+    "index_text",
+    "parse_index",
+    "changed_buckets",
+    "verify_bucket",
+    "digest_text",
+]
+
+BUCKETS = 256
+RECORD_VERSION = "1"
+_HEAD = "svcops-record"
+
+
+def bucket_of(key: str) -> str:
+    """The bucket ("00".."ff") a unit named `key` goes into."""
+    return f"{sha256(key.encode()).digest()[0]:02x}"
+
+
+def digest_text(text: str) -> str:
+    return sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A mode's record: the text of each non-empty bucket, and `extra`, the digest of
+    what the mode keeps outside the buckets (its skeleton) so that it counts in the
+    fingerprint too."""
+
+    mode: str
+    buckets: Mapping[str, str] = field(default_factory=dict)
+    extra: str = ""
+
+    def digests(self) -> dict[str, str]:
+        return {b: digest_text(t) for b, t in self.buckets.items() if t}
+
+    def index(self) -> "RecordIndex":
+        d = self.digests()
+        return RecordIndex(self.mode, fingerprint(self.mode, self.extra, d), self.extra, d)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordIndex:
+    """A record's index: mode, fingerprint, extra digest, bucket -> digest."""
+
+    mode: str
+    fingerprint: str
+    extra: str
+    digests: Mapping[str, str]
+
+
+def fingerprint(mode: str, extra: str, digests: Mapping[str, str]) -> str:
+    h = sha256(f"{_HEAD} {RECORD_VERSION} {mode} {extra}\n".encode())
+    for b in sorted(digests):
+        h.update(f"{b} {digests[b]}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def index_text(index: RecordIndex) -> str:
+    lines = [f"{_HEAD} {RECORD_VERSION} {index.mode} {index.fingerprint} {index.extra}\n"]
+    lines.extend(f"{b} {index.digests[b]}\n" for b in sorted(index.digests))
+    return "".join(lines)
+
+
+def parse_index(lines: Iterable[str], mode: str) -> RecordIndex | None:
+    """The index from its file's lines; None when it is missing, of another mode or
+    version, or not consistent with its own fingerprint (edited, truncated)."""
+    it = iter(lines)
+    head = next(it, "").split()
+    if len(head) not in (4, 5) or head[0] != _HEAD or head[1] != RECORD_VERSION or head[2] != mode:
+        return None
+    extra = head[4] if len(head) == 5 else ""
+    digests: dict[str, str] = {}
+    for line in it:
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or len(parts[0]) != 2 or parts[0] in digests:
+            return None
+        digests[parts[0]] = parts[1]
+    if fingerprint(mode, extra, digests) != head[3]:
+        return None
+    return RecordIndex(mode, head[3], extra, digests)
+
+
+def changed_buckets(have: RecordIndex, want: RecordIndex) -> list[str]:
+    """The buckets whose text differs between two indexes (added, removed or changed)."""
+    names = set(have.digests) | set(want.digests)
+    return sorted(b for b in names if have.digests.get(b) != want.digests.get(b))
+
+
+def verify_bucket(index: RecordIndex, bucket: str, text: str) -> bool:
+    """Whether a bucket file read from the node is the one its index names."""
+    want = index.digests.get(bucket)
+    if want is None:
+        return text == ""
+    return digest_text(text) == want
