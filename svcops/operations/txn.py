@@ -501,6 +501,42 @@ def replace_file(path: str, text: str, mode: str = "644", dir_mode: str | None =
     yield from step(path, change, undo, stdin)
 
 
+def replace_files(files, what: str = "files"):
+    """One step writing many files at once (`files`: path -> text, or None to remove
+    it), each atomically; its undo puts every previous file back (or removes the new
+    one). The texts travel as one upload, split on the node: a record of 256 bucket
+    files is one round trip, not 256. A generator, for ``yield from``."""
+    items = sorted(files.items())
+    if not items:
+        return
+    g = current()
+    d = files_dir()
+    key = f"{g.seq + 1:04d}" if g is not None else secrets.token_hex(4)
+    src = f"{d}/{what}.{key}"
+    bundle = "".join(f"@@svcops-file {i}\n{t}" for i, (_, t) in enumerate(items) if t is not None)
+    if any(t is not None and t and not t.endswith("\n") for _, t in items):
+        raise ValueError("replace_files: every text must end with a newline")
+    split = f"mkdir -p {src} && awk -v d={src} '/^@@svcops-file /{{ if (f) close(f); f = d \"/\" $2; printf \"\" > f; next }} {{ print > f }}' && "
+    writes, undos = [], []
+    for i, (path, text) in enumerate(items):
+        p = shlex.quote(path)
+        if text is None:
+            w = f"rm -f {p}"
+        else:
+            w = f"mkdir -p {shlex.quote(path.rsplit('/', 1)[0] or '/')} && chmod 644 {src}/{i} && mv -f {src}/{i} {p}"
+        if g is None:
+            writes.append(w)
+            continue
+        c, u = backup_and_write(g.token, f"{key}.{i}", path, w)
+        writes.append(c)
+        undos.append(u)
+    script = " &&\n".join(writes) + "\n"
+    # The bundle first (awk reads stdin), then the script that moves each file in place.
+    yield StringCommand(f"{dir_ready(d)} && {split}true", _stdin=bundle or "@@svcops-file none\n")
+    yield StringCommand(f"cat > {src}.sh", _stdin=script)
+    yield from step(what, f"sh -e {src}.sh", "".join(undos) or None)
+
+
 def remove_files(paths):
     """A step removing `paths`; its undo puts them back. A generator."""
     paths = list(paths)
