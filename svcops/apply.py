@@ -96,6 +96,7 @@ class ApplyOptions:
     lock_timeout: float | None = None
     node_timeout: float | None = None
     command_timeout: int | None = None
+    verify: bool = False
 
     def txn(self):
         """The nodes' transaction options (`svcops.deploy.TxnOptions`)."""
@@ -107,6 +108,7 @@ class ApplyOptions:
             self.lock_timeout if self.lock_timeout is not None else d.lock_timeout,
             self.node_timeout or d.node_timeout,
             self.command_timeout or d.deadline,
+            verify=self.verify,
         )
 
 

@@ -264,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="the longest any one remote command or step may run (default 300)",
     )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help=(
+            "read each node's whole live state and repair any drift, even when the record of the last "
+            "apply says the node holds it (by default a cheap canary decides; svcops check reports drift "
+            "without changing anything)"
+        ),
+    )
     _add_site(p)
 
     p = sub.add_parser(
@@ -598,6 +607,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         lock_timeout=args.lock_timeout,
         node_timeout=args.node_timeout,
         command_timeout=args.command_timeout,
+        verify=args.verify,
     )
     return run(opts)
 

@@ -156,6 +156,7 @@ class TxnOptions:
     node_timeout: float = txn.DEFAULT_NODE_TIMEOUT  # no answer for this long: unreachable
     deadline: int = txn.DEFAULT_STEP_DEADLINE  # one remote command or step at most
     verify_ssh: bool = True  # commit through a fresh SSH login
+    verify: bool = False  # read the whole live state even when the record's canary agrees
 
 
 def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ssh: bool = True, options: TxnOptions | None = None) -> list[tuple[str, object]]:
@@ -188,7 +189,7 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
 
     def add_nftables(rules):
         metas.append(
-            ("nftables table", nftables.rules(name="svcops | nftables table", rules=rules, verify_ssh=verify_ssh, udp_ports=plan.udp_ports if rules is not None else None, **kwargs))
+            ("nftables table", nftables.rules(name="svcops | nftables table", rules=rules, verify_ssh=verify_ssh, udp_ports=plan.udp_ports if rules is not None else None, verify=o.verify, **kwargs))
         )
 
     if out.mode == "ipvs":

@@ -180,7 +180,7 @@ def simulated_live(rules: NftRules) -> NftLive:
     chains.update({n: None for n in ("services", "service-endpoints-check", "external-endpoints-check",
                                      "firewall-check", "mark-for-masquerade", "masquerading", "reject-chain")})  # fmt: skip
     maps: dict[str, dict[str, tuple[str, str | None]]] = {m: {} for m in MAPS}
-    sets = {}
+    sets: dict[str, int | None] = {"state": None}  # the canary set of the skeleton
     for u in rules.units:
         chains.update({c: None for c in u.chains})
         sets.update(dict(u.sets))

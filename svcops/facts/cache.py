@@ -36,10 +36,11 @@ def _fact_classes() -> tuple[type[FactBase], ...]:
     from svcops.facts.dns import SvcopsDns
     from svcops.facts.iptables import SvcopsIptables
     from svcops.facts.ipvs import SvcopsIpvs
-    from svcops.facts.nftables import SvcopsNftables
+    from svcops.facts.nftables import SvcopsNftCanary
     from svcops.facts.node import SvcopsNodeState
 
-    return (SvcopsIptables, SvcopsNodeState, SvcopsNftables, SvcopsIpvs, SvcopsDns)
+    # nftables: the canary only; the whole table is read when the canary disagrees.
+    return (SvcopsIptables, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvs, SvcopsDns)
 
 
 class SvcopsFacts(FactBase):

@@ -11,12 +11,24 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
+from svcops.render.nftables import STATE_SET
 from svcops.render.nftables_live import LIST_COMMAND, TABLE, NftLive, parse_nft_list
+from svcops.render.nftables_record import MODE, parse_canary
 from svcops.render.nftables_sync import STATE_PREFIX
-from svcops.render.node_files import NFT_FILE
+from svcops.render.node_files import NFT_FILE, NFT_RECORD_DIR
 from svcops.render.plain import plain
+from svcops.render.record import RecordIndex, parse_index
 
-__all__ = ["SvcopsNftables", "NftState", "parse_nft_state"]
+__all__ = [
+    "SvcopsNftables",
+    "NftState",
+    "parse_nft_state",
+    "SvcopsNftCanary",
+    "NftCanary",
+    "parse_nft_canary",
+    "SvcopsNftBuckets",
+    "parse_nft_buckets",
+]
 
 @dataclass(frozen=True, slots=True)
 class NftState:
@@ -94,3 +106,128 @@ class SvcopsNftables(FactBase):
 
     def process(self, output: list[str]) -> NftState:
         return parse_nft_state(output)
+
+
+# --- the fast path: canary, index and buckets (svcops.render.nftables_record) ---------
+
+
+@dataclass(frozen=True, slots=True)
+class NftCanary:
+    """What `SvcopsNftCanary` reports.
+
+    available:  nft is installed
+    canary:     the fingerprint the table's ``state`` set carries (None: no table, set or element)
+    index:      the record's index on the node (None: none, or not consistent)
+    boot_state: the first line of the boot file of svcops versions before the record ("" if none)
+    """
+
+    available: bool = True
+    canary: str | None = None
+    index: RecordIndex | None = None
+    boot_state: str = ""
+
+    @property
+    def trusted(self) -> bool:
+        """The record is what the table holds (as far as a canary can tell)."""
+        return self.canary is not None and self.index is not None and self.canary == self.index.fingerprint
+
+    def to_json(self) -> dict:
+        return plain(self)
+
+
+_CANARY = "@@svcops-nft canary"
+_INDEX = "@@svcops-nft index"
+
+
+def parse_nft_canary(lines: list[str]) -> NftCanary:
+    """Parse `SvcopsNftCanary`'s output (pure)."""
+    if lines and lines[0].strip() == _NFT_MISSING:
+        return NftCanary(available=False)
+    boot, part = "", None
+    canary: list[str] = []
+    index: list[str] = []
+    for line in lines:
+        if line.startswith(_NFT_BOOT):
+            first = line[len(_NFT_BOOT) :].strip()
+            if first.startswith(STATE_PREFIX.strip()):
+                boot = first[len(STATE_PREFIX.strip()) :].strip()
+        elif line.strip() in (_CANARY, _INDEX):
+            part = line.strip()
+        elif part == _CANARY:
+            canary.append(line)
+        elif part == _INDEX:
+            index.append(line)
+    return NftCanary(True, parse_canary(canary), parse_index(index, MODE), boot)
+
+
+class SvcopsNftCanary(FactBase):
+    """
+    The cheap view of svcops's nftables table, as an ``NftCanary``: the canary (the
+    ``state`` set, ~20 ms at 10,000 services) and the record's index
+    (``/etc/svcops/nft.d/index``). When they agree, an apply reads only the buckets it
+    needs (`SvcopsNftBuckets`); otherwise the whole table (`SvcopsNftables`).
+
+    .. code:: python
+
+        c = host.get_fact(SvcopsNftCanary)
+        c.trusted, c.index.fingerprint if c.index else None
+    """
+
+    def command(self) -> str:
+        return (
+            f"if ! command -v nft >/dev/null; then echo '{_NFT_MISSING}'; exit 0; fi; "
+            f"echo \"{_NFT_BOOT}$(head -n 1 {NFT_FILE} 2>/dev/null)\"; "
+            f"echo '{_CANARY}'; nft list set {TABLE} {STATE_SET} 2>/dev/null; "
+            f"echo '{_INDEX}'; cat {NFT_RECORD_DIR}/index 2>/dev/null; true"
+        )
+
+    @staticmethod
+    def default() -> NftCanary | None:
+        return None
+
+    def process(self, output: list[str]) -> NftCanary:
+        return parse_nft_canary(output)
+
+
+_BUCKET = "@@svcops-nft bucket "
+
+
+def parse_nft_buckets(lines: list[str]) -> dict[str, tuple[str, str]]:
+    """bucket -> (the sha256 the node computed of its file, "" if missing; its text)."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    cur: list[str] | None = None
+    for line in lines:
+        if line.startswith(_BUCKET):
+            parts = line[len(_BUCKET) :].split()
+            cur = []
+            out[parts[0]] = (parts[1] if len(parts) > 1 else "", cur)
+        elif cur is not None:
+            cur.append(line)
+    return {b: (d, "".join(x + "\n" for x in t)) for b, (d, t) in out.items()}
+
+
+class SvcopsNftBuckets(FactBase):
+    """
+    Some bucket files of the nftables record: bucket -> (its sha256 as the node
+    computed it, its text). The digest is computed on the node, so that what the
+    transport does to whitespace cannot make a good file look edited.
+
+    .. code:: python
+
+        host.get_fact(SvcopsNftBuckets, buckets=("3f", "a0"))
+    """
+
+    def command(self, buckets=()) -> str:
+        names = " ".join(b for b in buckets if len(b) == 2 and b.isalnum())
+        return (
+            f"for b in {names}; do f={NFT_RECORD_DIR}/$b; "
+            f"if [ -f \"$f\" ]; then echo \"{_BUCKET}$b $(sha256sum < \"$f\" | cut -c1-32)\"; cat \"$f\"; "
+            f"else echo \"{_BUCKET}$b\"; fi; done; true"
+        )
+
+    @staticmethod
+    def default() -> dict:
+        return {}
+
+    def process(self, output: list[str]) -> dict[str, tuple[str, str]]:
+        return parse_nft_buckets(output)

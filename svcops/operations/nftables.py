@@ -16,11 +16,12 @@ from pyinfra import host
 from pyinfra.api import StringCommand, operation
 
 from svcops.facts.cache import marks_changes, node_fact
-from svcops.facts.nftables import SvcopsNftables
+from svcops.facts.nftables import SvcopsNftables, SvcopsNftBuckets, SvcopsNftCanary
 from svcops.operations.conntrack import cleanup_commands
 from svcops.operations import txn
 from svcops.operations.txn import DEFAULT_ROLLBACK_AFTER
 from svcops.operations.util import error, fail
+from svcops.render.nftables_record import canary_command
 from svcops.render.nftables_sync import (
     LOADER,
     ROLLBACK_FROM_LISTING,
@@ -29,7 +30,8 @@ from svcops.render.nftables_sync import (
     nft_plan,
     removal,
 )
-from svcops.render.node_files import NFT_FILE
+from svcops.render.nftables_record import BOOT_LOADER, fast_buckets, fast_plan, fingerprint_of, record_files
+from svcops.render.node_files import NFT_FILE, NFT_RECORD_DIR
 
 __all__ = ["rules"]
 
@@ -42,70 +44,129 @@ def rules(
     verify_ssh: bool = True,
     chunk: int = 1000,
     udp_ports=None,
+    verify: bool = False,
 ):
     """
     Give the node exactly svcops's nftables table ``ip svcops`` for ``rules``, or no
     such table at all when ``rules`` is None (the site is in another proxy mode).
 
-    + udp_ports: the node's UDP service ports: after the change, conntrack entries of
-      UDP flows still pointing at endpoints that are gone are deleted, as in
-      `svcops.operations.iptables.rules` (the previous state is the live table read before)
-
     + rules: the node's ``NftRules`` (``compile_site(...).outputs[node].nftables``), or None
     + rollback_after, verify_ssh: as for `svcops.operations.iptables.rules`
     + chunk: service ports per transaction on a cold start
+    + udp_ports: the node's UDP service ports: after the change, conntrack entries of
+      UDP flows still pointing at endpoints that are gone are deleted, as in
+      `svcops.operations.iptables.rules`
+    + verify: read the whole table even when the canary agrees with the record
 
-    The decision comes from the live table (`svcops.facts.nftables.SvcopsNftables`): a node in
-    sync gets no command; a clean node gets the skeleton and then the service ports in
-    chunks (a 10,000-service table in one transaction takes the kernel ~56 s, in chunks
-    ~12.5 s); a live one only what differs (`svcops.render.nftables_diff`): the service
-    ports whose digest or content differs (a one-service change is one small
-    transaction; a chain edited by hand is flushed and refilled) and the removal of
-    anything foreign inside the table. Only ``table ip svcops`` is ever named: no other
-    table (iptables-nft's, docker's, a firewall's) is touched.
+    The fast path (`svcops.render.nftables_record`): the node keeps a record of what
+    svcops applied last (``/etc/svcops/nft.d``: the boot data in hashed buckets, an
+    index) and a canary in the table that names it. When the canary and the index
+    agree, only the buckets whose digest differs from the render's are read, and only
+    their service ports are sent (a one-service change at 10,000 services: one bucket
+    read, one small transaction, an exact small rollback). Otherwise (a table flushed,
+    deleted or re-made, no record, ``verify``) the whole table is read
+    (`svcops.facts.nftables.SvcopsNftables`): a node in sync gets no command, a clean
+    node the skeleton and the service ports in chunks, a live one what differs, drift
+    included (`svcops.render.nftables_diff`); and the whole record is written. Only
+    ``table ip svcops`` is ever named: no other table is touched.
 
-    SSH safety as in iptables mode. The rollback is the previous table: the boot file
-    ``/etc/svcops/rules.nft`` when its fingerprint says it holds exactly the live table
-    (and the live table shows no drift), else the live table's listing, or the table's deletion when there was none. A
-    transaction that fails after earlier ones succeeded rolls back at once.
+    SSH safety as in iptables mode; all of it (table, record) is one step of the node's
+    transaction each, undone together. A transaction that fails after earlier ones
+    succeeded rolls back at once.
     """
-    state = node_fact(host, SvcopsNftables)
-    if state is None:
-        yield fail("the node's nftables table (nft list)")
+    canary = node_fact(host, SvcopsNftCanary, keep=True)
+    if canary is None:
+        yield fail("the node's nftables canary (nft list set)")
         return
-    if not state.available:
+    if not canary.available:
         if rules is None:
             host.noop("nft is not installed: no svcops table to remove")
             return
         yield error("svcops: nftables mode needs nft (Debian package nftables) on the node; nothing changed")
         return
-    plan = nft_plan(rules, state.live, chunk)
-    txs = plan.transactions
-    if not txs:
-        host.noop("the svcops table is in sync" if rules is not None else "no svcops table")
+    if rules is not None and canary.trusted and not verify:
+        names = fast_buckets(canary.index, rules)
+        if names == []:
+            host.noop("the svcops table is in sync (its record says so)")
+            return
+        if names:
+            old = host.get_fact(SvcopsNftBuckets, buckets=tuple(names))
+            fast = fast_plan(rules, canary.index, old or {}, chunk)
+            if fast is not None:
+                yield from _apply(fast.transactions, chunked(fast.rollback), fast.files, fast.previous, udp_ports, rollback_after, verify_ssh)
+                return
+    yield from _full(rules, canary, rollback_after, verify_ssh, chunk, udp_ports)
+
+
+def _full(rules, canary, rollback_after, verify_ssh, chunk, udp_ports):
+    """The whole table read and compared (no trusted record, or --verify)."""
+    state = node_fact(host, SvcopsNftables)
+    if state is None:
+        yield fail("the node's nftables table (nft list)")
         return
+    plan = nft_plan(rules, state.live, chunk)
+    txs = list(plan.transactions)
+    if rules is None:
+        if not txs and canary.index is None:
+            host.noop("no svcops table")
+            return
+        files = {b: None for b in record_files_names()}
+    else:
+        files = record_files(rules)
+        fp = fingerprint_of(rules)
+        if not txs and canary.trusted and canary.index.fingerprint == fp:
+            host.noop("the svcops table is in sync")
+            return
+        # The canary last, in the last transaction (alone when the table is in sync but
+        # its record or canary is not).
+        txs = [*txs[:-1], (txs[-1] if txs else "") + canary_command(fp)]
+    if not state.live.exists:
+        rollback = None  # a table that was not there is deleted again
+    elif canary.trusted and not plan.drift:
+        rollback = f"svcops_nft_boot {NFT_RECORD_DIR}"  # the record (put back first) is the table
+    elif state.boot_state and not plan.drift and state.boot_state == live_fingerprint(state.live):
+        rollback = f"svcops_nft_load {NFT_FILE}"  # a boot file of svcops before the record
+    else:
+        rollback = ROLLBACK_FROM_LISTING
+    yield from _apply(txs, rollback, files, state.live, udp_ports, rollback_after, verify_ssh)
+
+
+def record_files_names() -> list[str]:
+    return [*(f"{i:02x}" for i in range(256)), "sk", "index"]
+
+
+def _apply(txs, rollback, files, previous, udp_ports, rollback_after, verify_ssh):
+    """Load `txs` as one step (undone by `rollback`: a chunked text, a shell command
+    of the loaders, or None: delete the table), then write the record `files`."""
     implicit = yield from txn.ensure(rollback_after=rollback_after)
     d = txn.files_dir()
     lib = f"{d}/nft.lib"
     yield StringCommand(f"{txn.dir_ready(d)} && cat > {d}/nft.apply", _stdin=chunked(txs))
-    yield StringCommand(f"cat > {lib}", _stdin=LOADER)
-    if not state.live.exists:
+    yield StringCommand(f"cat > {lib}", _stdin=LOADER + BOOT_LOADER)
+    if rollback is None:
+        undo = f"svcops_nft_load {d}/nft.rollback"
         yield StringCommand(f"cat > {d}/nft.rollback", _stdin=removal())
-    elif state.boot_state and not plan.drift and state.boot_state == live_fingerprint(state.live):
-        yield StringCommand(f"cp {NFT_FILE} {d}/nft.rollback")
-    else:
+    elif rollback == ROLLBACK_FROM_LISTING:
+        undo = f"svcops_nft_load {d}/nft.rollback"
         yield StringCommand(f"{{ {ROLLBACK_FROM_LISTING}; }} > {d}/nft.rollback")
+    elif rollback.startswith("svcops_nft_"):
+        undo = rollback
+    else:
+        undo = f"svcops_nft_load {d}/nft.rollback"
+        yield StringCommand(f"cat > {d}/nft.rollback", _stdin=rollback)
     run = (
         f". {lib}\n"
         f"svcops_nft_load {d}/nft.apply; rc=$?\n"
         '[ "$rc" = 0 ] && exit 0\n'
         'echo "svcops: nft transaction $rc failed" >&2\n'
         # Transaction 1 failing changed nothing; a later one leaves earlier ones applied.
-        f'if [ "$rc" -gt 1 ]; then svcops_nft_load {d}/nft.rollback || echo "svcops: the rollback failed too" >&2; fi\n'
+        f'if [ "$rc" -gt 1 ]; then {undo} || echo "svcops: the rollback failed too" >&2; fi\n'
         "exit 1\n"
     )
     yield StringCommand(f"cat > {d}/nft.run", _stdin=run)
-    yield from txn.step("nftables", f"sh {d}/nft.run", f". {lib}\nsvcops_nft_load {d}/nft.rollback\n")
-    yield from cleanup_commands(state.live, udp_ports)
+    yield from txn.step("nftables", f"sh {d}/nft.run", f". {lib}\n{undo}\n")
+    # The record after the table: undone first, so a rollback from it finds the old one.
+    yield from txn.replace_files({f"{NFT_RECORD_DIR}/{b}": t for b, t in files.items()}, "nft-record")
+    yield from cleanup_commands(previous, udp_ports)
     if implicit:
         yield from txn.finish(verify_ssh)

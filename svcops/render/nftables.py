@@ -81,6 +81,7 @@ __all__ = [
     "TOP_RULES",
     "BASE_RULES",
     "MAPS",
+    "STATE_SET",
     "NftLive",
     "render_nodes",
     "full_payload",
@@ -109,6 +110,9 @@ MAPS: dict[str, tuple[str, str]] = {
     "firewall-ips": (_IP_KEY, "load-balancer IPs with loadBalancerSourceRanges"),
 }
 assert tuple(MAPS) == MAP_NAMES
+# The canary: one element whose comment is the fingerprint of the record svcops last
+# applied (`svcops.render.nftables_record`).
+STATE_SET = "state"
 
 # Base chains: name -> (type, hook, priority). Numbers, not nft's names ("dstnat" is
 # -100, "srcnat" 100): nft 1.0.6 accepts the names only on some hooks. Filter chains
@@ -159,6 +163,7 @@ def _skeleton_body() -> str:
     out = [f'add table {TABLE} {{ comment "service rules of svcops" ; }}\n']
     for name, (kind, comment) in MAPS.items():
         out.append(f'add map {TABLE} {name} {{ type {kind} ; comment "{comment}" ; }}\n')
+    out.append(f'add set {TABLE} {STATE_SET} {{ type ipv4_addr ; comment "what svcops applied last" ; }}\n')
     for name in TOP_RULES:
         out.append(f"add chain {TABLE} {name}\n")
     for name, rules in TOP_RULES.items():

@@ -49,6 +49,7 @@ from svcops.render.nftables import (
     BASE_CHAINS,
     MAPS,
     SKELETON_COMMENT,
+    STATE_SET,
     TABLE,
     TOP_RULES,
     NftRules,
@@ -252,6 +253,7 @@ class _Diff:
             and all(n in live.chains for n in BASE_CHAINS)
             and all(n in live.chains for n in TOP_RULES)
             and all(m in live.maps for m in MAPS)
+            and STATE_SET in live.sets
         )
         if c is not None:
             lines = self.skeleton_drift(c)
@@ -343,7 +345,7 @@ class _Diff:
         if any(rest_del.values()) or any(rest_add.values()):
             txs.append("".join(element_commands("delete", rest_del) + element_commands("add", rest_add)))
 
-        stale_sets = [n for n in live.sets if n not in wanted_sets and n not in deleted_sets]
+        stale_sets = [n for n in live.sets if n not in wanted_sets and n not in deleted_sets and n != STATE_SET]
         stale_maps = [m for m in live.maps if m not in MAPS]
         objects = c.objects if c is not None else ()
         if c is not None:

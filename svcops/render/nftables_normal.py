@@ -32,6 +32,7 @@ from svcops.render.nftables import (
     BASE_CHAINS,
     BASE_RULES,
     MAPS,
+    STATE_SET,
     SKELETON_COMMENT,
     TABLE,
     TOP_RULES,
@@ -107,6 +108,7 @@ SKELETON_CHAINS: dict[str, tuple[str, ...]] = {
 SKELETON_HOOKS: dict[str, NftHook] = {
     c: NftHook(kind, hook, int(prio), "accept") for c, (kind, hook, prio) in BASE_CHAINS.items()
 }
+STATE_DECL = (("comment", "what svcops applied last"), ("type", "ipv4_addr"))
 MAP_DECLS: dict[str, tuple[tuple[str, str], ...]] = {
     m: (("comment", comment), ("type", kind)) for m, (kind, comment) in MAPS.items()
 }
@@ -125,6 +127,7 @@ def printed_listing(rules: NftRules) -> str:
     out = [f"table {TABLE} {{\n"]
     for m, decl in MAP_DECLS.items():
         out.append(f"\tmap {m} {{\n{_decl_lines(decl)}\t}}\n")
+    out.append(f"\tset {STATE_SET} {{\n{_decl_lines(STATE_DECL)}\t}}\n")
     for u in rules.units:
         for name, timeout in u.sets:
             out.append(f"\tset {name} {{\n{_decl_lines(printed_set_decl(timeout))}\t}}\n")

@@ -39,7 +39,8 @@ from typing import Mapping, Sequence
 
 from svcops.render.iptables import IptablesRules, Jump, restore_transactions
 from svcops.render.ipvs import DUMMY_INTERFACE, SYSCTLS, ipvs_modules
-from svcops.render.nftables_sync import LOADER, boot_file
+from svcops.render.nftables_record import BOOT_LOADER
+from svcops.render.nftables_sync import LOADER
 from svcops.site.model import INTERFACE_NAME, Announcement, is_ipv4
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "SYSCTL_TEXT",
     "sha256_text",
     "NFT_FILE",
+    "NFT_RECORD_DIR",
     "IPSET_FILE",
     "IPVSADM_FILE",
     "IPVS_ADDRESSES_FILE",
@@ -73,7 +75,8 @@ ETC_DIR = "/etc/svcops"
 RULES_FILE = f"{ETC_DIR}/rules.v4"
 RESTORE_SCRIPT = f"{ETC_DIR}/restore"
 ANNOUNCE_FILE = f"{ETC_DIR}/announce"
-NFT_FILE = f"{ETC_DIR}/rules.nft"
+NFT_FILE = f"{ETC_DIR}/rules.nft"  # before the record (kept only to be removed)
+NFT_RECORD_DIR = f"{ETC_DIR}/nft.d"  # nftables mode's record: the boot data (svcops.render.nftables_record)
 IPSET_FILE = f"{ETC_DIR}/ipset"
 IPVSADM_FILE = f"{ETC_DIR}/ipvsadm"
 IPVS_ADDRESSES_FILE = f"{ETC_DIR}/ipvs-addresses"
@@ -167,10 +170,11 @@ def _iptables_part(jumps: Sequence[Jump]) -> list[str]:
 
 def _nft_part() -> list[str]:
     return [
-        "# svcops's table ip svcops, one transaction at a time (the first replaces any svcops\n",
-        "# table there; no other table is touched)\n",
+        "# svcops's table ip svcops from its record, one transaction at a time (the first\n",
+        "# replaces any svcops table there; no other table is touched), the canary last\n",
         LOADER,
-        f"svcops_nft_load {NFT_FILE}\n",
+        BOOT_LOADER,
+        f"svcops_nft_boot {NFT_RECORD_DIR}\n",
     ]
 
 
@@ -271,7 +275,7 @@ def node_files(
     files: dict[str, str] = {}
     modules: tuple[str, ...] = ()
     if mode == "nftables":
-        files[NFT_FILE] = boot_file(nftables)
+        pass  # the boot data is the record (/etc/svcops/nft.d), written by the nftables operation
     elif mode == "ipvs":
         modules = ipvs_modules(ipvs.ipvsadm)
         files[RULES_FILE] = boot_payload(rules)
@@ -291,4 +295,6 @@ def node_files(
     if interfaces:
         files[INTERFACES_FILE] = interfaces
     stale = tuple(f for m, fs in MODE_FILES.items() if m != mode for f in fs if f not in files)
+    if mode == "nftables":
+        stale += (NFT_FILE,)  # the boot file of svcops before the record
     return NodeFiles(files, modes={RESTORE_SCRIPT: "755"}, remove=tuple(dict.fromkeys(stale)))

@@ -35,8 +35,9 @@ from typing import Iterable, Mapping
 __all__ = [
     "BUCKETS",
     "RECORD_VERSION",
-    "Record",
     "RecordIndex",
+    "bucket_digests",
+    "make_index",
     "bucket_of",
     "fingerprint",
     "index_text",
@@ -60,32 +61,30 @@ def digest_text(text: str) -> str:
     return sha256(text.encode()).hexdigest()[:32]
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A mode's record: the text of each non-empty bucket, and `extra`, the digest of
-    what the mode keeps outside the buckets (its skeleton) so that it counts in the
-    fingerprint too."""
-
-    mode: str
-    buckets: Mapping[str, str] = field(default_factory=dict)
-    extra: str = ""
-
-    def digests(self) -> dict[str, str]:
-        return {b: digest_text(t) for b, t in self.buckets.items() if t}
-
-    def index(self) -> "RecordIndex":
-        d = self.digests()
-        return RecordIndex(self.mode, fingerprint(self.mode, self.extra, d), self.extra, d)
+def bucket_digests(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """bucket -> the digest of its content, from its units' (key, digest) pairs: what
+    an apply compares, without rendering any text (the text of a bucket is a function
+    of its units' digests, for one `RECORD_VERSION`)."""
+    lines: dict[str, list[str]] = {}
+    for key, digest in items:
+        lines.setdefault(bucket_of(key), []).append(f"{key} {digest}\n")
+    return {b: digest_text("".join(sorted(v))) for b, v in lines.items()}
 
 
 @dataclass(frozen=True, slots=True)
 class RecordIndex:
-    """A record's index: mode, fingerprint, extra digest, bucket -> digest."""
+    """A record's index: mode, fingerprint, extra digest, bucket -> content digest
+    (`bucket_digests`), bucket -> digest of its file's text (to check a file read back)."""
 
     mode: str
     fingerprint: str
     extra: str
     digests: Mapping[str, str]
+    files: Mapping[str, str] = field(default_factory=dict)
+
+
+def make_index(mode: str, extra: str, digests: Mapping[str, str], files: Mapping[str, str]) -> RecordIndex:
+    return RecordIndex(mode, fingerprint(mode, extra, digests), extra, dict(digests), dict(files))
 
 
 def fingerprint(mode: str, extra: str, digests: Mapping[str, str]) -> str:
@@ -97,7 +96,7 @@ def fingerprint(mode: str, extra: str, digests: Mapping[str, str]) -> str:
 
 def index_text(index: RecordIndex) -> str:
     lines = [f"{_HEAD} {RECORD_VERSION} {index.mode} {index.fingerprint} {index.extra}\n"]
-    lines.extend(f"{b} {index.digests[b]}\n" for b in sorted(index.digests))
+    lines.extend(f"{b} {index.digests[b]} {index.files.get(b, '-')}\n" for b in sorted(index.digests))
     return "".join(lines)
 
 
@@ -110,16 +109,18 @@ def parse_index(lines: Iterable[str], mode: str) -> RecordIndex | None:
         return None
     extra = head[4] if len(head) == 5 else ""
     digests: dict[str, str] = {}
+    files: dict[str, str] = {}
     for line in it:
         parts = line.split()
         if not parts:
             continue
-        if len(parts) != 2 or len(parts[0]) != 2 or parts[0] in digests:
+        if len(parts) != 3 or len(parts[0]) != 2 or parts[0] in digests:
             return None
         digests[parts[0]] = parts[1]
+        files[parts[0]] = parts[2]
     if fingerprint(mode, extra, digests) != head[3]:
         return None
-    return RecordIndex(mode, head[3], extra, digests)
+    return RecordIndex(mode, head[3], extra, digests, files)
 
 
 def changed_buckets(have: RecordIndex, want: RecordIndex) -> list[str]:
@@ -128,9 +129,7 @@ def changed_buckets(have: RecordIndex, want: RecordIndex) -> list[str]:
     return sorted(b for b in names if have.digests.get(b) != want.digests.get(b))
 
 
-def verify_bucket(index: RecordIndex, bucket: str, text: str) -> bool:
-    """Whether a bucket file read from the node is the one its index names."""
-    want = index.digests.get(bucket)
-    if want is None:
-        return text == ""
-    return digest_text(text) == want
+def verify_bucket(index: RecordIndex, bucket: str, file_digest: str) -> bool:
+    """Whether a bucket file read from the node (`file_digest`: the sha256 of its text
+    as the node computed it, "" when there is no such file) is the one the index names."""
+    return file_digest == index.files.get(bucket, "")

@@ -21,7 +21,7 @@ from svcops.facts.cache import SvcopsFacts, _fact_classes, marks_changes, node_f
 from svcops.facts.dns import SvcopsDns
 from svcops.facts.iptables import SvcopsIptables
 from svcops.facts.ipvs import SvcopsIpvs
-from svcops.facts.nftables import SvcopsNftables
+from svcops.facts.nftables import SvcopsNftCanary
 from svcops.facts.node import SvcopsNodeState
 
 
@@ -71,7 +71,7 @@ def test_a_run_that_changes_nothing_reads_every_fact_once():
     order = ["ipt", "nft", "ipvs", "lb", "addr", "fwd", "files", "dns"]
     state = FakeState(order, host)
     got = run_ops(state, host, [
-        ("ipt", [(SvcopsIptables, False)], False), ("nft", [(SvcopsNftables, False)], False),
+        ("ipt", [(SvcopsIptables, False)], False), ("nft", [(SvcopsNftCanary, False)], False),
         ("ipvs", [(SvcopsIpvs, False)], False), ("lb", [NODE], False), ("addr", [NODE], False),
         ("fwd", [NODE], False), ("files", [NODE], False), ("dns", [(SvcopsDns, False)], False),
     ])  # fmt: skip
@@ -85,12 +85,12 @@ def test_after_a_change_the_next_operations_read_afresh_and_share_again():
     state = FakeState(order, host)
     got = run_ops(state, host, [
         ("ipt", [(SvcopsIptables, False)], True),  # changes the node
-        ("nft", [(SvcopsNftables, False)], False),
+        ("nft", [(SvcopsNftCanary, False)], False),
         ("lb", [NODE], True),  # changes it too
         ("addr", [NODE], False),
     ])  # fmt: skip
-    assert host.reads == ["SvcopsFacts", "SvcopsNftables", "SvcopsNodeState", "SvcopsNodeState"]
-    assert got == ["SvcopsIptables-combined", "SvcopsNftables-alone", "SvcopsNodeState-alone", "SvcopsNodeState-alone"]
+    assert host.reads == ["SvcopsFacts", "SvcopsNftCanary", "SvcopsNodeState", "SvcopsNodeState"]
+    assert got == ["SvcopsIptables-combined", "SvcopsNftCanary-alone", "SvcopsNodeState-alone", "SvcopsNodeState-alone"]
 
 
 def test_a_fact_already_taken_or_an_operation_in_between_means_a_fresh_read():
@@ -99,7 +99,7 @@ def test_a_fact_already_taken_or_an_operation_in_between_means_a_fresh_read():
     state = FakeState(order, host)
     run_ops(state, host, [
         ("ipt", [(SvcopsIptables, False)], False),
-        ("nft", [(SvcopsNftables, False)], False),  # an operation on other hosts only: shared
+        ("nft", [(SvcopsNftCanary, False)], False),  # an operation on other hosts only: shared
         ("lb", [NODE], False),  # a foreign operation ran before this one: fresh
         ("ipvs", [(SvcopsIptables, False)], False),  # taken already by "ipt": fresh
     ])  # fmt: skip
@@ -123,9 +123,9 @@ def test_outside_a_pyinfra_run_the_host_is_simply_asked():
 def test_a_part_that_failed_is_left_out_so_it_is_read_on_its_own():
     out = SvcopsFacts().process([
         "@@svcops-fact SvcopsIptables", "*nat", ":SVCOPS-SERVICES - [0:0]", "COMMIT", "@@svcops-fact-rc 0",
-        "@@svcops-fact SvcopsNftables", "oops", "@@svcops-fact-rc 1",
+        "@@svcops-fact SvcopsNftCanary", "oops", "@@svcops-fact-rc 1",
     ])  # fmt: skip
-    assert "SvcopsNftables" not in out
+    assert "SvcopsNftCanary" not in out
     assert "SVCOPS-SERVICES" in out["SvcopsIptables"].table("nat").chains
 
 
@@ -140,7 +140,7 @@ def test_the_combined_command_gives_what_each_fact_gives_alone():
         subprocess.run(["ip", "netns", "exec", ns, "iptables-restore", "--noflush"], check=True, text=True,
                        input="*nat\n:SVCOPS-SERVICES - [0:0]\n-A OUTPUT -j SVCOPS-SERVICES\nCOMMIT\n")  # fmt: skip
         combined = SvcopsFacts().process(sh(ns, SvcopsFacts().command()))
-        for cls in (SvcopsIptables, SvcopsNftables, SvcopsIpvs):
+        for cls in (SvcopsIptables, SvcopsNftCanary, SvcopsIpvs):
             alone = cls().process(sh(ns, cls().command()))
             assert combined[cls.__name__] == alone, cls.__name__
         assert "SVCOPS-SERVICES" in combined["SvcopsIptables"].table("nat").chains

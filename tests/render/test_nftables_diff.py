@@ -17,7 +17,7 @@ from modes_fixtures import compiled
 from netns import netns, ns_run, requires
 from render_fixtures import simulated_live
 
-from svcops.render.nftables import full_payload
+from svcops.render.nftables import SKELETON_COMMENT, full_payload
 from svcops.render.nftables_diff import DRIFT_LINES, plan_update, rules_drift
 from svcops.render.nftables_live import LIST_COMMAND, NftHook, NftLive, parse_nft_list
 from svcops.render.nftables_normal import printed_listing
@@ -187,7 +187,7 @@ DRILLS = {
     ),
     "base chain priority": (
         "nft delete chain ip svcops nat-output && nft add chain ip svcops nat-output "
-        "'{ type nat hook output priority 0; policy accept; comment \"svcops skeleton R44PSLG2FZCWQ2GR\"; }' && "
+        "'{ type nat hook output priority 0; policy accept; comment \"" + SKELETON_COMMENT + "\"; }' && "
         "nft add rule ip svcops nat-output jump services",
         ["chain nat-output hook differs: type nat hook output priority 0; policy accept; (svcops: type nat hook output priority -100; policy accept;)"],
     ),

@@ -25,6 +25,7 @@ from svcops.render.node_files import (
     IPVS_ADDRESSES_FILE,
     IPVSADM_FILE,
     NFT_FILE,
+    NFT_RECORD_DIR,
     RESTORE_SCRIPT,
     RULES_FILE,
     SYSCTL_FILE,
@@ -113,8 +114,10 @@ def test_boot_files_follow_the_mode_and_the_other_modes_files_go():
     ipt, nft, ipvs = files_of("iptables"), files_of("nftables"), files_of("ipvs")
     assert RULES_FILE in ipt.files and NFT_FILE not in ipt.files
     assert set(ipt.remove) == {NFT_FILE, IPSET_FILE, IPVSADM_FILE, IPVS_ADDRESSES_FILE}
-    assert NFT_FILE in nft.files and RULES_FILE in nft.remove
-    assert "iptables" not in nft.files[RESTORE_SCRIPT] and "svcops_nft_load /etc/svcops/rules.nft" in nft.files[RESTORE_SCRIPT]
+    # nftables mode boots from its record (written by the nftables operation); the boot
+    # file of svcops before the record goes.
+    assert NFT_FILE not in nft.files and RULES_FILE in nft.remove and NFT_FILE in nft.remove
+    assert "iptables" not in nft.files[RESTORE_SCRIPT] and "svcops_nft_boot /etc/svcops/nft.d" in nft.files[RESTORE_SCRIPT]
     for f in (RULES_FILE, IPSET_FILE, IPVSADM_FILE, IPVS_ADDRESSES_FILE):
         assert f in ipvs.files
     assert ipvs.remove == (NFT_FILE,)
@@ -130,16 +133,25 @@ def test_boot_files_follow_the_mode_and_the_other_modes_files_go():
 @root
 @pytest.mark.root
 def test_nftables_restore_script_rebuilds_the_table_and_touches_nothing_else(tmp_path):
+    from svcops.render.nftables_record import fingerprint_of, parse_canary, record_files
+
     files = files_of("nftables")
-    script = files.files[RESTORE_SCRIPT].replace(NFT_FILE, str(tmp_path / "rules.nft"))
+    record = tmp_path / "nft.d"
+    script = files.files[RESTORE_SCRIPT].replace(NFT_RECORD_DIR, str(record))
     script = script.replace("/etc/svcops/announce", str(tmp_path / "announce"))
-    (tmp_path / "rules.nft").write_text(files.files[NFT_FILE])
     rules = compiled("nftables").outputs["node1"].nftables
+    record.mkdir()
+    for name, text in record_files(rules).items():
+        if text is not None:
+            (record / name).write_text(text)
     with netns() as ns:
         ns_sh(ns, "nft add table inet theirs; nft add chain inet theirs input '{ type filter hook input priority 0; }'")
         for _ in range(2):  # idempotent
             ns_sh(ns, script)
             assert transactions(rules, live_state(ns).live) == []
+            # The canary names the record: the next apply trusts it.
+            canary = ns_sh(ns, "nft list set ip svcops state").stdout.splitlines()
+            assert parse_canary(canary) == fingerprint_of(rules)
         assert "table inet theirs" in ns_sh(ns, "nft list tables").stdout
 
 
