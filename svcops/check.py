@@ -153,7 +153,7 @@ def run(opts: CheckOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
     try:
         plan = compile_from_hosts(site, hosts, opts.inventory, write=False)  # svcops.lock is never written
     except SiteError as e:
-        return _fail(opts, site, str(e).removeprefix("svcops: "), out, err)
+        return _fail(opts, site, str(e).removeprefix("svcops: ").replace("; nothing was pushed", ""), out, err)
     for d in plan.diagnostics:
         print(d, file=err)
     _unrecorded(site, plan, err)
@@ -199,7 +199,10 @@ def _connect_errors():
             self.why: dict[str, str] = {}
 
         def host_connect_error(self, state, host, error) -> None:  # type: ignore[override]
-            self.why[host.name] = str(error.args[0] if error.args else error)
+            why = str(error.args[0] if error.args else error)
+            if why.startswith("Could not connect (") and why.endswith(")"):
+                why = why[len("Could not connect (") : -1]  # the report says "could not connect" itself
+            self.why[host.name] = why
 
     return ConnectErrors()
 

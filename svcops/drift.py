@@ -299,14 +299,11 @@ def iptables_drift(rules: IptablesRules, live: LiveTables, index: ServiceIndex) 
                 parts.rendered[owner] += 1
             have = l.chains.get(c)
             if top:
-                for r in wanted:
-                    o = index.rule_owner(r)
-                    if o is not None:
-                        parts.rendered[o] += 1
+                owners = [index.rule_owner(r) for r in wanted]
+                parts.rendered.update(o for o in owners if o is not None)
                 if have is None:
                     parts.add(None, "missing", f"{t} chain {c}")
-                    for r in wanted:
-                        o = index.rule_owner(r)
+                    for r, o in zip(wanted, owners):
                         if o is not None:
                             parts.add(o, "missing", f"{t} rule in {c}: {r}")
                 elif have != wanted:
@@ -521,7 +518,20 @@ def _node_items(plan, live: LiveTables, state, dns, session_address: str | None)
     out += [_item(None, "extra", f"file {f} (another proxy mode's)") for f in d.files_removed]
     if d.ip_forward:
         out.append(_item(None, "differs", f"sysctl net.ipv4.ip_forward is {state.ip_forward or 'unreadable'} (svcops: 1)"))
-    for line in d.dns:
+    out += _dns_items(d.dns)
+    return out
+
+
+def _dns_items(lines: Sequence[str]) -> list[DriftItem]:
+    """The DNS server's steps (`DnsPlan.summary`) as drift: what differs, not what apply
+    would do about it (a reload or restart that only follows a changed file is no item)."""
+    files = any(ln.startswith(("dns: file ", "dns: - ")) for ln in lines)
+    out: list[DriftItem] = []
+    for line in lines:
+        if line in ("dns: reload the zone", "dns: (re)start the server"):
+            if not files:
+                out.append(_item(None, "differs", "dns: the server is not running as svcops runs it (apply starts it)"))
+            continue
         what = "missing" if line.startswith("dns: install ") else "extra" if line.startswith("dns: - ") else "differs"
         out.append(_item(None, what, line))
     return out

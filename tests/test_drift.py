@@ -20,6 +20,7 @@ from svcops.facts.dns import DnsState
 from svcops.facts.ipvs import IpvsState
 from svcops.facts.nftables import NftState
 from svcops.facts.node import Address, NodeState
+from svcops.operations.dns import dns_plan
 from svcops.render.chains import SEP, SVC, endpoint_chain, port_hash
 from svcops.render.iptables import LiveTable, LiveTables, parse_iptables_save, restore_payload
 from svcops.render.iptables_sync import expected_tables
@@ -235,6 +236,16 @@ def test_node_check_names_the_dns_servers_drift():
     check = node_check(np, index, live, done_state(np, "10.0.0.1"), NftState(True, NftLive()), IpvsState(), DnsState(resolv="nameserver 10.0.0.1\n"), "10.0.0.1")
     assert DriftItem(None, None, "missing", "dns: install pdns-recursor") in check.items
     assert all(i.service is None and i.detail.startswith("dns: ") for i in check.items)
+    assert not any("start" in i.detail for i in check.items)  # what apply does about it is no drift
+    p = dns_plan(DnsState(resolv="nameserver 10.0.0.1\n"), np.dns_zone)
+    files = {path: np.dns_zone.digest if path.endswith(".zone") else sha256_text(t) for path, t in p.write.items()}
+    done = DnsState(installed=True, running=True, files=files, resolv=p.resolv, pid=812, supervised=True)
+    quiet = (live, done_state(np, "10.0.0.1"), NftState(True, NftLive()), IpvsState())
+    assert node_check(np, index, *quiet, done, "10.0.0.1").status == "in-sync"
+    stopped = replace(done, running=False, pid=None)
+    assert node_check(np, index, *quiet, stopped, "10.0.0.1").items == (
+        DriftItem(None, None, "differs", "dns: the server is not running as svcops runs it (apply starts it)"),
+    )
 
 
 def test_the_items_of_a_node_are_sorted_services_first_ports_by_number():

@@ -154,3 +154,23 @@ def test_04_a_node_that_cannot_be_reached_is_named_and_the_others_are_still_chec
     doc = json.loads(check(in_sync, "--json", inventory=str(inventory)).stdout)
     assert doc["status"] == "error" and doc["counts"] == {"in-sync": 2, "drift": 0, "error": 1}
     assert next(n for n in doc["nodes"] if n["node"] == "node3")["status"] == "error"
+
+
+def test_05_a_service_not_applied_yet_is_missing_everywhere_and_svcops_lock_is_not_written(in_sync):
+    new = in_sync / "services" / "later.yaml"
+    new.write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: later, namespace: default}\n"
+        "spec:\n  selector: {app: web}\n  ports: [{name: http, port: 81, targetPort: http}]\n"
+    )
+    try:
+        before = footprint(in_sync)
+        r = check(in_sync)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "svcops.lock lacks 1 allocation change (made in memory for this check" in r.stderr, r.stderr
+        seen = lines_of(r.stdout)
+        for n in NODES:
+            assert any(ln.startswith("default/later port 81/TCP: missing: ") for ln in seen[n]), r.stdout
+        assert footprint(in_sync) == before  # the lock's bytes too: the allocation was not recorded
+    finally:
+        new.unlink()
+    assert check(in_sync).returncode == 0
