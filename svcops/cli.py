@@ -1,9 +1,9 @@
 """The `svcops` command line: the imperative shell around the pure pipeline.
 
 Exit status, for scripts and CI:
-  0  success (plan --detailed-exitcode: nothing would change)
+  0  success (plan --detailed-exitcode: nothing would change; check: every node in sync)
   1  errors (bad input, bad usage, a failed node); nothing was changed
-  2  plan --detailed-exitcode only: something would change
+  2  plan --detailed-exitcode: something would change; check: a node drifted
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ typical flow:
   svcops plan -i inventory/example.py examples/walkthrough
   svcops render -i inventory/example.py --node node1 examples/walkthrough
   svcops apply -i inventory/lab.py -y                    # push with pyinfra over SSH
+  svcops check -i inventory/lab.py                       # from cron: exit 2 when a node drifted
 """
 
 
@@ -91,6 +92,21 @@ def _add_lock_timeout(p: argparse.ArgumentParser, what: str = "the site") -> Non
         metavar="SECONDS",
         help=f"wait at most this long while another plan or apply holds {what}, then fail naming it (default 30)",
     )
+
+
+def _add_limit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", metavar="NODE[,NODE]", help="only these nodes: names or globs, comma-separated")
+
+
+def _add_timeouts(p: argparse.ArgumentParser, command: str) -> None:
+    """--node-timeout and --command-timeout (`command`: what the latter bounds)."""
+    p.add_argument(
+        "--node-timeout",
+        type=_float_between(0.5, 3600, " seconds"),
+        metavar="SECONDS",
+        help="a node that does not answer for this long is reported unreachable; the others go on (default 10)",
+    )
+    p.add_argument("--command-timeout", type=_positive_int, metavar="SECONDS", help=f"{command} (default 300)")
 
 
 def _add_site(p: argparse.ArgumentParser) -> None:
@@ -235,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inventory(p, required=True)
     p.add_argument("--dry", action="store_true", help="show per node what would change (reads the nodes' live state); change nothing")
     p.add_argument("--json", action="store_true", help="with --dry: print the per-node diff as JSON on stdout")
-    p.add_argument("--limit", metavar="NODE[,NODE]", help="only these nodes: names or globs, comma-separated")
+    _add_limit(p)
     p.add_argument("--serial", type=_positive_int, metavar="N", help="rolling batches of N nodes, one pyinfra run each")
     p.add_argument(
         "--fail-percent",
@@ -252,18 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a node undoes the apply by itself after this long without a word from svcops (cut off, hung) (default 60)",
     )
     _add_lock_timeout(p, "the site or a node")
-    p.add_argument(
-        "--node-timeout",
-        type=_float_between(0.5, 3600, " seconds"),
-        metavar="SECONDS",
-        help="a node that does not answer for this long is reported unreachable; the others go on (default 10)",
-    )
-    p.add_argument(
-        "--command-timeout",
-        type=_positive_int,
-        metavar="SECONDS",
-        help="the longest any one remote command or step may run (default 300)",
-    )
+    _add_timeouts(p, "the longest any one remote command or step may run")
     p.add_argument(
         "--verify",
         action="store_true",
@@ -273,6 +278,47 @@ def build_parser() -> argparse.ArgumentParser:
             "without changing anything)"
         ),
     )
+    _add_site(p)
+
+    p = sub.add_parser(
+        "check",
+        help="compare every node's live state with the site, per service; change nothing (for cron and CI)",
+        description=(
+            "Read every node's whole live state over SSH, as `svcops apply --dry` does (svcops's\n"
+            "iptables chains and jumps, its nftables table with every chain's rules, its IPVS\n"
+            "footprint, its files, addresses, ip_forward and DNS server), compare it with what the\n"
+            "site renders for that node, and say what differs, per node and per service port:\n\n"
+            "  missing   the site has it, the node does not\n"
+            "  extra     the node has it, the site does not\n"
+            "  differs   both have it, not the same\n\n"
+            "Changes nothing: no command that changes a node, svcops.lock is not written\n"
+            "(allocations it lacks are made in memory, with a warning), the site is not locked.\n\n"
+            "Output (stdout): a header, then per node one line \"NODE: in sync\", \"NODE: drift: ...\"\n"
+            "or \"NODE: error: why\", each drift item on its own line starting with the node's name,\n"
+            "\"NODE: SERVICE port PORT: WHAT: DETAIL\" (\"(node)\" for what belongs to no service), and\n"
+            "a last line counting the nodes. The same state always gives the same text.\n\n"
+            "--json: {\"version\": 1, \"site\", \"inventory\", \"proxyMode\", \"status\": in-sync|drift|error,\n"
+            "\"error\", \"counts\", \"nodes\": [{\"node\", \"status\": in-sync|drift|error, \"error\",\n"
+            "\"items\": [{\"service\": \"ns/name\"|null, \"port\": \"80/TCP\"|null,\n"
+            "\"what\": missing|extra|differs, \"detail\"}]}]}"
+        ),
+        epilog=(
+            "examples:\n"
+            "  svcops check -i inventory/lab.py                       # the site named by svcops_site\n"
+            "  svcops check -i inventory/prod.py sites/prod | grep ': drift'\n"
+            "  svcops check -i inventory/prod.py --json sites/prod | jq '.nodes[] | select(.status != \"in-sync\")'\n\n"
+            "a cron line (mail the report when a node drifted or could not be read):\n"
+            "  */15 * * * *  cd /srv/ops && svcops check -i inventory/prod.py sites/prod >/tmp/svcops-check.txt 2>&1"
+            " || mail -s 'svcops: drift' ops@example.com </tmp/svcops-check.txt\n\n"
+            "exit status: 0 every node in sync, 2 drift on any node, 1 errors: the site or inventory,\n"
+            "or a node that could not be read (unreachable, a failed read: the report names it)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_inventory(p, required=True)
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout (shape above)")
+    _add_limit(p)
+    _add_timeouts(p, "the longest reading one node's state may take")
     _add_site(p)
 
     p = sub.add_parser(
@@ -583,12 +629,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    # gevent first: pyinfra must see the patched socket and threading modules (connecting
-    # to 60 hosts: 4.8 s without, 0.6 s with).
-    import gevent.monkey
-
-    if not gevent.monkey.is_module_patched("socket"):
-        gevent.monkey.patch_all()
+    _patch_gevent()
     from svcops.apply import ApplyOptions, run
 
     if args.json and not args.dry:
@@ -610,6 +651,24 @@ def cmd_apply(args: argparse.Namespace) -> int:
         verify=args.verify,
     )
     return run(opts)
+
+
+def _patch_gevent() -> None:
+    # gevent first: pyinfra must see the patched socket and threading modules (connecting
+    # to 60 hosts: 4.8 s without, 0.6 s with).
+    import gevent.monkey
+
+    if not gevent.monkey.is_module_patched("socket"):
+        gevent.monkey.patch_all()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    _patch_gevent()
+    from dataclasses import fields
+
+    from svcops.check import CheckOptions, run
+
+    return run(CheckOptions(**{f.name: getattr(args, f.name) for f in fields(CheckOptions)}))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -646,7 +705,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "render": cmd_render, "apply": cmd_apply, "explain": cmd_explain}
+COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "render": cmd_render, "apply": cmd_apply, "check": cmd_check, "explain": cmd_explain}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

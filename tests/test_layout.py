@@ -25,8 +25,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("svcops.facts",),  # pyinfra: reading a node
     ("svcops.operations",),  # pyinfra: changing a node
     ("svcops.nodediff",),  # the rollout: the dry-run diff,
+    ("svcops.drift",),  # the same said per service (svcops check),
     ("svcops.deploy",),  # the deploy,
     ("svcops.apply",),  # svcops apply
+    ("svcops.check",),  # svcops check (reads as apply --dry does)
     ("svcops.lab",),
     ("svcops.cli",),
 )

@@ -410,3 +410,18 @@ def _capped(lines: list[str]) -> tuple[str, ...]:
     if len(unique) <= DRIFT_LINES:
         return tuple(unique)
     return (*unique[: DRIFT_LINES - 1], f"... and {len(unique) - DRIFT_LINES + 1} more")
+
+
+def drift_lines(rules: NftRules, live: NftLive) -> tuple[str, ...]:
+    """Every line of drift `plan_update` finds in `live` (read with its content), in its
+    order and uncapped (`NftPlan.drift` keeps `DRIFT_LINES`): for `svcops check`, which
+    names each service port that drifted. () for a node without the table (nothing
+    drifted: everything is missing) or a listing without content."""
+    if not live.exists or live.content is None:
+        return ()
+    d = _Diff(rules, live)
+    d.plan(1000)
+    return tuple(dict.fromkeys(d.drift))
+
+
+__all__ += ["drift_lines"]
