@@ -71,6 +71,7 @@ so the chunks are a bound on each transaction's size rather than a speed-up.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import resource
 import subprocess
@@ -95,6 +96,15 @@ from svcops.compile.pipeline import compile_site  # noqa: E402
 from svcops.render.iptables import parse_iptables_save, restore_transactions  # noqa: E402
 from svcops.render.nftables import LIVE_COMMANDS, full_payload, parse_nft_list  # noqa: E402
 from svcops.render.iptables_sync import in_sync  # noqa: E402
+from svcops.render.nftables_record import (  # noqa: E402
+    canary_command,
+    fast_buckets,
+    fast_plan,
+    fingerprint_of,
+    parse_canary,
+    record_files,
+)
+from svcops.render.record import parse_index  # noqa: E402
 
 NODE = "node1"
 
@@ -175,6 +185,55 @@ def apply_nftables(ns: Netns, rules, tmp: Path, full: bool = True) -> tuple[floa
     return time.perf_counter() - t, len(text), len(txs)
 
 
+def apply_nftables_fast(ns: Netns, rules, record: Path, tmp: Path) -> tuple[float, int, int, dict]:
+    """(seconds, payload bytes, transactions, parts) of one nftables-mode apply through
+    the fast path (issue 11), as `svcops.operations.nftables.rules` does it on a node
+    whose record is `record` (a folder): the canary and the index read, the changed
+    buckets read (digests computed node-side), the plan, the transactions loaded, the
+    record's changed files written. Falls back to nothing: the record must be trusted."""
+    parts: dict[str, float] = {}
+    t0 = time.perf_counter()
+    out = ns.run(["sh", "-c", f"nft list set ip svcops state; echo @@; cat {record}/index"])
+    canary_text, _, index_lines = out.partition("@@\n")
+    have = parse_index(index_lines.splitlines(), "nftables")
+    assert have is not None and parse_canary(canary_text.splitlines()) == have.fingerprint, "record not trusted"
+    t1 = time.perf_counter()
+    parts["canary+index"] = t1 - t0
+    names = fast_buckets(have, rules)
+    old = {}
+    for b in names:
+        f = record / b
+        old[b] = (hashlib.sha256(f.read_bytes()).hexdigest()[:32], f.read_text()) if f.exists() else ("", "")
+    t2 = time.perf_counter()
+    parts["buckets read"] = t2 - t1
+    plan = fast_plan(rules, have, old)
+    assert plan is not None
+    t3 = time.perf_counter()
+    parts["plan"] = t3 - t2
+    text = chunked(plan.transactions)
+    (tmp / "apply.nft").write_text(text)
+    ns.run(["sh", "-c", f"{LOADER}\nsvcops_nft_load {tmp / 'apply.nft'}"])
+    t4 = time.perf_counter()
+    parts["nft load"] = t4 - t3
+    for b, t in plan.files.items():
+        f = record / b
+        if t is None:
+            f.unlink(missing_ok=True)
+        else:
+            f.write_text(t)
+    parts["record written"] = time.perf_counter() - t4
+    return time.perf_counter() - t0, len(text), len(plan.transactions), parts
+
+
+def write_record(ns: Netns, rules, record: Path) -> None:
+    """The record of `rules` into `record`, and the canary into the table."""
+    record.mkdir(exist_ok=True)
+    for b, t in record_files(rules).items():
+        if t is not None:
+            (record / b).write_text(t)
+    ns.run(["nft", "-f", "-"], canary_command(fingerprint_of(rules)))
+
+
 def nft_read_costs(ns: Netns, rules, n: int, results: dict) -> None:
     """The fact read and an in-sync apply, digests only (before the drift check) and
     whole (after), on a table holding `rules`; prints them with their ratios."""
@@ -241,6 +300,16 @@ def main() -> int:
                         change, csize, ctx = apply_nftables(ns, rules2, tmp)
                         again, _, _ = apply_nftables(ns, rules2, tmp)
                         nft_read_costs(ns, rules2, n, results)
+                        # The fast path: the node's record trusted, the change back and forth.
+                        write_record(ns, rules2, tmp / "record")
+                        fast_back, _, _, _ = apply_nftables_fast(ns, rules, tmp / "record", tmp)
+                        fast, fsize, ftx, parts = apply_nftables_fast(ns, rules2, tmp / "record", tmp)
+                        results[(n, mode, "fast change")] = fast
+                        shown = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in parts.items())
+                        print(
+                            f"  {n:>6} services  nftables  one-service change through the record {fast:6.3f} s "
+                            f"({fsize / 1e3:.1f} kB, {ftx} transaction; {shown}); back {fast_back:.3f} s"
+                        )
                     extra = f" ({ntx} transactions cold, {ctx} for the change)"
                 results[(n, mode, "cold")] = cold
                 results[(n, mode, "change")] = change

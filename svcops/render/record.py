@@ -1,14 +1,15 @@
-"""What svcops last applied on a node, kept on the node in buckets: `Record`.
+"""What svcops last applied on a node, kept on the node in buckets: its `RecordIndex`.
 
 An apply at 10,000 services must not read the whole live state back (``nft list table``
 takes about a minute there, ``iptables-save`` 6-16 s) nor send the whole boot file
 again for a one-service change. So each mode keeps, on the node, the *record* of what
 svcops applied last: the boot file itself, cut into up to 256 bucket files by a hash of
 each unit's name (a unit: one service port's objects; ``bucket_of``), plus one small
-index naming every bucket with the digest of its text::
+index naming every bucket with the digest of its content (from its units' own
+digests: `bucket_digests`, so that no text is built to compare) and of its file::
 
-    /etc/svcops/nft.d/index      svcops-record 1 nftables FINGERPRINT
-                                 3f 8c1e...   (bucket, sha256 of its file)
+    /etc/svcops/nft.d/index      svcops-record 1 nftables FINGERPRINT EXTRA
+                                 3f 8c1e... 77d0...   (bucket, content digest, file digest)
     /etc/svcops/nft.d/3f         the units hashed into bucket 3f, as boot text
 
 The fingerprint sums the index up; the mode also writes it into the kernel state as
@@ -20,8 +21,8 @@ and only the buckets whose digest differs from the render's are read and compare
 (`changed_buckets`): a one-service change reads one bucket and sends one. When they
 disagree, or on ``--verify``, the whole live state is read, as before.
 
-A bucket file's own digest is checked against its index line when it is read
-(`verify_bucket`): a file edited or truncated by hand reads as "no record".
+A bucket file's digest (computed on the node) is checked against its index line when
+it is read (`verify_bucket`): a file edited or truncated by hand reads as "no record".
 
 Pure.
 """
