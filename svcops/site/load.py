@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from svcops import schemas
+from svcops.gcpause import gc_paused
 from svcops.site.diagnostics import Diagnostic, error, has_errors, sort_key
 from svcops.site.files import folder_problem, list_folder, read_file
 from svcops.site.model import Cluster, Site
@@ -104,6 +105,10 @@ def load_site(root: str | Path) -> tuple[Site | None, list[Diagnostic]]:
 # --- the pure core ------------------------------------------------------------------
 
 
+# A site of 10,000 services is some 200,000 YAML nodes, then values, lines and
+# Services, none in a cycle: the collector would walk them all, again and again, for
+# nothing (a fifth of the load).
+@gc_paused()
 def parse_site(
     root: str, config: bytes | str | None, manifests: Sequence[tuple[str, bytes | str]]
 ) -> tuple[Site | None, list[Diagnostic]]:

@@ -29,9 +29,47 @@ from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 from svcops.site.diagnostics import Diagnostic, error
 
 try:  # libyaml: about ten times faster than the pure-Python composer
-    _Loader: type = yaml.CSafeLoader
+    _Safe: type = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    _Loader = yaml.SafeLoader
+    _Safe = yaml.SafeLoader
+
+# Distinct scalars remembered by `_Loader.resolve`; past this many, it starts afresh.
+_MAX_TAGS = 100_000
+_tags: dict = {}
+
+
+class _Loader(_Safe):  # type: ignore[misc, valid-type]
+    """PyYAML's safe loader, asking its Python resolver once per distinct scalar.
+
+    Even libyaml's composer calls back into Python for the tag of every node: for a
+    plain scalar, a few regular-expression matches (is "80" an int, "yes" a bool?),
+    and a descend and an ascend for path resolvers that SafeLoader does not have.
+    That is a fifth of composing a site, and the answer depends only on the scalar's
+    text and whether it was quoted, so it is looked up in `_tags` (manifests repeat
+    "name", "port", "TCP", "http"... on every page). The tags are exactly the
+    resolver's: it computes each one the first time.
+    """
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        pass  # path resolvers only (SafeLoader has none: checked below)
+
+    def ascend_resolver(self) -> None:
+        pass
+
+    def resolve(self, kind: Any, value: Any, implicit: Any, _resolve=_Safe.resolve) -> str:
+        if kind is not ScalarNode:
+            return _resolve(self, kind, value, implicit)
+        key = (value, implicit)
+        tag = _tags.get(key)
+        if tag is None:
+            if len(_tags) >= _MAX_TAGS:
+                _tags.clear()
+            tag = _tags[key] = _resolve(self, kind, value, implicit)
+        return tag
+
+
+if _Safe.yaml_path_resolvers:  # pragma: no cover - someone gave SafeLoader path resolvers
+    _Loader = _Safe  # noqa: F811 - their tags depend on where a node is: no memo
 
 Path = tuple  # a path into a document: keys (str) and list indexes (int)
 
@@ -140,7 +178,6 @@ class _Walker:
 
     def mapping(self, node: MappingNode, path: Path) -> dict:
         out: dict = {}
-        first: dict = {}  # key -> line of its first occurrence
         lines = self.lines
         merges = []
         for knode, vnode in node.value:
@@ -152,14 +189,15 @@ class _Walker:
                 continue
             # Keys are strings once Kubernetes has converted YAML to JSON (`80: x` -> "80").
             key = knode.value
-            line = knode.start_mark.line + 1
             p = path + (key,)
-            if key in first:
-                self.problem(knode, p, f'duplicate key "{key}" (first on line {first[key]})')
+            if key in out:  # merged keys come after this loop: `out` holds this mapping's own
+                self.problem(knode, p, f'duplicate key "{key}" (first on line {lines[p]})')
                 continue
-            first[key] = line
-            lines[p] = line
-            out[key] = self.walk(vnode, p)
+            lines[p] = knode.start_mark.line + 1
+            if vnode.__class__ is ScalarNode and vnode.tag == _STR:
+                out[key] = vnode.value  # most values: a string, without two calls
+            else:
+                out[key] = self.walk(vnode, p)
         # `<<: *anchor` merges keys the mapping does not set itself (YAML 1.1, as kubectl).
         for vnode in merges:
             sources = vnode.value if isinstance(vnode, SequenceNode) else [vnode]
