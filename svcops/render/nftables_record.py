@@ -290,26 +290,40 @@ def _with_canary(txs: Sequence[str], fingerprint: str) -> tuple[str, ...]:
 
 # The shell function that loads a record folder into the kernel (the boot script, and
 # the rollback of an apply that read the whole table): the skeleton (which deletes any
-# svcops table first), the buckets 25 at a time (~1,000 units a transaction at 10,000
-# services), the canary last. Needs `svcops.render.nftables_sync.LOADER` defined first.
+# svcops table first), the buckets the index names 25 at a time (~1,000 units a
+# transaction at 10,000 services), the canary last. A file that is not the one the
+# index names (edited, truncated, lost) is loaded as it is, and the canary is left
+# out: the next apply reads the whole table and puts it right. Needs
+# `svcops.render.nftables_sync.LOADER` defined first.
 BOOT_LOADER = r"""svcops_nft_boot() {
     [ -f "$1/index" ] && [ -f "$1/sk" ] || { echo "svcops: no nftables record in $1" >&2; return 1; }
     _fp=$(head -n 1 "$1/index" | cut -d' ' -f4)
     _b=$(mktemp /run/svcops-nft-boot.XXXXXX) || return 1
+    rm -f "$_b.bad"
     {
         echo '# svcops: transaction 1'
         cat "$1/sk"
-        _i=0
-        for _f in "$1"/[0-9a-f][0-9a-f]; do
-            [ -f "$_f" ] || continue
-            if [ $((_i % 25)) = 0 ]; then echo "# svcops: transaction $((_i / 25 + 2))"; fi
-            cat "$_f"
-            _i=$((_i + 1))
-        done
-        echo '# svcops: transaction last'
-""" + "".join(f"        echo '{line}'\n" for line in canary_command("FP").replace("FP", "'\"$_fp\"'").splitlines()) + r"""    } > "$_b"
+        tail -n +2 "$1/index" | {
+            _i=0
+            while read -r _n _c _f; do
+                if [ "$(sha256sum < "$1/$_n" 2>/dev/null | cut -c1-32)" != "$_f" ]; then
+                    echo "svcops: $1/$_n is not the file the record's index names: the next apply reads the whole table" >&2
+                    : > "$_b.bad"
+                fi
+                [ "$_n" = sk ] && continue
+                if [ $((_i % 25)) = 0 ]; then echo "# svcops: transaction $((_i / 25 + 2))"; fi
+                cat "$1/$_n" 2>/dev/null
+                _i=$((_i + 1))
+            done
+        }
+    } > "$_b"
+    if [ ! -e "$_b.bad" ]; then
+        {
+            echo '# svcops: transaction last'
+""" + "".join(f"            echo '{line}'\n" for line in canary_command("FP").replace("FP", "'\"$_fp\"'").splitlines()) + r"""        } >> "$_b"
+    fi
     svcops_nft_load "$_b"; _rc=$?
-    rm -f "$_b"
+    rm -f "$_b" "$_b.bad"
     return $_rc
 }
 """

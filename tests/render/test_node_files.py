@@ -165,3 +165,28 @@ def test_the_announce_file_refuses_an_interface_the_restore_script_would_misread
             announce_file([Announcement("192.0.2.1", iface, ("default/web",))])
     with pytest.raises(ValueError):
         announce_file([Announcement("192.0.2.1 lo\n10.0.0.1", "eth0", ("default/web",))])
+
+
+@root
+def test_a_record_file_that_is_not_the_one_its_index_names_boots_without_the_canary(tmp_path):
+    """Loaded as it is (traffic first), but without the canary: the next apply reads the
+    whole table and puts it right."""
+    from svcops.render.nftables_record import parse_canary, record_files
+
+    files = files_of("nftables")
+    record = tmp_path / "nft.d"
+    script = files.files[RESTORE_SCRIPT].replace(NFT_RECORD_DIR, str(record))
+    script = script.replace("/etc/svcops/announce", str(tmp_path / "announce"))
+    rules = compiled("nftables").outputs["node1"].nftables
+    record.mkdir()
+    written = {n: t for n, t in record_files(rules).items() if t is not None}
+    for name, text in written.items():
+        (record / name).write_text(text)
+    bucket = next(n for n in sorted(written) if n not in ("index", "sk"))
+    with (record / bucket).open("a") as f:
+        f.write("# edited by hand\n")
+    with netns() as ns:
+        r = ns_sh(ns, script)
+        assert f"{bucket} is not the file the record's index names" in r.stderr
+        assert transactions(rules, live_state(ns).live) == []
+        assert parse_canary(ns_sh(ns, "nft list set ip svcops state").stdout.splitlines()) is None
