@@ -132,18 +132,26 @@ def test_boot_files_follow_the_mode_and_the_other_modes_files_go():
 
 @root
 @pytest.mark.root
-def test_nftables_restore_script_rebuilds_the_table_and_touches_nothing_else(tmp_path):
-    from svcops.render.nftables_record import fingerprint_of, parse_canary, record_files
+def _nft_boot(tmp_path):
+    """(the restore script, pointed at a record folder in tmp_path holding node1's
+    nftables record; the folder; node1's NftRules)."""
+    from svcops.render.nftables_record import record_files
 
-    files = files_of("nftables")
     record = tmp_path / "nft.d"
-    script = files.files[RESTORE_SCRIPT].replace(NFT_RECORD_DIR, str(record))
+    script = files_of("nftables").files[RESTORE_SCRIPT].replace(NFT_RECORD_DIR, str(record))
     script = script.replace("/etc/svcops/announce", str(tmp_path / "announce"))
     rules = compiled("nftables").outputs["node1"].nftables
     record.mkdir()
     for name, text in record_files(rules).items():
         if text is not None:
             (record / name).write_text(text)
+    return script, record, rules
+
+
+def test_nftables_restore_script_rebuilds_the_table_and_touches_nothing_else(tmp_path):
+    from svcops.render.nftables_record import fingerprint_of, parse_canary
+
+    script, _, rules = _nft_boot(tmp_path)
     with netns() as ns:
         ns_sh(ns, "nft add table inet theirs; nft add chain inet theirs input '{ type filter hook input priority 0; }'")
         for _ in range(2):  # idempotent
@@ -171,18 +179,10 @@ def test_the_announce_file_refuses_an_interface_the_restore_script_would_misread
 def test_a_record_file_that_is_not_the_one_its_index_names_boots_without_the_canary(tmp_path):
     """Loaded as it is (traffic first), but without the canary: the next apply reads the
     whole table and puts it right."""
-    from svcops.render.nftables_record import parse_canary, record_files
+    from svcops.render.nftables_record import parse_canary
 
-    files = files_of("nftables")
-    record = tmp_path / "nft.d"
-    script = files.files[RESTORE_SCRIPT].replace(NFT_RECORD_DIR, str(record))
-    script = script.replace("/etc/svcops/announce", str(tmp_path / "announce"))
-    rules = compiled("nftables").outputs["node1"].nftables
-    record.mkdir()
-    written = {n: t for n, t in record_files(rules).items() if t is not None}
-    for name, text in written.items():
-        (record / name).write_text(text)
-    bucket = next(n for n in sorted(written) if n not in ("index", "sk"))
+    script, record, rules = _nft_boot(tmp_path)
+    bucket = next(p.name for p in sorted(record.iterdir()) if p.name not in ("index", "sk"))
     with (record / bucket).open("a") as f:
         f.write("# edited by hand\n")
     with netns() as ns:
