@@ -130,8 +130,6 @@ def test_boot_files_follow_the_mode_and_the_other_modes_files_go():
         assert r.returncode == 0, r.stderr
 
 
-@root
-@pytest.mark.root
 def _nft_boot(tmp_path):
     """(the restore script, pointed at a record folder in tmp_path holding node1's
     nftables record; the folder; node1's NftRules)."""
@@ -148,6 +146,8 @@ def _nft_boot(tmp_path):
     return script, record, rules
 
 
+@root
+@pytest.mark.root
 def test_nftables_restore_script_rebuilds_the_table_and_touches_nothing_else(tmp_path):
     from svcops.render.nftables_record import fingerprint_of, parse_canary
 
