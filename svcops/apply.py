@@ -184,7 +184,7 @@ def _disconnect(state) -> None:
         pass
 
 
-def _gather(state, plan, node_timeout: float, timeout: int) -> dict:
+def _gather(state, plan, node_timeout: float, timeout: int, verify: bool = False) -> dict:
     """Facts of every connected host, in parallel; name -> NodeDiff (or an error text)."""
     import gevent
     from pyinfra.context import ctx_host, ctx_state
@@ -193,9 +193,10 @@ def _gather(state, plan, node_timeout: float, timeout: int) -> dict:
     from svcops.facts.dns import SvcopsDns
     from svcops.facts.iptables import SvcopsIptables
     from svcops.facts.ipvs import SvcopsIpvs
-    from svcops.facts.nftables import SvcopsNftables
+    from svcops.facts.nftables import SvcopsNftables, SvcopsNftBuckets, SvcopsNftCanary
     from svcops.facts.node import SvcopsNodeState
     from svcops.nodediff import node_diff
+    from svcops.render.nftables_record import fast_buckets, fast_plan
     from svcops.operations.txn import Pulse
 
     hosts = [h for h in state.inventory if h in state.active_hosts]
@@ -204,13 +205,25 @@ def _gather(state, plan, node_timeout: float, timeout: int) -> dict:
         with ctx_state.use(state), ctx_host.use(h):
             # One round trip; a part that failed is read again on its own (pyinfra reports it).
             got = h.get_fact(SvcopsFacts, _timeout=timeout) or {}
-            live, node_state, nft, ipvs, dns = (
+            live, node_state, canary, ipvs, dns = (
                 got[cls.__name__] if cls.__name__ in got else h.get_fact(cls, _timeout=timeout)
-                for cls in (SvcopsIptables, SvcopsNodeState, SvcopsNftables, SvcopsIpvs, SvcopsDns)
+                for cls in (SvcopsIptables, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvs, SvcopsDns)
             )
+            # nftables: what the apply's fast path would send, when the record is
+            # trusted; else the whole table, as the apply would read it.
+            out = plan.node(h.name).output
+            fast = None
+            if out.mode == "nftables" and canary is not None and canary.trusted and not verify:
+                names = fast_buckets(canary.index, out.nftables)
+                if names is not None:
+                    old = h.get_fact(SvcopsNftBuckets, buckets=tuple(names), _timeout=timeout) if names else {}
+                    fast = fast_plan(out.nftables, canary.index, old or {})
+            nft = h.get_fact(SvcopsNftables, _timeout=timeout) if fast is None else True
         if live is None or node_state is None or nft is None or ipvs is None or dns is None:
             return "could not read the node's state (see above)"
         session = h.data.get("ssh_hostname") or h.name
+        if fast is not None:
+            return node_diff(plan.node(h.name), live, node_state, session, None, ipvs, dns, nft_fast=fast)
         return node_diff(plan.node(h.name), live, node_state, session, nft, ipvs, dns)
 
     def watched(h):
@@ -238,7 +251,7 @@ def _dry(opts: ApplyOptions, plan, names: list[str], out: TextIO) -> tuple[dict,
     try:
         _connect(state)
         o = opts.txn()
-        diffs = _gather(state, plan, o.node_timeout, o.deadline)
+        diffs = _gather(state, plan, o.node_timeout, o.deadline, o.verify)
     finally:
         _disconnect(state)
     unreachable = [n for n in names if n not in diffs]

@@ -90,11 +90,14 @@ class NodeDiff:
         }
 
 
-def mode_changes(out, nft=None, ipvs=None, iptables: LiveTables | None = None) -> list[str]:
+def mode_changes(out, nft=None, ipvs=None, iptables: LiveTables | None = None, nft_fast=None) -> list[str]:
     """The nftables / IPVS lines of the diff, from the SvcopsNftables and SvcopsIpvs
-    facts (None: not read)."""
+    facts (None: not read), or for nftables from the record (`nft_fast`, a
+    `svcops.render.nftables_record.FastPlan`: what the apply's fast path would send)."""
     lines: list[str] = []
-    if nft is not None:
+    if nft_fast is not None:
+        lines += nft_fast.summary()
+    elif nft is not None:
         want = out.nftables if out.mode == "nftables" else None
         if not nft.available:
             if want is not None:
@@ -133,11 +136,13 @@ def _nft_lines(plan) -> list[str]:
 
 
 def node_diff(
-    plan, live: LiveTables, state: NodeState, session_address: str | None = None, nft=None, ipvs=None, dns=None
+    plan, live: LiveTables, state: NodeState, session_address: str | None = None, nft=None, ipvs=None, dns=None,
+    nft_fast=None,
 ) -> NodeDiff:
     """What applying `plan` (a NodePlan) would change on a node whose facts are
     `live` (SvcopsIptables), `state` (SvcopsNodeState) and, when read, `nft`
-    (SvcopsNftables), `ipvs` (SvcopsIpvs) and `dns` (SvcopsDns)."""
+    (SvcopsNftables) or `nft_fast` (the fast path's plan from the record), `ipvs`
+    (SvcopsIpvs) and `dns` (SvcopsDns)."""
     out = plan.output
     added: list[str] = []
     removed: list[str] = []
@@ -168,7 +173,7 @@ def node_diff(
         tuple(removed),
         tuple(files),
         state.ip_forward != "1",
-        tuple(mode_changes(out, nft, ipvs, live)),
+        tuple(mode_changes(out, nft, ipvs, live, nft_fast)),
         tuple(p for p in plan.files.remove if p in state.files),
         tuple(_dns_lines(plan, dns)),
     )

@@ -214,6 +214,19 @@ class FastPlan:
     buckets: tuple[str, ...]
     files: dict[str, str | None]  # bucket -> new text (None: removed), the index under "index"
     previous: NftLive | None = None  # the old units, digest-level (for the UDP conntrack cleanup)
+    added: int = 0  # service ports new, changed and gone
+    changed: int = 0
+    removed: int = 0
+
+    def summary(self) -> list[str]:
+        """`svcops apply --dry`'s lines for it."""
+        if not self.transactions:
+            return []
+        n = len(self.transactions)
+        return [
+            f"nftables: service ports +{self.added} ~{self.changed} -{self.removed}, {n} transaction{'s' if n != 1 else ''}"
+            f" (from the record: {len(self.buckets)} of its buckets read)"
+        ]
 
 
 def fast_buckets(have: RecordIndex, rules: NftRules) -> list[str] | None:
@@ -255,13 +268,14 @@ def fast_plan(
     file_digests = {b: d for b, d in have.files.items() if b not in wanted}
     file_digests.update({b: digest_text(t) for b, t in texts.items() if t})
     new_index = make_index(MODE, SKELETON_DIGEST, digests, {b: file_digests[b] for b in digests})
-    forward = plan_update(NftRules(rules.node, tuple(new_units)), _live_of(old_units), chunk).transactions
+    ahead = plan_update(NftRules(rules.node, tuple(new_units)), _live_of(old_units), chunk)
+    forward = ahead.transactions
     back = plan_update(NftRules(rules.node, tuple(old_units)), _live_of(new_units), chunk).transactions
     files: dict[str, str | None] = {b: (texts.get(b) or None) for b in names}
     files["index"] = index_text(new_index)
     return FastPlan(
         _with_canary(forward, new_index.fingerprint), _with_canary(back, have.fingerprint), tuple(names), files,
-        _live_of(old_units),
+        _live_of(old_units), ahead.added, ahead.changed, ahead.removed,
     )  # fmt: skip
 
 

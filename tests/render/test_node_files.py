@@ -176,6 +176,7 @@ def test_the_announce_file_refuses_an_interface_the_restore_script_would_misread
 
 
 @root
+@pytest.mark.root
 def test_a_record_file_that_is_not_the_one_its_index_names_boots_without_the_canary(tmp_path):
     """Loaded as it is (traffic first), but without the canary: the next apply reads the
     whole table and puts it right."""
