@@ -20,8 +20,11 @@ apply and the rollback all use it::
     # svcops: transaction 2/3
     add chain ip svcops service-...
 
-The boot file (``/etc/svcops/rules.nft``) is the cold load of the last applied state,
-its first line ``# svcops-state <fingerprint>``. The fingerprint sums up a table as
+Before the record (`svcops.render.nftables_record`, issue 11) the boot data was one
+file, ``/etc/svcops/rules.nft``: the cold load of the last applied state, its first line
+``# svcops-state <fingerprint>`` (`boot_file`). A node upgraded from then still has it
+until its first apply removes it, and an apply that reads the whole table may use it
+as its rollback, as described here. The fingerprint sums up a table as
 the skeleton's digest and every service port's digest, which the live table carries in
 its comments too (`live_fingerprint`). So the controller knows, without reading
 the node's files, whether the boot file holds exactly what the live table holds (the
@@ -118,8 +121,9 @@ def count_transactions(text: str) -> int:
 
 
 def boot_file(rules: NftRules, chunk: int = 1000) -> str:
-    """``/etc/svcops/rules.nft``: the cold load of `rules`, fingerprinted. Loading it
-    replaces whatever svcops table is there (its first transaction deletes it)."""
+    """``/etc/svcops/rules.nft`` as svcops wrote it before the record: the cold load of
+    `rules`, fingerprinted. Loading it replaces whatever svcops table is there (its
+    first transaction deletes it)."""
     return chunked(cold_payloads(rules, chunk), fingerprint(rules))
 
 
