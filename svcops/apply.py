@@ -96,6 +96,7 @@ class ApplyOptions:
     lock_timeout: float | None = None
     node_timeout: float | None = None
     command_timeout: int | None = None
+    verify: bool = False  # read every node's whole live state (no fast path)
 
     def txn(self):
         """The nodes' transaction options (`svcops.deploy.TxnOptions`)."""
@@ -107,6 +108,7 @@ class ApplyOptions:
             self.lock_timeout if self.lock_timeout is not None else d.lock_timeout,
             self.node_timeout or d.node_timeout,
             self.command_timeout or d.deadline,
+            verify=self.verify,
         )
 
 
@@ -201,7 +203,8 @@ def _gather(state, plan, node_timeout: float, timeout: int) -> dict:
     def one(h):
         with ctx_state.use(state), ctx_host.use(h):
             # One round trip; a part that failed is read again on its own (pyinfra reports it).
-            got = h.get_fact(SvcopsFacts, _timeout=timeout) or {}
+            # iptables is read whole, not through its canary: a dry run reports what differs.
+            got = h.get_fact(SvcopsFacts, full_iptables=True, _timeout=timeout) or {}
             live, node_state, nft, ipvs, dns = (
                 got[cls.__name__] if cls.__name__ in got else h.get_fact(cls, _timeout=timeout)
                 for cls in (SvcopsIptables, SvcopsNodeState, SvcopsNftables, SvcopsIpvs, SvcopsDns)

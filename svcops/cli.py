@@ -235,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inventory(p, required=True)
     p.add_argument("--dry", action="store_true", help="show per node what would change (reads the nodes' live state); change nothing")
     p.add_argument("--json", action="store_true", help="with --dry: print the per-node diff as JSON on stdout")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="read each node's whole live state, whatever its record and canary say (slow at 10,000 services)",
+    )
     p.add_argument("--limit", metavar="NODE[,NODE]", help="only these nodes: names or globs, comma-separated")
     p.add_argument("--serial", type=_positive_int, metavar="N", help="rolling batches of N nodes, one pyinfra run each")
     p.add_argument(
@@ -598,6 +603,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         lock_timeout=args.lock_timeout,
         node_timeout=args.node_timeout,
         command_timeout=args.command_timeout,
+        verify=args.verify,
     )
     return run(opts)
 

@@ -156,6 +156,7 @@ class TxnOptions:
     node_timeout: float = txn.DEFAULT_NODE_TIMEOUT  # no answer for this long: unreachable
     deadline: int = txn.DEFAULT_STEP_DEADLINE  # one remote command or step at most
     verify_ssh: bool = True  # commit through a fresh SSH login
+    verify: bool = False  # read the whole live state, not trusting the record on the node
 
 
 def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ssh: bool = True, options: TxnOptions | None = None) -> list[tuple[str, object]]:
@@ -183,7 +184,7 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
 
     def add_iptables():
         metas.append(
-            ("iptables rules", iptables.rules(name="svcops | iptables rules", rules=out.iptables, verify_ssh=verify_ssh, udp_ports=plan.udp_ports if out.mode == "iptables" else None, **kwargs))
+            ("iptables rules", iptables.rules(name="svcops | iptables rules", rules=out.iptables, verify_ssh=verify_ssh, udp_ports=plan.udp_ports if out.mode == "iptables" else None, verify=o.verify, **kwargs))
         )
 
     def add_nftables(rules):

@@ -53,6 +53,7 @@ from svcops.render.txn import (
     backup_and_write,
     commit_command,
     guard_script,
+    replace_files_script,
     step_command,
     txn_dir,
     undo_path,
@@ -75,6 +76,7 @@ __all__ = [
     "STOPPING",
     "files_dir",
     "replace_file",
+    "replace_files",
     "remove_files",
 ]
 
@@ -499,6 +501,26 @@ def replace_file(path: str, text: str, mode: str = "644", dir_mode: str | None =
         return
     change, undo = backup_and_write(g.token, f"{g.seq + 1:04d}", path, command)
     yield from step(path, change, undo, stdin)
+
+
+def replace_files(files, mode: str = "644", what: str = "files"):
+    """One step writing many files: `files` maps each path to its new text (None:
+    remove it). One upload carries every text; the undo puts every previous file back
+    (or removes the new ones). A generator, for ``yield from``."""
+    items = list(files.items())
+    if not items:
+        return
+    texts = [t for _, t in items if t is not None]
+    stdin = "".join(texts)
+    entries = [(p, None if t is None else len(t.encode()), mode) for p, t in items]
+    g = current()
+    token, key = (g.token, f"{g.seq + 1:04d}") if g is not None else (secrets.token_hex(6), "once")
+    change, undo = replace_files_script(token, key, entries)
+    if g is None:
+        # Outside a transaction: no undo, and the files' folder is this step's own.
+        change += f"rm -rf {txn_dir(token)}\n"
+    # pyinfra ends stdin with a newline: `head -c` reads exactly each text's bytes.
+    yield from step(what, change, undo, stdin or None)
 
 
 def remove_files(paths):

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from svcops.render.iptables import IptablesRules, Jump, restore_transactions
+from svcops.render.iptables_record import FIRST, LAST, MODE, RECORD_DIR, STATE, UNVERIFIED
 from svcops.render.ipvs import DUMMY_INTERFACE, SYSCTLS, ipvs_modules
 from svcops.render.nftables_sync import LOADER, boot_file
 from svcops.site.model import INTERFACE_NAME, Announcement, is_ipv4
@@ -90,7 +91,7 @@ MANAGED_FILES = (
 )  # fmt: skip
 # The rule files of each proxy mode: a file of another mode is removed from a node.
 MODE_FILES = {
-    "iptables": (RULES_FILE,),
+    "iptables": (),
     "nftables": (NFT_FILE,),
     "ipvs": (RULES_FILE, IPSET_FILE, IPVSADM_FILE, IPVS_ADDRESSES_FILE),
 }
@@ -147,9 +148,37 @@ def announce_file(announced: Sequence[Announcement]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def _iptables_part(jumps: Sequence[Jump]) -> list[str]:
+def _record_part() -> list[str]:
+    """iptables mode's chains from the record (`svcops.render.iptables_record`), then
+    the canary: the record's fingerprint when every bucket file is the one the index
+    names, else "unverified" (the next apply then reads the whole live state)."""
+    R, st = RECORD_DIR, STATE
+    return [
+        "# svcops's chains from its record: the shared chains jumped to (s0), each bucket of\n",
+        "# service ports, then the dispatch chains (s1); one transaction per bucket, in one\n",
+        "# iptables-restore. Then the canary chain, in both tables.\n",
+        f"R={R}\n",
+        'if [ -s "$R/index" ]; then\n',
+        f"    fp=$(sed -n '1s/^svcops-record [^ ]* {MODE} \\([^ ]*\\).*/\\1/p' \"$R/index\")\n",
+        '    if ! sed 1d "$R/index" | while read -r b d; do\n',
+        '        [ "$(sha256sum < "$R/$b" | cut -c1-32)" = "$d" ] || exit 1\n',
+        f"    done; then fp={UNVERIFIED}; fi\n",
+        f'    [ -n "$fp" ] || fp={UNVERIFIED}\n',
+        f"    {{ for b in {FIRST} $(sed '1d;s/ .*//' \"$R/index\" | grep -v '^s') {LAST}; do\n",
+        '          [ ! -f "$R/$b" ] || cat "$R/$b"\n',
+        "      done\n",
+        "      for t in filter nat; do\n",
+        f"          printf '*%s\\n:{st} - [0:0]\\n-A {st} -m comment --comment \"svcops-state %s\" -j RETURN\\nCOMMIT\\n' \"$t\" \"$fp\"\n",
+        "      done\n",
+        "    } | iptables-restore -w 5 --noflush\n",
+        "fi\n",
+    ]
+
+
+def _iptables_part(jumps: Sequence[Jump], record: bool = False) -> list[str]:
+    load = _record_part() if record else [f"iptables-restore -w 5 --noflush {RULES_FILE}\n"]
     out = [
-        f"iptables-restore -w 5 --noflush {RULES_FILE}\n",
+        *load,
         "ensure() {\n",
         '    t=$1; c=$2; shift 2\n',
         '    iptables -w 5 -t "$t" -C "$c" "$@" 2>/dev/null || iptables -w 5 -t "$t" -I "$c" 1 "$@"\n',
@@ -209,7 +238,7 @@ def restore_script(jumps: Sequence[Jump], mode: str = "iptables", modules: Seque
     elif mode == "ipvs":
         out += _ipvs_part(jumps, modules or ipvs_modules(""))
     else:
-        out += _iptables_part(jumps)
+        out += _iptables_part(jumps, record=True)
     out += [
         "# load-balancer addresses this node announces\n",
         f"if [ -s {ANNOUNCE_FILE} ]; then\n",
@@ -278,8 +307,8 @@ def node_files(
         files[IPSET_FILE] = ipvs.ipset
         files[IPVSADM_FILE] = ipvs.ipvsadm
         files[IPVS_ADDRESSES_FILE] = "".join(a + "\n" for a in ipvs.addresses)
-    else:
-        files[RULES_FILE] = boot_payload(rules)
+    # iptables mode: the rules are in the record (/etc/svcops/iptables.d), which the
+    # rules operation writes; the rules.v4 of before goes (MODE_FILES).
     files.update(
         {
             RESTORE_SCRIPT: restore_script(rules.jumps, mode, modules),

@@ -1,0 +1,321 @@
+"""iptables mode's record on the node, its canary, and the partial plan of the fast path.
+
+The record (`svcops.render.record`) of iptables mode is svcops's chains cut into
+*units*, one service port's chains each (its SVC, SVL, EXT and FW chains share the
+port's hash, `svcops.render.chains.port_hash`; its SEP chains are the ones its SVC or
+SVL chain jumps to), hashed into up to 256 bucket files, plus two buckets for the
+chains no service port owns:
+
+    s0   loaded first: nat SVCOPS-MARK-MASQ and SVCOPS-POSTROUTING, every filter chain
+         (the chains units jump to, or that jump nowhere svcops owns)
+    s1   loaded last: nat SVCOPS-SERVICES and SVCOPS-NODEPORTS (they jump into units)
+
+Each bucket file is ``iptables-restore --noflush`` text, one transaction per table,
+each unit preceded by a ``# unit KEY`` comment line::
+
+    *nat
+    # unit 5FZ3K2ZQ7LSY3NQH
+    :SVCOPS-SVC-5FZ3K2ZQ7LSY3NQH - [0:0]
+    :SVCOPS-SEP-... - [0:0]
+    -A SVCOPS-SVC-5FZ3K2ZQ7LSY3NQH ...
+    COMMIT
+
+so the boot script loads ``s0``, the hex buckets, then ``s1`` in one
+``iptables-restore`` (a transaction per bucket: ~400 chains each at 10,000 services),
+and the controller parses a bucket back into the chains it holds
+(`svcops.render.iptables.parse_iptables_save` skips the comments).
+
+The canary: a chain ``SVCOPS-STATE`` in both tables, one rule whose comment carries
+the record's fingerprint (`state_rule`). A flush, a table wiped by another tool's
+restore, a deleted chain or a reboot without svcops's boot script all remove it; the
+boot script writes it back from the index once every bucket file matches its digest
+(else it writes ``unverified``, which no index matches).
+
+The fast path (`partial_plan`): the canary of both tables and the index agree, and the
+jumps from the built-in chains are the rendered ones: the old texts of the buckets
+whose digests differ are the live state of their chains, so the restore names only
+those chains and the canary, and its rollback gives back exactly those.
+
+Pure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Mapping
+
+from svcops.render import chains as C
+from svcops.render.iptables import IptablesRules, Jump, LiveTable, LiveTables, TableRules, _chain_rules, _target, parse_iptables_save
+from svcops.render.record import Record, RecordIndex, bucket_of, changed_buckets, digest_text, index_text
+
+__all__ = [
+    "MODE",
+    "RECORD_DIR",
+    "INDEX_FILE",
+    "FIRST",
+    "LAST",
+    "STATE",
+    "UNVERIFIED",
+    "Cut",
+    "cut",
+    "record_of",
+    "bucket_text",
+    "bucket_units",
+    "state_rule",
+    "with_state",
+    "is_empty",
+    "Canary",
+    "parse_canary",
+    "canary_agrees",
+    "PartialPlan",
+    "partial_plan",
+    "record_files",
+]
+
+MODE = "iptables"
+RECORD_DIR = "/etc/svcops/iptables.d"
+INDEX_FILE = f"{RECORD_DIR}/index"
+FIRST, LAST = "s0", "s1"  # the shared buckets (not hex: no unit hashes into them)
+STATE = C.STATE
+UNVERIFIED = "unverified"  # the boot script's fingerprint when a bucket file does not match
+TABLES = ("filter", "nat")
+_LAST_CHAINS = frozenset({C.SERVICES, C.NODEPORTS})
+_PORT_PREFIXES = (C.SVC, C.SVL, C.EXT, C.FW)
+_STATE_DECL = f":{STATE} - [0:0]\n"
+_FP = re.compile(r'--comment "svcops-state ([^" ]+)"')
+
+
+def state_rule(fingerprint: str) -> str:
+    """The canary's one rule (as iptables-save prints it, without the newline)."""
+    return f'-A {STATE} -m comment --comment "svcops-state {fingerprint}" -j RETURN'
+
+
+# --- cutting the render into units and buckets --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """The render cut up: bucket -> table -> unit -> chain -> its "-A" lines (with
+    their newline), units and chains in the render's order."""
+
+    buckets: Mapping[str, Mapping[str, Mapping[str, Mapping[str, list[str]]]]]
+    jumps: tuple[Jump, ...]
+    node: str = ""
+
+
+def _unit_of(table: str, chain: str, sep_parent: Mapping[str, str]) -> str:
+    if table != "nat":
+        return FIRST
+    if chain in _LAST_CHAINS:
+        return LAST
+    for p in _PORT_PREFIXES:
+        if chain.startswith(p):
+            return chain[len(p) :]
+    if chain.startswith(C.SEP):
+        # An endpoint chain no SVC/SVL chain jumps to: a unit of its own.
+        return sep_parent.get(chain, chain)
+    return FIRST
+
+
+def _bucket(unit: str) -> str:
+    return unit if unit in (FIRST, LAST) else bucket_of(unit)
+
+
+def cut(rules: IptablesRules) -> Cut:
+    """`rules` cut into units and buckets (see the module's docstring)."""
+    out: dict[str, dict[str, dict[str, dict[str, list[str]]]]] = {}
+    for name in TABLES:
+        by_chain = _chain_rules(rules.table(name))
+        sep_parent: dict[str, str] = {}
+        for c, lines in by_chain.items():
+            if c.startswith(C.SVC) or c.startswith(C.SVL):
+                h = c[len(C.SVC) :]
+                for ln in lines:
+                    t = _target(ln.rstrip("\n"))
+                    if t is not None and t.startswith(C.SEP):
+                        sep_parent.setdefault(t, h)
+        for c, lines in by_chain.items():
+            unit = _unit_of(name, c, sep_parent)
+            out.setdefault(_bucket(unit), {}).setdefault(name, {}).setdefault(unit, {})[c] = lines
+    return Cut(out, rules.jumps, rules.node)
+
+
+def bucket_text(tables: Mapping[str, Mapping[str, Mapping[str, list[str]]]]) -> str:
+    """One bucket file: per table one transaction, each unit's declarations, then its
+    rules, after a ``# unit KEY`` line."""
+    out: list[str] = []
+    for name in TABLES:
+        units = tables.get(name)
+        if not units:
+            continue
+        out.append(f"*{name}\n")
+        for unit in sorted(units):
+            chains = units[unit]
+            out.append(f"# unit {unit}\n")
+            out.extend(f":{c} - [0:0]\n" for c in chains)
+            for lines in chains.values():
+                out.extend(lines)
+        out.append("COMMIT\n")
+    return "".join(out)
+
+
+def bucket_units(text: str) -> dict[str, LiveTables]:
+    """A bucket file parsed back: unit -> the chains it holds (for ``svcops check``'s
+    per-service report and tests)."""
+    out: dict[str, list[str]] = {}
+    table, unit = "", ""
+    for line in text.splitlines(keepends=True):
+        if line.startswith("*"):
+            table = line
+        elif line.startswith("# unit "):
+            unit = line[7:].strip()
+            out.setdefault(unit, []).append(table)
+        elif line.startswith("COMMIT"):
+            for lines in out.values():
+                if lines and lines[-1] != "COMMIT\n":
+                    lines.append("COMMIT\n")
+        elif unit:
+            out[unit].append(line)
+    return {u: parse_iptables_save("".join(lines)) for u, lines in out.items()}
+
+
+def _extra(jumps: tuple[Jump, ...]) -> str:
+    """The record's digest of what lives outside the buckets: svcops's jumps."""
+    return digest_text("".join(f"{j.table} {j.line}\n" for j in jumps))
+
+
+def record_of(c: Cut) -> Record:
+    """The record of a render (its buckets' texts; the jumps count in the fingerprint)."""
+    return Record(MODE, {b: bucket_text(t) for b, t in c.buckets.items()}, _extra(c.jumps))
+
+
+def is_empty(rules: IptablesRules) -> bool:
+    """No svcops rules at all (another proxy mode): no record and no canary either."""
+    return not (rules.jumps or rules.filter.chains or rules.nat.chains)
+
+
+def with_state(rules: IptablesRules, fingerprint: str) -> IptablesRules:
+    """`rules` plus the canary chain in both tables."""
+    rule = state_rule(fingerprint) + "\n"
+
+    def add(t: TableRules) -> TableRules:
+        return TableRules([*t.chains, _STATE_DECL], [*t.rules, rule])
+
+    return IptablesRules(rules.node, add(rules.filter), add(rules.nat), rules.jumps)
+
+
+def record_files(record: Record, have: Mapping[str, str] | None) -> dict[str, str | None]:
+    """Record file name -> its new text (None: remove), for the files whose digest
+    differs from `have` (name -> digest of the files in the record folder; None:
+    nothing known, write everything). An empty record removes every file."""
+    want: dict[str, str] = {b: t for b, t in record.buckets.items() if t}
+    if want:
+        want["index"] = index_text(record.index())
+    have = have or {}
+    out: dict[str, str | None] = {n: t for n, t in want.items() if have.get(n) != digest_text(t)}
+    out.update({n: None for n in have if n not in want})
+    return dict(sorted(out.items()))
+
+
+# --- the canary -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """What the cheap fact read: each table's SVCOPS-STATE rules (a table without the
+    chain is absent), the svcops jumps of the built-in chains (per table, as
+    `LiveTable.jumps`), and the record's index (None: missing or not valid)."""
+
+    states: Mapping[str, tuple[str, ...]]
+    jumps: Mapping[str, tuple[str, ...]]
+    index: RecordIndex | None
+
+    def fingerprints(self) -> dict[str, str | None]:
+        """table -> the fingerprint its canary carries (None: no valid canary)."""
+        out: dict[str, str | None] = {}
+        for name in TABLES:
+            rules = self.states.get(name)
+            m = _FP.search(rules[0]) if rules and len(rules) == 1 else None
+            out[name] = m.group(1) if m and rules[0] == state_rule(m.group(1)) else None
+        return out
+
+    def anything(self) -> bool:
+        """Whether svcops left anything here that the canary can see."""
+        return bool(self.states or any(self.jumps.values()) or self.index is not None)
+
+
+def parse_canary(text: str, index: RecordIndex | None) -> Canary:
+    """The canary from ``*TABLE`` sections of ``iptables -S`` output (SVCOPS-STATE,
+    then the built-in chains); `index` parsed by the caller."""
+    # `iptables -S` prints "-N CHAIN" for a chain it lists: as iptables-save's ":CHAIN".
+    lines = [(":" + ln[3:].split(" ", 1)[0] + " - [0:0]") if ln.startswith("-N ") else ln for ln in text.splitlines()]
+    live = parse_iptables_save("\n".join(lines))
+    states = {n: live.table(n).chains[STATE] for n in TABLES if STATE in live.table(n).chains}
+    return Canary(states, {n: live.table(n).jumps for n in TABLES}, index)
+
+
+def canary_agrees(canary: Canary, rules: IptablesRules) -> bool:
+    """Whether the node holds the record: both tables' canary carry the index's
+    fingerprint, and svcops's jumps are exactly the rendered ones."""
+    if canary.index is None:
+        return False
+    fps = canary.fingerprints()
+    if any(fps[n] != canary.index.fingerprint for n in TABLES):
+        return False
+    for name in TABLES:
+        want = Counter(j.line for j in rules.jumps if j.table == name)
+        if Counter(canary.jumps.get(name, ())) != want:
+            return False
+    return True
+
+
+# --- the partial plan -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PartialPlan:
+    """The fast path's restore, on the changed buckets only: `rules` (their chains as
+    rendered, and the canary with the new fingerprint) against `live` (their chains
+    as the old bucket files hold them, the old canary and the live jumps); `files`: the
+    record files to write (None: remove)."""
+
+    rules: IptablesRules
+    live: LiveTables
+    files: dict[str, str | None]
+    fingerprint: str
+
+
+def partial_plan(c: Cut, record: Record, canary: Canary, old: Mapping[str, str]) -> PartialPlan:
+    """The fast path's plan. `old`: the changed buckets' texts as read from the node
+    (already checked with `svcops.render.record.verify_bucket`; "" for a bucket that
+    had no file); `canary` agrees (`canary_agrees`)."""
+    assert canary.index is not None
+    want = record.index()
+    changed = changed_buckets(canary.index, want)
+    decl: dict[str, list[str]] = {n: [] for n in TABLES}
+    lines: dict[str, list[str]] = {n: [] for n in TABLES}
+    for b in changed:
+        for name, units in c.buckets.get(b, {}).items():
+            for chains in units.values():
+                decl[name].extend(f":{ch} - [0:0]\n" for ch in chains)
+                for ls in chains.values():
+                    lines[name].extend(ls)
+    # The rendered jumps equal the live ones (the canary agrees): none is inserted.
+    first = IptablesRules(c.node, TableRules(decl["filter"], lines["filter"]), TableRules(decl["nat"], lines["nat"]), c.jumps)
+    rules = with_state(first, want.fingerprint)
+    was = parse_iptables_save("".join(old[b] for b in changed))
+    live = LiveTables(
+        {
+            n: LiveTable(
+                {**was.table(n).chains, **({STATE: canary.states[n]} if n in canary.states else {})},
+                canary.jumps.get(n, ()),
+            )
+            for n in TABLES
+        }
+    )
+    files: dict[str, str | None] = {b: (record.buckets.get(b) or None) for b in changed}
+    files["index"] = index_text(want)
+    return PartialPlan(rules, live, files, want.fingerprint)
+
