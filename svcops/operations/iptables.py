@@ -162,6 +162,9 @@ def rules(
         yield from _restore(full, live, chunk)
     if files:
         yield from txn.replace_files({f"{RECORD_DIR}/{n}": t for n, t in files.items()}, what="iptables-record")
+        if is_empty(rules):
+            # Another proxy mode: the record's folder goes with its files.
+            yield from txn.step("iptables-record-dir", f"rmdir {RECORD_DIR} 2>/dev/null || true", f"mkdir -p {RECORD_DIR}\n")
     if not sync:
         # After the new rules stand: flows deleted earlier would be re-made by the old rules.
         yield from cleanup_commands(live, udp_ports)

@@ -208,17 +208,18 @@ def replace_files_script(
         'put() { mkdir -p "${3%/*}" && chmod "$2" "$B/$1.new" && mv -f "$B/$1.new" "$3"; }',
     ]
     undo = [
-        f"B={b}",
+        f"B={b} rc=0",
+        # A file that was absent is absent again (its folder may be gone: not a failure).
         'back() { if [ -e "$B/$1" ] || [ -L "$B/$1" ]; then cp -a "$B/$1" "$2.svcops-undo" && mv -f "$2.svcops-undo" "$2"; '
-        'elif [ -e "$B/$1.absent" ]; then rm -f "$2"; fi; }',
+        'elif [ -e "$B/$1.absent" ]; then rm -f "$2" 2>/dev/null || [ ! -e "$2" ]; fi; }',
     ]
     for i, (path, _, _) in enumerate(files):
         change.append(f"keep {i} {shlex.quote(path)} || exit 1")
-        undo.append(f"back {i} {shlex.quote(path)}")
+        undo.append(f"back {i} {shlex.quote(path)} || rc=1")
     for i, (_, size, _) in enumerate(files):
         if size is not None:
             change.append(f"head -c {size} > $B/{i}.new || exit 1")
     for i, (path, size, mode) in enumerate(files):
         p = shlex.quote(path)
         change.append(f"rm -f {p} || exit 1" if size is None else f"put {i} {mode} {p} || exit 1")
-    return "\n".join(change) + "\n", "\n".join(undo) + "\n"
+    return "\n".join(change) + "\n", "\n".join(undo) + '\nexit "$rc"\n'

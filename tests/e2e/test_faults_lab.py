@@ -47,7 +47,7 @@ _SNAPSHOT = r"""
 if [ "$1" = nftables ]; then nft list table ip svcops 2>/dev/null | sed 's/ expires [0-9a-z]*//';
 else iptables-save | grep SVCOPS- ; fi
 echo '--- files'
-for f in /etc/svcops/* /etc/systemd/system/svcops-rules.service /etc/sysctl.d/90-svcops.conf \
+for f in /etc/svcops/* /etc/svcops/iptables.d/* /etc/systemd/system/svcops-rules.service /etc/sysctl.d/90-svcops.conf \
          /etc/network/interfaces.d/svcops /etc/powerdns/recursor-svcops.conf /etc/powerdns/svcops/* /etc/resolv.conf; do
     [ -e "$f" ] && echo "$(sha256sum < "$f" | cut -c1-16) $f"
 done
@@ -234,16 +234,22 @@ def test_04_a_node_held_by_someone_else_fails_naming_the_holder_and_is_left_as_i
 def test_05_a_step_that_fails_late_undoes_the_whole_node(on_a, proxy_mode):
     # node3's boot rules file cannot be replaced (its temporary name is taken by a folder):
     # the rules step has already run there when the files step fails.
-    boot = "/etc/svcops/rules.nft" if proxy_mode == "nftables" else "/etc/svcops/rules.v4"
-    sh("node3", f"mkdir -p {boot}.svcops-tmp")
+    # In iptables mode the record (written by the rules operation after its restore)
+    # cannot be: its folder's name is taken by a file.
+    if proxy_mode == "nftables":
+        block, unblock, late = "mkdir -p /etc/svcops/rules.nft.svcops-tmp", "rmdir /etc/svcops/rules.nft.svcops-tmp", "persisted files"
+    else:
+        d = "/etc/svcops/iptables.d"
+        block, unblock, late = f"mv {d} {d}.saved && touch {d}", f"rm -f {d} && mv {d}.saved {d}", "iptables rules"
+    sh("node3", block)
     try:
         r = apply(on_a["B"], "--rollback-after", "5", check=False)
         settle()
     finally:
-        sh("node3", f"rmdir {boot}.svcops-tmp")
+        sh("node3", unblock)
     assert r.returncode == 1
     assert results(r) == {"node1": "changed", "node2": "changed", "node3": "failed"}, r.stdout
-    assert "persisted files failed; rolled back" in r.stdout, r.stdout
+    assert f"{late} failed; rolled back" in r.stdout, r.stdout
     assert whole(on_a, "node3") == "A"
     assert whole(on_a, "node1") == whole(on_a, "node2") == "B"
     r = apply(on_a["B"], "--rollback-after", "5")
