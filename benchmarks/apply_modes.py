@@ -94,7 +94,19 @@ from svcops.render.nftables_live import LIST_COMMAND  # noqa: E402
 from svcops.compile.pipeline import compile_site  # noqa: E402
 from svcops.render.iptables import parse_iptables_save, restore_transactions  # noqa: E402
 from svcops.render.nftables import LIVE_COMMANDS, full_payload, parse_nft_list  # noqa: E402
-from svcops.render.iptables_sync import in_sync  # noqa: E402
+from svcops.render.iptables_sync import in_sync, rollback_payload, simulate  # noqa: E402
+from svcops.render.iptables_record import (  # noqa: E402
+    RECORD_DIR,
+    canary_agrees,
+    cut,
+    partial_plan,
+    record_files,
+    record_of,
+    with_state,
+)
+from svcops.render.record import changed_buckets, verify_bucket  # noqa: E402
+from svcops.render.txn import replace_files_script  # noqa: E402
+from svcops.facts.iptables import SvcopsIptablesBuckets, SvcopsIptablesCanary  # noqa: E402
 
 NODE = "node1"
 
@@ -142,6 +154,106 @@ def apply_iptables(ns: Netns, rules, limit: float) -> tuple[float, int, int]:
     except subprocess.TimeoutExpired:
         raise Stopped(f"iptables-restore of {len(payload) / 1e6:.0f} MB stopped after {limit:.0f} s") from None
     return time.perf_counter() - t, len(payload), len(txs)
+
+
+class Record:
+    """iptables mode's record folder for one benchmark node (a temporary folder standing
+    for /etc/svcops/iptables.d), and the facts' commands pointed at it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp / "iptables.d"
+        self.run = tmp / "run"
+
+    def command(self, fact, **kw) -> str:
+        return fact().command(**kw).replace(RECORD_DIR, str(self.dir))
+
+    def write(self, ns: Netns, files: dict) -> None:
+        """The files step, as the operation runs it (one upload, `replace_files_script`)."""
+        items = [(f"{self.dir}/{n}", t) for n, t in files.items()]
+        entries = [(p, None if t is None else len(t.encode()), "644") for p, t in items]
+        change, _undo = replace_files_script("bench", "0001", entries, run_dir=str(self.run))
+        ns.run(["sh", "-c", change + f"rm -rf {self.run}"], "".join(t for _, t in items if t is not None) + "\n")
+
+
+def apply_iptables_cold(ns: Netns, rules, rec: Record, limit: float) -> float:
+    """The full path on a clean node: iptables-save, the whole restore with the canary,
+    the whole record written."""
+    t = time.perf_counter()
+    live = parse_iptables_save(ns.run(["sh", "-c", "iptables-save -t filter && iptables-save -t nat"]))
+    record = record_of(cut(rules))
+    payload = "".join(restore_transactions(with_state(rules, record.index().fingerprint), live))
+    ns.run(["iptables-restore", "-w", "5", "--noflush"], payload, timeout=limit)
+    rec.write(ns, record_files(record, None))
+    return time.perf_counter() - t
+
+
+def apply_iptables_fast(ns: Netns, rules, rec: Record) -> tuple[float, dict[str, float], int]:
+    """(seconds, parts, payload bytes) of the operation's fast path: the canary, the
+    changed buckets read and checked, the partial restore and its rollback payload
+    built, one iptables-restore, the changed record files written."""
+    parts: dict[str, float] = {}
+    t0 = time.perf_counter()
+    canary = SvcopsIptablesCanary().process(ns.run(["sh", "-c", rec.command(SvcopsIptablesCanary)]).splitlines())
+    t1 = time.perf_counter()
+    parts["canary"] = t1 - t0
+    assert canary_agrees(canary, rules), "the canary disagrees"
+    c = cut(rules)
+    record = record_of(c)
+    changed = changed_buckets(canary.index, record.index())
+    t2 = time.perf_counter()
+    parts["cut+index"] = t2 - t1
+    if not changed:
+        return t2 - t0, parts, 0
+    out = ns.run(["sh", "-c", rec.command(SvcopsIptablesBuckets, buckets=tuple(changed))])
+    old = SvcopsIptablesBuckets().process(out.splitlines())
+    assert all(verify_bucket(canary.index, b, old.get(b, "")) for b in changed)
+    t3 = time.perf_counter()
+    parts["buckets read"] = t3 - t2
+    plan = partial_plan(c, record, canary, old)
+    payload = "".join(restore_transactions(plan.rules, plan.live))
+    rollback_payload(plan.live, plan.rules, after=simulate(plan.live, payload))
+    t4 = time.perf_counter()
+    parts["plan"] = t4 - t3
+    ns.run(["iptables-restore", "-w", "5", "--noflush"], payload)
+    t5 = time.perf_counter()
+    parts["restore"] = t5 - t4
+    rec.write(ns, plan.files)
+    parts["files"] = time.perf_counter() - t5
+    return time.perf_counter() - t0, parts, len(payload)
+
+
+_FLOOR = "*nat\n:SVCOPS-BENCH-FLOOR - [0:0]\n-A SVCOPS-BENCH-FLOOR -j RETURN\nCOMMIT\n"
+
+
+def restore_floor(ns: Netns) -> float:
+    """`iptables-restore --noflush` of one small chain (the floor of any restore at this
+    size: iptables-nft-restore reads the table's cache first); the chain is removed after."""
+    t = time.perf_counter()
+    ns.run(["iptables-restore", "-w", "5", "--noflush"], _FLOOR)
+    took = time.perf_counter() - t
+    ns.run(["sh", "-c", "iptables -t nat -F SVCOPS-BENCH-FLOOR && iptables -t nat -X SVCOPS-BENCH-FLOOR"])
+    return took
+
+
+def iptables_fast(ns: Netns, rules, rules2, tmp: Path, n: int, limit: float, results: dict) -> None:
+    """The fast path (issue 11) beside its floor: a cold apply writing the record, then
+    the one-service change and the in-sync apply through the canary; the floor measured
+    before and after the change, its median taken."""
+    rec = Record(tmp)
+    cold = apply_iptables_cold(ns, rules, rec, limit)
+    floors = [restore_floor(ns) for _ in range(3)]
+    change, parts, size = apply_iptables_fast(ns, rules2, rec)
+    floors += [restore_floor(ns) for _ in range(2)]
+    again, _, _ = apply_iptables_fast(ns, rules2, rec)
+    floor = sorted(floors)[len(floors) // 2]
+    results[(n, "iptables fast", "change")] = change
+    results[(n, "iptables fast", "floor")] = floor
+    print(
+        f"  {n:>6} services  iptables fast path: cold {cold:6.2f} s, one-service change {change:5.2f} s ({size / 1e3:.1f} kB), "
+        f"in sync {again:5.2f} s; floor (restore of one small chain) {floor:5.2f} s "
+        f"[{min(floors):.2f}-{max(floors):.2f}]; change / floor {change / floor:.2f}x"
+    )
+    print("          parts of the change: " + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items()))
 
 
 def read_nft(ns: Netns, full: bool) -> tuple[object, float, float, float, float]:
@@ -202,6 +314,7 @@ def main() -> int:
     ap.add_argument("--modes", default="iptables,nftables")
     ap.add_argument("--single", action="store_true", help="also time nftables' cold load as one transaction")
     ap.add_argument("--limit", type=float, default=300, help="stop an iptables-restore after this many seconds (default 300)")
+    ap.add_argument("--fast-only", action="store_true", help="iptables: only the fast path (record and canary) beside its floor")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -228,6 +341,9 @@ def main() -> int:
                 with Netns() as ns:
                     if mode == "iptables":
                         rules, rules2 = c.outputs[NODE].iptables, c2.outputs[NODE].iptables
+                        if a.fast_only:
+                            iptables_fast(ns, rules, rules2, tmp, n, a.limit, results)
+                            continue
                         try:
                             cold, size, ntx = apply_iptables(ns, rules, a.limit)
                             change, csize, ctx = apply_iptables(ns, rules2, a.limit)
@@ -235,6 +351,8 @@ def main() -> int:
                         except Stopped as e:
                             print(f"  {n:>6} services  {mode:<9} {e}")
                             continue
+                        with Netns() as ns2:
+                            iptables_fast(ns2, rules, rules2, tmp, n, a.limit, results)
                     else:
                         rules, rules2 = c.outputs[NODE].nftables, c2.outputs[NODE].nftables
                         cold, size, ntx = apply_nftables(ns, rules, tmp)

@@ -16,6 +16,7 @@ from svcops.render.iptables_sync import TablesDiff, diff_tables
 from svcops.render.ipvs import ipvs_modules
 from svcops.render.ipvs_sync import ipvs_plan, ipvs_removal
 from svcops.render.nftables_sync import DELETE_TABLE, nft_plan
+from svcops.render.iptables_record import applied_rules
 from svcops.render.node_files import sha256_text
 from svcops.site.model import address_label
 
@@ -163,7 +164,8 @@ def node_diff(
         files.append(plan.files.link[0] + " -> " + plan.files.link[1])
     return NodeDiff(
         out.node.name,
-        diff_tables(out.iptables, live),
+        # iptables mode's canary chain is svcops's too (`svcops.render.iptables_record`).
+        diff_tables(applied_rules(out.iptables) if out.mode == "iptables" else out.iptables, live),
         tuple(added),
         tuple(removed),
         tuple(files),

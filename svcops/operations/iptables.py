@@ -37,13 +37,13 @@ from svcops.render.iptables_record import (
     FIRST,
     LAST,
     RECORD_DIR,
+    applied_rules,
     canary_agrees,
     cut,
     is_empty,
     partial_plan,
     record_files,
     record_of,
-    with_state,
 )
 from svcops.render.iptables_sync import in_sync, rollback_payload, simulate
 from svcops.render.record import bucket_of, changed_buckets, verify_bucket
@@ -151,7 +151,7 @@ def rules(
     if live is None:
         yield fail("the node's iptables (iptables-save)")
         return
-    full = rules if is_empty(rules) else with_state(rules, record.index().fingerprint)
+    full = applied_rules(rules, record)
     files = record_files(record, host.get_fact(SvcopsIptablesRecord))
     sync = in_sync(full, live)
     if sync and not files:

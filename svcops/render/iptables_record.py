@@ -65,6 +65,7 @@ __all__ = [
     "bucket_units",
     "state_rule",
     "with_state",
+    "applied_rules",
     "is_empty",
     "Canary",
     "parse_canary",
@@ -204,6 +205,15 @@ def with_state(rules: IptablesRules, fingerprint: str) -> IptablesRules:
         return TableRules([*t.chains, _STATE_DECL], [*t.rules, rule])
 
     return IptablesRules(rules.node, add(rules.filter), add(rules.nat), rules.jumps)
+
+
+def applied_rules(rules: IptablesRules, record: Record | None = None) -> IptablesRules:
+    """What iptables mode leaves on a node: `rules` with the canary carrying their
+    record's fingerprint (no canary for empty rules: another proxy mode)."""
+    if is_empty(rules):
+        return rules
+    record = record or record_of(cut(rules))
+    return with_state(rules, record.index().fingerprint)
 
 
 def record_files(record: Record, have: Mapping[str, str] | None) -> dict[str, str | None]:
