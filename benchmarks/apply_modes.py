@@ -98,7 +98,6 @@ from svcops.render.iptables_sync import in_sync, rollback_payload, simulate  # n
 from svcops.render.iptables_record import (  # noqa: E402
     RECORD_DIR,
     canary_agrees,
-    cut,
     partial_plan,
     record_files,
     record_of,
@@ -180,7 +179,7 @@ def apply_iptables_cold(ns: Netns, rules, rec: Record, limit: float) -> float:
     the whole record written."""
     t = time.perf_counter()
     live = parse_iptables_save(ns.run(["sh", "-c", "iptables-save -t filter && iptables-save -t nat"]))
-    record = record_of(cut(rules))
+    record = record_of((rules))
     payload = "".join(restore_transactions(with_state(rules, record.index().fingerprint), live))
     ns.run(["iptables-restore", "-w", "5", "--noflush"], payload, timeout=limit)
     rec.write(ns, record_files(record, None))
@@ -197,11 +196,10 @@ def apply_iptables_fast(ns: Netns, rules, rec: Record) -> tuple[float, dict[str,
     t1 = time.perf_counter()
     parts["canary"] = t1 - t0
     assert canary_agrees(canary, rules), "the canary disagrees"
-    c = cut(rules)
-    record = record_of(c)
+    record = record_of(rules)
     changed = changed_buckets(canary.index, record.index())
     t2 = time.perf_counter()
-    parts["cut+index"] = t2 - t1
+    parts["record+index"] = t2 - t1
     if not changed:
         return t2 - t0, parts, 0
     out = ns.run(["sh", "-c", rec.command(SvcopsIptablesBuckets, buckets=tuple(changed))])
@@ -209,7 +207,7 @@ def apply_iptables_fast(ns: Netns, rules, rec: Record) -> tuple[float, dict[str,
     assert all(verify_bucket(canary.index, b, old.get(b, "")) for b in changed)
     t3 = time.perf_counter()
     parts["buckets read"] = t3 - t2
-    plan = partial_plan(c, record, canary, old)
+    plan = partial_plan(rules, record, canary, old)
     payload = "".join(restore_transactions(plan.rules, plan.live))
     rollback_payload(plan.live, plan.rules, after=simulate(plan.live, payload))
     t4 = time.perf_counter()

@@ -39,7 +39,6 @@ from svcops.render.iptables_record import (
     RECORD_DIR,
     applied_rules,
     canary_agrees,
-    cut,
     is_empty,
     partial_plan,
     record_files,
@@ -124,8 +123,7 @@ def rules(
         # jump, no record): nothing to remove.
         host.noop("svcops has no iptables rules here")
         return
-    c = cut(rules)
-    record = record_of(c)
+    record = record_of(rules)
     if not verify and not is_empty(rules) and canary_agrees(canary, rules):
         changed = changed_buckets(canary.index, record.index())
         if not changed:
@@ -133,7 +131,7 @@ def rules(
             return
         old = host.get_fact(SvcopsIptablesBuckets, buckets=tuple(changed))
         if old is not None and all(verify_bucket(canary.index, b, old.get(b, "")) for b in changed):
-            plan = partial_plan(c, record, canary, old)
+            plan = partial_plan(rules, record, canary, old)
             implicit = yield from txn.ensure(rollback_after=rollback_after)
             yield from _restore(plan.rules, plan.live, chunk)
             yield from txn.replace_files({f"{RECORD_DIR}/{n}": t for n, t in plan.files.items()}, what="iptables-record")

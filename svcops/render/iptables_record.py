@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from svcops.render import chains as C
-from svcops.render.iptables import IptablesRules, Jump, LiveTable, LiveTables, TableRules, _chain_rules, _target, parse_iptables_save
+from svcops.render.iptables import IptablesRules, LiveTable, LiveTables, TableRules, parse_iptables_save
 from svcops.render.record import Record, RecordIndex, bucket_of, changed_buckets, digest_text, index_text
 
 __all__ = [
@@ -58,10 +58,7 @@ __all__ = [
     "LAST",
     "STATE",
     "UNVERIFIED",
-    "Cut",
-    "cut",
     "record_of",
-    "bucket_text",
     "bucket_units",
     "state_rule",
     "with_state",
@@ -82,8 +79,6 @@ FIRST, LAST = "s0", "s1"  # the shared buckets (not hex: no unit hashes into the
 STATE = C.STATE
 UNVERIFIED = "unverified"  # the boot script's fingerprint when a bucket file does not match
 TABLES = ("filter", "nat")
-_LAST_CHAINS = frozenset({C.SERVICES, C.NODEPORTS})
-_PORT_PREFIXES = (C.SVC, C.SVL, C.EXT, C.FW)
 _STATE_DECL = f":{STATE} - [0:0]\n"
 _FP = re.compile(r'--comment "svcops-state ([^" ]+)"')
 
@@ -93,73 +88,50 @@ def state_rule(fingerprint: str) -> str:
     return f'-A {STATE} -m comment --comment "svcops-state {fingerprint}" -j RETURN'
 
 
-# --- cutting the render into units and buckets --------------------------------------
+# --- the record of a render ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Cut:
-    """The render cut up: bucket -> table -> unit -> chain -> its "-A" lines (with
-    their newline), units and chains in the render's order."""
-
-    buckets: Mapping[str, Mapping[str, Mapping[str, Mapping[str, list[str]]]]]
-    jumps: tuple[Jump, ...]
-    node: str = ""
-
-
-def _unit_of(table: str, chain: str, sep_parent: Mapping[str, str]) -> str:
-    if table != "nat":
-        return FIRST
-    if chain in _LAST_CHAINS:
-        return LAST
-    for p in _PORT_PREFIXES:
-        if chain.startswith(p):
-            return chain[len(p) :]
-    if chain.startswith(C.SEP):
-        # An endpoint chain no SVC/SVL chain jumps to: a unit of its own.
-        return sep_parent.get(chain, chain)
-    return FIRST
-
-
-def _bucket(unit: str) -> str:
-    return unit if unit in (FIRST, LAST) else bucket_of(unit)
-
-
-def cut(rules: IptablesRules) -> Cut:
-    """`rules` cut into units and buckets (see the module's docstring)."""
-    out: dict[str, dict[str, dict[str, dict[str, list[str]]]]] = {}
-    for name in TABLES:
-        by_chain = _chain_rules(rules.table(name))
-        sep_parent: dict[str, str] = {}
-        for c, lines in by_chain.items():
-            if c.startswith(C.SVC) or c.startswith(C.SVL):
-                h = c[len(C.SVC) :]
-                for ln in lines:
-                    t = _target(ln.rstrip("\n"))
-                    if t is not None and t.startswith(C.SEP):
-                        sep_parent.setdefault(t, h)
-        for c, lines in by_chain.items():
-            unit = _unit_of(name, c, sep_parent)
-            out.setdefault(_bucket(unit), {}).setdefault(name, {}).setdefault(unit, {})[c] = lines
-    return Cut(out, rules.jumps, rules.node)
-
-
-def bucket_text(tables: Mapping[str, Mapping[str, Mapping[str, list[str]]]]) -> str:
-    """One bucket file: per table one transaction, each unit's declarations, then its
-    rules, after a ``# unit KEY`` line."""
-    out: list[str] = []
-    for name in TABLES:
-        units = tables.get(name)
-        if not units:
-            continue
-        out.append(f"*{name}\n")
-        for unit in sorted(units):
-            chains = units[unit]
-            out.append(f"# unit {unit}\n")
-            out.extend(f":{c} - [0:0]\n" for c in chains)
-            for lines in chains.values():
-                out.extend(lines)
-        out.append("COMMIT\n")
+def _text(name: str, units: Mapping[str, tuple[list[str], list[str]]]) -> str:
+    """One table's transaction of a bucket: each unit's declarations, then its rules,
+    after a ``# unit KEY`` line."""
+    out = [f"*{name}\n"]
+    for unit in sorted(units):
+        decl, rules = units[unit]
+        out.append(f"# unit {unit}\n")
+        out.extend(decl)
+        out.extend(rules)
+    out.append("COMMIT\n")
     return "".join(out)
+
+
+def record_of(rules: IptablesRules) -> Record:
+    """The record of a render: its buckets' texts (see the module's docstring); the
+    jumps count in the fingerprint. Built from the renderer's `RecordParts`, joining
+    strings it already holds (a few tens of milliseconds at 10,000 services)."""
+    if is_empty(rules):
+        return Record(MODE, {}, _extra(rules.jumps))
+    parts = rules.parts
+    if parts is None:
+        raise ValueError("iptables rules without their record parts (not made by render_nodes)")
+    units: dict[str, tuple[list[str], list[str]]] = {}
+    for part in parts.units:
+        for unit, (decl, body) in part.items():
+            have = units.get(unit)
+            if have is None:
+                units[unit] = ([decl], [body])
+            else:
+                have[0].append(decl)
+                have[1].append(body)
+    by_bucket: dict[str, dict[str, tuple[list[str], list[str]]]] = {}
+    for unit, chains in units.items():
+        by_bucket.setdefault(bucket_of(unit), {})[unit] = chains
+    buckets = {b: _text("nat", u) for b, u in by_bucket.items()}
+    first = "".join(
+        f"*{t}\n# unit {FIRST}\n" + "".join(parts.first[t]) + "COMMIT\n" for t in TABLES if parts.first.get(t)
+    )
+    buckets[FIRST] = first
+    buckets[LAST] = f"*nat\n# unit {LAST}\n" + "".join(parts.last) + "COMMIT\n"
+    return Record(MODE, buckets, _extra(rules.jumps))
 
 
 def bucket_units(text: str) -> dict[str, LiveTables]:
@@ -182,14 +154,9 @@ def bucket_units(text: str) -> dict[str, LiveTables]:
     return {u: parse_iptables_save("".join(lines)) for u, lines in out.items()}
 
 
-def _extra(jumps: tuple[Jump, ...]) -> str:
+def _extra(jumps) -> str:
     """The record's digest of what lives outside the buckets: svcops's jumps."""
     return digest_text("".join(f"{j.table} {j.line}\n" for j in jumps))
-
-
-def record_of(c: Cut) -> Record:
-    """The record of a render (its buckets' texts; the jumps count in the fingerprint)."""
-    return Record(MODE, {b: bucket_text(t) for b, t in c.buckets.items()}, _extra(c.jumps))
 
 
 def is_empty(rules: IptablesRules) -> bool:
@@ -212,7 +179,7 @@ def applied_rules(rules: IptablesRules, record: Record | None = None) -> Iptable
     record's fingerprint (no canary for empty rules: another proxy mode)."""
     if is_empty(rules):
         return rules
-    record = record or record_of(cut(rules))
+    record = record or record_of(rules)
     return with_state(rules, record.index().fingerprint)
 
 
@@ -297,25 +264,23 @@ class PartialPlan:
     fingerprint: str
 
 
-def partial_plan(c: Cut, record: Record, canary: Canary, old: Mapping[str, str]) -> PartialPlan:
-    """The fast path's plan. `old`: the changed buckets' texts as read from the node
-    (already checked with `svcops.render.record.verify_bucket`; "" for a bucket that
-    had no file); `canary` agrees (`canary_agrees`)."""
+def partial_plan(rules: IptablesRules, record: Record, canary: Canary, old: Mapping[str, str]) -> PartialPlan:
+    """The fast path's plan for `rules` (whose record is `record`). `old`: the changed
+    buckets' texts as read from the node (already checked with
+    `svcops.render.record.verify_bucket`; "" for a bucket that had no file); `canary`
+    agrees (`canary_agrees`)."""
     assert canary.index is not None
     want = record.index()
     changed = changed_buckets(canary.index, want)
-    decl: dict[str, list[str]] = {n: [] for n in TABLES}
-    lines: dict[str, list[str]] = {n: [] for n in TABLES}
-    for b in changed:
-        for name, units in c.buckets.get(b, {}).items():
-            for chains in units.values():
-                decl[name].extend(f":{ch} - [0:0]\n" for ch in chains)
-                for ls in chains.values():
-                    lines[name].extend(ls)
-    # The rendered jumps equal the live ones (the canary agrees): none is inserted.
-    first = IptablesRules(c.node, TableRules(decl["filter"], lines["filter"]), TableRules(decl["nat"], lines["nat"]), c.jumps)
-    rules = with_state(first, want.fingerprint)
+    now = parse_iptables_save("".join(record.buckets.get(b, "") for b in changed))
     was = parse_iptables_save("".join(old[b] for b in changed))
+
+    def table(n: str) -> TableRules:
+        chains = now.table(n).chains
+        return TableRules([f":{c} - [0:0]\n" for c in chains], [r + "\n" for rs in chains.values() for r in rs])
+
+    # The rendered jumps equal the live ones (the canary agrees): none is inserted.
+    partial = with_state(IptablesRules(rules.node, table("filter"), table("nat"), rules.jumps), want.fingerprint)
     live = LiveTables(
         {
             n: LiveTable(
@@ -327,5 +292,4 @@ def partial_plan(c: Cut, record: Record, canary: Canary, old: Mapping[str, str])
     )
     files: dict[str, str | None] = {b: (record.buckets.get(b) or None) for b in changed}
     files["index"] = index_text(want)
-    return PartialPlan(rules, live, files, want.fingerprint)
-
+    return PartialPlan(partial, live, files, want.fingerprint)
