@@ -102,12 +102,14 @@ from svcops.render.iptables_record import (  # noqa: E402
     record_files,
     record_of,
     with_state,
+    without_empty_tables,
 )
 from svcops.render.record import changed_buckets, verify_bucket  # noqa: E402
 from svcops.render.txn import replace_files_script  # noqa: E402
 from svcops.facts.iptables import SvcopsIptablesBuckets, SvcopsIptablesCanary  # noqa: E402
 
 NODE = "node1"
+OTHER = "node2"  # whose record makes the shared buckets first (the fast path's benchmark)
 
 
 class Netns:
@@ -179,8 +181,8 @@ def apply_iptables_cold(ns: Netns, rules, rec: Record, limit: float) -> float:
     the whole record written."""
     t = time.perf_counter()
     live = parse_iptables_save(ns.run(["sh", "-c", "iptables-save -t filter && iptables-save -t nat"]))
-    record = record_of((rules))
-    payload = "".join(restore_transactions(with_state(rules, record.index().fingerprint), live))
+    record = record_of(rules)
+    payload = "".join(restore_transactions(with_state(rules, record.index()), live))
     ns.run(["iptables-restore", "-w", "5", "--noflush"], payload, timeout=limit)
     rec.write(ns, record_files(record, None))
     return time.perf_counter() - t
@@ -208,8 +210,8 @@ def apply_iptables_fast(ns: Netns, rules, rec: Record) -> tuple[float, dict[str,
     t3 = time.perf_counter()
     parts["buckets read"] = t3 - t2
     plan = partial_plan(rules, record, canary, old)
-    payload = "".join(restore_transactions(plan.rules, plan.live))
-    rollback_payload(plan.live, plan.rules, after=simulate(plan.live, payload))
+    payload = without_empty_tables("".join(restore_transactions(plan.rules, plan.live)))
+    without_empty_tables(rollback_payload(plan.live, plan.rules, after=simulate(plan.live, payload)))
     t4 = time.perf_counter()
     parts["plan"] = t4 - t3
     ns.run(["iptables-restore", "-w", "5", "--noflush"], payload)
@@ -233,13 +235,20 @@ def restore_floor(ns: Netns) -> float:
     return took
 
 
-def iptables_fast(ns: Netns, rules, rules2, tmp: Path, n: int, limit: float, results: dict) -> None:
+def iptables_fast(ns: Netns, rules, rules2, other2, tmp: Path, n: int, limit: float, results: dict) -> None:
     """The fast path (issue 11) beside its floor: a cold apply writing the record, then
     the one-service change and the in-sync apply through the canary; the floor measured
-    before and after the change, its median taken."""
+    before and after the change, its median taken.
+
+    The record's buckets that every node shares are made once per compile, for all
+    nodes (`svcops.render.iptables_record.record_of`): they are made first, from
+    another node's rules (`other2`), and timed apart; the change is the node's own."""
     rec = Record(tmp)
     cold = apply_iptables_cold(ns, rules, rec, limit)
     floors = [restore_floor(ns) for _ in range(3)]
+    t = time.perf_counter()
+    record_of(other2).index()
+    shared = time.perf_counter() - t
     change, parts, size = apply_iptables_fast(ns, rules2, rec)
     floors += [restore_floor(ns) for _ in range(2)]
     again, _, _ = apply_iptables_fast(ns, rules2, rec)
@@ -251,7 +260,10 @@ def iptables_fast(ns: Netns, rules, rules2, tmp: Path, n: int, limit: float, res
         f"in sync {again:5.2f} s; floor (restore of one small chain) {floor:5.2f} s "
         f"[{min(floors):.2f}-{max(floors):.2f}]; change / floor {change / floor:.2f}x"
     )
-    print("          parts of the change: " + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items()))
+    print(
+        "          parts of the change: " + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items())
+        + f"; once per compile for every node: the shared buckets {shared:.2f} s"
+    )
 
 
 def read_nft(ns: Netns, full: bool) -> tuple[object, float, float, float, float]:
@@ -340,7 +352,7 @@ def main() -> int:
                     if mode == "iptables":
                         rules, rules2 = c.outputs[NODE].iptables, c2.outputs[NODE].iptables
                         if a.fast_only:
-                            iptables_fast(ns, rules, rules2, tmp, n, a.limit, results)
+                            iptables_fast(ns, rules, rules2, c2.outputs[OTHER].iptables, tmp, n, a.limit, results)
                             continue
                         try:
                             cold, size, ntx = apply_iptables(ns, rules, a.limit)
@@ -350,7 +362,7 @@ def main() -> int:
                             print(f"  {n:>6} services  {mode:<9} {e}")
                             continue
                         with Netns() as ns2:
-                            iptables_fast(ns2, rules, rules2, tmp, n, a.limit, results)
+                            iptables_fast(ns2, rules, rules2, c2.outputs[OTHER].iptables, tmp, n, a.limit, results)
                     else:
                         rules, rules2 = c.outputs[NODE].nftables, c2.outputs[NODE].nftables
                         cold, size, ntx = apply_nftables(ns, rules, tmp)

@@ -42,6 +42,7 @@ from svcops.render.iptables_record import (
     is_empty,
     partial_plan,
     record_files,
+    without_empty_tables,
     record_of,
 )
 from svcops.render.iptables_sync import in_sync, rollback_payload, simulate
@@ -174,7 +175,9 @@ def _restore(rules: IptablesRules, live: LiveTables, chunk: int):
     """The restore of `rules` over `live` as one step, its undo the rollback payload."""
     d = txn.files_dir()
     apply_path = f"{d}/iptables.apply"
-    txs = restore_transactions(rules, live, chunk)
+    # A table with nothing to do is left out: iptables-nft-restore reads the cache of
+    # every table it is given (a one-service change names nat alone).
+    txs = [t for t in (without_empty_tables(t) for t in restore_transactions(rules, live, chunk)) if t]
     payload = "".join(txs)
     yield StringCommand(f"{txn.dir_ready(d)} && cat > {apply_path}", _stdin=payload)
     restore = f"iptables-restore -w 5 --noflush {apply_path}"
@@ -183,12 +186,12 @@ def _restore(rules: IptablesRules, live: LiveTables, chunk: int):
         # Many chains: several transactions in one restore (see restore_transactions). One
         # that fails leaves the earlier ones committed: give the chains back at once.
         after = simulate(live, payload)
-        partial = rollback_payload(live, rules, jumps=False, after=after)
+        partial = without_empty_tables(rollback_payload(live, rules, jumps=False, after=after))
         yield StringCommand(f"cat > {d}/iptables.rollback-partial", _stdin=partial)
         restore = f"{{ {restore} || {{ iptables-restore -w 5 --noflush {d}/iptables.rollback-partial; false; }}; }}"
     # A restore that fails changed nothing (it is atomic, or was undone at once when cut
     # into transactions); the undo gives back the previous svcops chains and jumps.
-    yield StringCommand(f"cat > {d}/iptables.rollback", _stdin=rollback_payload(live, rules, after=after))
+    yield StringCommand(f"cat > {d}/iptables.rollback", _stdin=without_empty_tables(rollback_payload(live, rules, after=after)) or "\n")
     yield from txn.step("iptables", restore, f"iptables-restore -w 5 --noflush {d}/iptables.rollback\n")
 
 

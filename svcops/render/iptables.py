@@ -62,6 +62,7 @@ __all__ = [
     "TableRules",
     "IptablesRules",
     "RecordParts",
+    "Units",
     "LiveTable",
     "LiveTables",
     "render_nodes",
@@ -130,6 +131,18 @@ class TableRules:
         return [ln[1 : ln.index(" ")] for frag in self.chains for ln in frag.splitlines() if ln]
 
 
+class Units(dict):
+    """Service port hash -> (its nat declarations, its nat rules): one part of
+    `RecordParts.units`. `memo` is `svcops.render.iptables_record`'s: the part's
+    buckets, made once for every node that shares the part."""
+
+    __slots__ = ("memo",)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.memo = None
+
+
 @dataclass(frozen=True, slots=True)
 class RecordParts:
     """The same rules as an `IptablesRules`' tables, by owner, for iptables mode's
@@ -145,7 +158,7 @@ class RecordParts:
     last:   nat fragments of the dispatch chains, SVCOPS-SERVICES and SVCOPS-NODEPORTS
     """
 
-    units: tuple[Mapping[str, tuple[str, str]], ...] = ()
+    units: tuple[Units, ...] = ()
     first: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     last: tuple[str, ...] = ()
 
@@ -741,7 +754,7 @@ def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequenc
     del cluster  # same rules whatever the cluster settings; kept for a stable signature
     shared: list[list[str]] = [[], [], [], [], [], [], []]
     local_ports: list[tuple[_Port, dict[str, tuple[int, ...]]]] = []
-    shared_units: dict[str, tuple[str, str]] = {}  # port hash -> its chains (RecordParts)
+    shared_units = Units()  # port hash -> its chains (RecordParts)
     decl, body = shared[_N_DECL], shared[_N_RULES]
     for rp in ports:
         p = _Port(rp)
@@ -770,7 +783,7 @@ def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequenc
     last_decl = f":{C.SERVICES} - [0:0]\n:{C.NODEPORTS} - [0:0]\n"
     for node in nodes:
         per_node: list[list[str]] = [[b] if b else [] for b in block]
-        node_units: dict[str, tuple[str, str]] = {}
+        node_units = Units()
         for k, (p, by_node) in enumerate(local_ports):
             view = by_node.get(node, ())
             frags = cache.get((k, view))

@@ -150,26 +150,27 @@ def announce_file(announced: Sequence[Announcement]) -> str:
 
 def _record_part() -> list[str]:
     """iptables mode's chains from the record (`svcops.render.iptables_record`), then
-    the canary: the record's fingerprint when every bucket file is the one the index
-    names, else "unverified" (the next apply then reads the whole live state)."""
+    the canary (nat: the record's fingerprint; filter: the digest of bucket s0) when
+    every bucket file is the one the index names, else "unverified" in both (the next
+    apply then reads the whole live state)."""
     R, st = RECORD_DIR, STATE
+    canary = f"printf '*%s\\n:{st} - [0:0]\\n-A {st} -m comment --comment \"svcops-state %s\" -j RETURN\\nCOMMIT\\n'"
     return [
         "# svcops's chains from its record: the shared chains jumped to (s0), each bucket of\n",
         "# service ports, then the dispatch chains (s1); one transaction per bucket, in one\n",
         "# iptables-restore. Then the canary chain, in both tables.\n",
         f"R={R}\n",
         'if [ -s "$R/index" ]; then\n',
-        f"    fp=$(sed -n '1s/^svcops-record [^ ]* {MODE} \\([^ ]*\\).*/\\1/p' \"$R/index\")\n",
+        f"    nat=$(sed -n '1s/^svcops-record [^ ]* {MODE} \\([^ ]*\\).*/\\1/p' \"$R/index\")\n",
+        f"    filter=$(sed -n 's/^{FIRST} //p' \"$R/index\")\n",
         '    if ! sed 1d "$R/index" | while read -r b d; do\n',
         '        [ "$(sha256sum < "$R/$b" | cut -c1-32)" = "$d" ] || exit 1\n',
-        f"    done; then fp={UNVERIFIED}; fi\n",
-        f'    [ -n "$fp" ] || fp={UNVERIFIED}\n',
+        f'    done || [ -z "$nat" ] || [ -z "$filter" ]; then nat={UNVERIFIED} filter={UNVERIFIED}; fi\n',
         f"    {{ for b in {FIRST} $(sed '1d;s/ .*//' \"$R/index\" | grep -v '^s') {LAST}; do\n",
         '          [ ! -f "$R/$b" ] || cat "$R/$b"\n',
         "      done\n",
-        "      for t in filter nat; do\n",
-        f"          printf '*%s\\n:{st} - [0:0]\\n-A {st} -m comment --comment \"svcops-state %s\" -j RETURN\\nCOMMIT\\n' \"$t\" \"$fp\"\n",
-        "      done\n",
+        f'      {canary} filter "$filter"\n',
+        f'      {canary} nat "$nat"\n',
         "    } | iptables-restore -w 5 --noflush\n",
         "fi\n",
     ]
