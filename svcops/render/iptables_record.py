@@ -8,6 +8,10 @@ chains no service port owns:
 
     s0   loaded first: nat SVCOPS-MARK-MASQ and SVCOPS-POSTROUTING, every filter chain
          (the chains units jump to, or that jump nowhere svcops owns)
+    n0..nf  after the hex buckets: the chains of a unit that depend on the node (a
+         Local traffic policy's EXT, SVL and FW chains; its SVC and SEP chains, the
+         same on every node, stay in its hex bucket), by the unit's hash: so the 256
+         hex buckets are made and hashed once per render for every node
     s1   loaded last: nat SVCOPS-SERVICES and SVCOPS-NODEPORTS (they jump into units)
 
 Each bucket file is ``iptables-restore --noflush`` text, one transaction per table,
@@ -20,7 +24,7 @@ each unit preceded by a ``# unit KEY`` comment line::
     -A SVCOPS-SVC-5FZ3K2ZQ7LSY3NQH ...
     COMMIT
 
-so the boot script loads ``s0``, the hex buckets, then ``s1`` in one
+so the boot script loads ``s0``, the hex buckets, ``n0``..``nf``, then ``s1`` in one
 ``iptables-restore`` (a transaction per bucket: ~400 chains each at 10,000 services),
 and the controller parses a bucket back into the chains it holds
 (`svcops.render.iptables.parse_iptables_save` skips the comments).
@@ -57,6 +61,7 @@ __all__ = [
     "INDEX_FILE",
     "FIRST",
     "LAST",
+    "OWN",
     "STATE",
     "UNVERIFIED",
     "IptablesRecord",
@@ -80,6 +85,7 @@ MODE = "iptables"
 RECORD_DIR = "/etc/svcops/iptables.d"
 INDEX_FILE = f"{RECORD_DIR}/index"
 FIRST, LAST = "s0", "s1"  # the shared buckets (not hex: no unit hashes into them)
+OWN = "n"  # n0..nf: a node's own parts of its units (Local traffic policies)
 STATE = C.STATE
 UNVERIFIED = "unverified"  # the boot script's fingerprint when a bucket file does not match
 TABLES = ("filter", "nat")
@@ -119,27 +125,23 @@ class IptablesRecord(Record):
         return dict(self.known)
 
 
-def _grouped(part: Mapping[str, tuple[str, str]], out: dict, only: set[str] | None = None) -> dict:
-    """`out` (bucket -> unit -> (declarations, rules)) with `part`'s units added."""
+def _grouped(part: Mapping[str, tuple[str, str]], bucket) -> dict[str, dict[str, tuple[list[str], list[str]]]]:
+    """bucket -> unit -> (declarations, rules) of `part`'s units."""
+    out: dict[str, dict[str, tuple[list[str], list[str]]]] = {}
     for unit, (decl, body) in part.items():
-        b = bucket_of(unit)
-        if only is not None and b not in only:
-            continue
-        have = out.setdefault(b, {}).get(unit)
-        if have is None:
-            out[b][unit] = ([decl], [body])
-        else:
-            have[0].append(decl)
-            have[1].append(body)
+        out.setdefault(bucket(unit), {})[unit] = ([decl], [body])
     return out
 
 
-def _shared(part: Units) -> tuple[dict, dict[str, str], dict[str, str]]:
-    """The buckets of a part every node shares: (grouped, texts, digests), made once."""
+def _own_bucket(unit: str) -> str:
+    return OWN + bucket_of(unit)[0]
+
+
+def _shared(part: Units) -> tuple[dict[str, str], dict[str, str]]:
+    """The buckets of the part every node shares: (texts, digests), made once."""
     if part.memo is None:
-        grouped = _grouped(part, {})
-        texts = {b: _text("nat", u) for b, u in grouped.items()}
-        part.memo = (grouped, texts, {b: digest_text(t) for b, t in texts.items()})
+        texts = {b: _text("nat", u) for b, u in _grouped(part, bucket_of).items()}
+        part.memo = (texts, {b: digest_text(t) for b, t in texts.items()})
     return part.memo
 
 
@@ -147,8 +149,8 @@ def record_of(rules: IptablesRules) -> IptablesRecord:
     """The record of a render: its buckets' texts (see the module's docstring); the
     jumps count in the fingerprint. Built from the renderer's `RecordParts`: the
     buckets of the units every node shares are made and hashed once per render (about
-    0.2 s at 10,000 services), then only the buckets holding this node's own units
-    (Local traffic policies) and the two shared-chain buckets."""
+    0.2 s at 10,000 services), then per node only its own buckets (n0..nf: the chains
+    of Local traffic policies that depend on the node) and the two shared-chain buckets."""
     extra = _extra(rules.jumps)
     if is_empty(rules):
         return IptablesRecord(MODE, {}, extra)
@@ -156,21 +158,21 @@ def record_of(rules: IptablesRules) -> IptablesRecord:
     if parts is None:
         raise ValueError("iptables rules without their record parts (not made by render_nodes)")
     shared, *own = parts.units
-    grouped, texts, digests = _shared(shared)
-    texts, digests = dict(texts), dict(digests)
-    touched = {bucket_of(u) for p in own for u in p}
-    if touched:
-        merged = {b: {u: (list(d), list(r)) for u, (d, r) in grouped.get(b, {}).items()} for b in touched}
-        for p in own:
-            _grouped(p, merged, touched)
-        for b in touched:
-            texts[b] = _text("nat", merged[b])
-            digests[b] = digest_text(texts[b])
+    texts, digests = (dict(x) for x in _shared(shared))
+    mine: dict[str, dict[str, tuple[list[str], list[str]]]] = {}
+    for p in own:
+        for b, units in _grouped(p, _own_bucket).items():
+            for u, (d, r) in units.items():
+                have = mine.setdefault(b, {}).setdefault(u, ([], []))
+                have[0].extend(d)
+                have[1].extend(r)
+    for b, units in mine.items():
+        texts[b] = _text("nat", units)
     texts[FIRST] = "".join(
         f"*{t}\n# unit {FIRST}\n" + "".join(parts.first[t]) + "COMMIT\n" for t in TABLES if parts.first.get(t)
     )
     texts[LAST] = f"*nat\n# unit {LAST}\n" + "".join(parts.last) + "COMMIT\n"
-    for b in (FIRST, LAST):
+    for b in (*mine, FIRST, LAST):
         digests[b] = digest_text(texts[b])
     return IptablesRecord(MODE, texts, extra, digests)
 

@@ -7,7 +7,10 @@ on netfilter-persistent's (oneshot, ``DefaultDependencies=no``, ordered
 ``Before=network-pre.target``, so the rules are in place before any interface comes
 up), runs ``/etc/svcops/restore``, an idempotent shell script:
 
-    iptables-restore --noflush /etc/svcops/rules.v4    svcops's chains and their rules
+    cat s0 ?? s1 | iptables-restore --noflush           svcops's chains and rules, from the
+                                                       record /etc/svcops/iptables.d (the
+                                                       rules operation writes it), then the
+                                                       canary chain (`svcops.render.iptables_record`)
     iptables -C ... || iptables -I ... 1 ...           each jump, inserted only if missing
     ip addr replace <LB address>/32 dev <if> ...        the load-balancer addresses it announces
 
@@ -18,7 +21,8 @@ That is iptables mode. The script and the files follow the site's proxy mode:
                svcops table there; iptables is not used at all
     ipvs       modules (ip_vs, its schedulers, dummy), the IPVS sysctls, the dummy
                interface svcops-ipvs0 with /etc/svcops/ipvs-addresses, ipset restore of
-               /etc/svcops/ipset, the iptables part as above, and ipvsadm -R of
+               /etc/svcops/ipset, its iptables part (iptables-restore --noflush
+               /etc/svcops/rules.v4, and the jumps as above), and ipvsadm -R of
                /etc/svcops/ipvsadm when IPVS holds no virtual server yet
 
 The files of the other modes are removed when a site changes mode (`MODE_FILES`).
@@ -38,7 +42,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from svcops.render.iptables import IptablesRules, Jump, restore_transactions
-from svcops.render.iptables_record import FIRST, LAST, MODE, RECORD_DIR, STATE, UNVERIFIED
+from svcops.render.iptables_record import FIRST, LAST, MODE, OWN, RECORD_DIR, STATE, UNVERIFIED
 from svcops.render.ipvs import DUMMY_INTERFACE, SYSCTLS, ipvs_modules
 from svcops.render.nftables_sync import LOADER, boot_file
 from svcops.site.model import INTERFACE_NAME, Announcement, is_ipv4
@@ -157,7 +161,8 @@ def _record_part() -> list[str]:
     canary = f"printf '*%s\\n:{st} - [0:0]\\n-A {st} -m comment --comment \"svcops-state %s\" -j RETURN\\nCOMMIT\\n'"
     return [
         "# svcops's chains from its record: the shared chains jumped to (s0), each bucket of\n",
-        "# service ports, then the dispatch chains (s1); one transaction per bucket, in one\n",
+        "# service ports, this node's own parts of them (n*), then the dispatch chains (s1);\n",
+        "# one transaction per bucket, in one\n",
         "# iptables-restore. Then the canary chain, in both tables.\n",
         f"R={R}\n",
         'if [ -s "$R/index" ]; then\n',
@@ -166,7 +171,7 @@ def _record_part() -> list[str]:
         '    if ! sed 1d "$R/index" | while read -r b d; do\n',
         '        [ "$(sha256sum < "$R/$b" | cut -c1-32)" = "$d" ] || exit 1\n',
         f'    done || [ -z "$nat" ] || [ -z "$filter" ]; then nat={UNVERIFIED} filter={UNVERIFIED}; fi\n',
-        f"    {{ for b in {FIRST} $(sed '1d;s/ .*//' \"$R/index\" | grep -v '^s') {LAST}; do\n",
+        f"    {{ for b in {FIRST} $(sed '1d;s/ .*//' \"$R/index\" | grep '^[0-9a-f]') $(sed '1d;s/ .*//' \"$R/index\" | grep '^{OWN}') {LAST}; do\n",
         '          [ ! -f "$R/$b" ] || cat "$R/$b"\n',
         "      done\n",
         f'      {canary} filter "$filter"\n',

@@ -205,7 +205,8 @@ def replace_files_script(
     change = [
         f"B={b}; mkdir -p $B || exit 1",
         'keep() { if [ -e "$2" ] || [ -L "$2" ]; then cp -a "$2" "$B/$1"; else : > "$B/$1.absent"; fi; }',
-        'put() { mkdir -p "${3%/*}" && chmod "$2" "$B/$1.new" && mv -f "$B/$1.new" "$3"; }',
+        # (Few processes a file: a one-service change writes two or three.)
+        'put() { { [ -d "${2%/*}" ] || mkdir -p "${2%/*}"; } && mv -f "$B/$1.new" "$2"; }',
     ]
     undo = [
         f"B={b} rc=0",
@@ -219,7 +220,12 @@ def replace_files_script(
     for i, (_, size, _) in enumerate(files):
         if size is not None:
             change.append(f"head -c {size} > $B/{i}.new || exit 1")
+    modes: dict[str, list[str]] = {}
+    for i, (_, size, mode) in enumerate(files):
+        if size is not None:
+            modes.setdefault(mode, []).append(f"$B/{i}.new")
+    change.extend(f"chmod {mode} {' '.join(names)} || exit 1" for mode, names in modes.items())
     for i, (path, size, mode) in enumerate(files):
         p = shlex.quote(path)
-        change.append(f"rm -f {p} || exit 1" if size is None else f"put {i} {mode} {p} || exit 1")
+        change.append(f"rm -f {p} || exit 1" if size is None else f"put {i} {p} || exit 1")
     return "\n".join(change) + "\n", "\n".join(undo) + '\nexit "$rc"\n'
