@@ -36,6 +36,7 @@ from svcops.render.iptables import CHUNK_CHAINS, IptablesRules, LiveTables, rest
 from svcops.render.iptables_record import (
     FIRST,
     LAST,
+    OWN,
     RECORD_DIR,
     applied_rules,
     canary_agrees,
@@ -201,7 +202,11 @@ def _udp_scope(partial: LiveTables, udp_ports, changed: set[str]):
     addresses and node port come from its old dispatch rules only when those were
     rewritten too (bucket s1, or s0 for filter's); else they did not change."""
     prev = udp_ports_from_iptables(partial)
-    scope = {n for n in udp_ports if bucket_of(C.port_hash(n, "udp")) in changed} | set(prev)
+    def rewritten(name: str) -> bool:
+        b = bucket_of(C.port_hash(name, "udp"))
+        return b in changed or OWN + b[0] in changed
+
+    scope = {n for n in udp_ports if rewritten(n)} | set(prev)
     shared = FIRST in changed and LAST in changed
     out = {}
     for n, p in prev.items():
