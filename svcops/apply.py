@@ -191,7 +191,7 @@ def _gather(state, plan, node_timeout: float, timeout: int, verify: bool = False
 
     from svcops.facts.cache import SvcopsFacts
     from svcops.facts.dns import SvcopsDns
-    from svcops.facts.iptables import SvcopsIptables
+    from svcops.facts.iptables import NO_IPTABLES, SvcopsIptables, SvcopsIptablesCanary
     from svcops.facts.ipvs import SvcopsIpvs
     from svcops.facts.nftables import SvcopsNftables, SvcopsNftBuckets, SvcopsNftCanary
     from svcops.facts.node import SvcopsNodeState
@@ -204,13 +204,14 @@ def _gather(state, plan, node_timeout: float, timeout: int, verify: bool = False
     def one(h):
         with ctx_state.use(state), ctx_host.use(h):
             # One round trip; a part that failed is read again on its own (pyinfra reports it).
-            got = h.get_fact(SvcopsFacts, _timeout=timeout) or {}
-            live, node_state, canary, ipvs, dns = (
+            got = h.get_fact(SvcopsFacts, full_iptables=verify, _timeout=timeout) or {}
+            ipt_cls = SvcopsIptables if verify else SvcopsIptablesCanary
+            ipt, node_state, canary, ipvs, dns = (
                 got[cls.__name__] if cls.__name__ in got else h.get_fact(cls, _timeout=timeout)
-                for cls in (SvcopsIptables, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvs, SvcopsDns)
+                for cls in (ipt_cls, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvs, SvcopsDns)
             )
-            # nftables: what the apply's fast path would send, when the record is
-            # trusted; else the whole table, as the apply would read it.
+            # What the apply's fast paths would send, when their records are trusted;
+            # else the whole state, as the apply would read it.
             out = plan.node(h.name).output
             fast = None
             if out.mode == "nftables" and canary is not None and canary.trusted and not verify:
@@ -219,12 +220,15 @@ def _gather(state, plan, node_timeout: float, timeout: int, verify: bool = False
                     old = h.get_fact(SvcopsNftBuckets, buckets=tuple(names), _timeout=timeout) if names else {}
                     fast = fast_plan(out.nftables, canary.index, old or {})
             nft = h.get_fact(SvcopsNftables, _timeout=timeout) if fast is None else True
+            ipt_diff = None if verify or ipt is None else _iptables_fast_diff(h, out, ipt, timeout)
+            live = NO_IPTABLES if ipt_diff is not None else ipt if verify else h.get_fact(SvcopsIptables, _timeout=timeout)
         if live is None or node_state is None or nft is None or ipvs is None or dns is None:
             return "could not read the node's state (see above)"
         session = h.data.get("ssh_hostname") or h.name
-        if fast is not None:
-            return node_diff(plan.node(h.name), live, node_state, session, None, ipvs, dns, nft_fast=fast)
-        return node_diff(plan.node(h.name), live, node_state, session, nft, ipvs, dns)
+        return node_diff(
+            plan.node(h.name), live, node_state, session, None if fast is not None else nft, ipvs, dns,
+            nft_fast=fast, ipt_diff=ipt_diff,
+        )  # fmt: skip
 
     def watched(h):
         try:
@@ -243,6 +247,32 @@ def _gather(state, plan, node_timeout: float, timeout: int, verify: bool = False
     for g, h in greenlets.items():
         out[h.name] = g.value if g.successful() else f"could not read facts: {g.exception}"
     return out
+
+
+def _iptables_fast_diff(h, out, canary, timeout: int):
+    """The iptables part of a dry run through the record (what `iptables.rules`'s fast
+    path would restore), or None when the whole tables must be read: the record is
+    not trusted, a bucket is not the one its index names, or the mode is IPVS (whose
+    few chains are read whole)."""
+    from svcops.facts.iptables import SvcopsIptablesBuckets
+    from svcops.render.iptables_record import canary_agrees, is_empty, partial_plan, record_of
+    from svcops.render.iptables_sync import TablesDiff, diff_tables
+    from svcops.render.record import changed_buckets, verify_bucket_text
+
+    rules = out.iptables
+    if out.mode == "nftables" and is_empty(rules) and not canary.anything():
+        return TablesDiff()  # nothing of iptables mode here, and none wanted
+    if out.mode != "iptables" or is_empty(rules) or not canary_agrees(canary, rules):
+        return None
+    record = record_of(rules)
+    changed = changed_buckets(canary.index, record.index())
+    if not changed:
+        return TablesDiff()
+    old = h.get_fact(SvcopsIptablesBuckets, buckets=tuple(changed), _timeout=timeout)
+    if old is None or not all(verify_bucket_text(canary.index, b, old.get(b, "")) for b in changed):
+        return None
+    p = partial_plan(rules, record, canary, old)
+    return diff_tables(p.rules, p.live)
 
 
 def _dry(opts: ApplyOptions, plan, names: list[str], out: TextIO) -> tuple[dict, list[str]]:

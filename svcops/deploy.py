@@ -184,7 +184,7 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
 
     def add_iptables():
         metas.append(
-            ("iptables rules", iptables.rules(name="svcops | iptables rules", rules=out.iptables, verify_ssh=verify_ssh, udp_ports=plan.udp_ports if out.mode == "iptables" else None, **kwargs))
+            ("iptables rules", iptables.rules(name="svcops | iptables rules", rules=out.iptables, verify_ssh=verify_ssh, udp_ports=plan.udp_ports if out.mode == "iptables" else None, verify=o.verify, **kwargs))
         )
 
     def add_nftables(rules):

@@ -16,6 +16,7 @@ from svcops.render.iptables_sync import TablesDiff, diff_tables
 from svcops.render.ipvs import ipvs_modules
 from svcops.render.ipvs_sync import ipvs_plan, ipvs_removal
 from svcops.render.nftables_sync import DELETE_TABLE, nft_plan
+from svcops.render.iptables_record import applied_rules
 from svcops.render.node_files import sha256_text
 from svcops.site.model import address_label
 
@@ -138,11 +139,13 @@ def _nft_lines(plan) -> list[str]:
 def node_diff(
     plan, live: LiveTables, state: NodeState, session_address: str | None = None, nft=None, ipvs=None, dns=None,
     nft_fast=None,
+    ipt_diff: TablesDiff | None = None,
 ) -> NodeDiff:
     """What applying `plan` (a NodePlan) would change on a node whose facts are
     `live` (SvcopsIptables), `state` (SvcopsNodeState) and, when read, `nft`
     (SvcopsNftables) or `nft_fast` (the fast path's plan from the record), `ipvs`
-    (SvcopsIpvs) and `dns` (SvcopsDns)."""
+    (SvcopsIpvs) and `dns` (SvcopsDns); `ipt_diff`: the iptables part, when the fast
+    path worked it out from the record (`live` is then not read for it)."""
     out = plan.output
     added: list[str] = []
     removed: list[str] = []
@@ -168,7 +171,8 @@ def node_diff(
         files.append(plan.files.link[0] + " -> " + plan.files.link[1])
     return NodeDiff(
         out.node.name,
-        diff_tables(out.iptables, live),
+        # iptables mode's canary chain is svcops's too (`svcops.render.iptables_record`).
+        diff_tables(applied_rules(out.iptables) if out.mode == "iptables" else out.iptables, live),
         tuple(added),
         tuple(removed),
         tuple(files),

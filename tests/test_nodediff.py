@@ -12,6 +12,7 @@ from svcops.compile.endpoints import resolve
 from svcops.compile.nodeplan import plan_site
 from svcops.compile.pipeline import compile_site
 from svcops.facts.node import Address, NodeState
+from svcops.render.iptables_record import applied_rules
 from svcops.nodediff import mode_changes, node_diff
 from svcops.render.iptables import LiveTables, parse_iptables_save, render_nodes, restore_payload
 from svcops.render.nftables import NftLive
@@ -57,9 +58,12 @@ def test_dry_diff_of_a_fresh_node_lists_everything_and_of_a_done_node_nothing():
             Address("192.0.2.1", 32, "eth0", "eth0:svc"),
         ),
     )
-    live = parse_iptables_save(FOREIGN_SAVE + restore_payload(np.output.iptables))
+    # A node svcops applied to holds the canary chain too (iptables mode's record).
+    live = parse_iptables_save(FOREIGN_SAVE + restore_payload(applied_rules(np.output.iptables)))
     d2 = node_diff(np, live, done, np.output.address)
     assert d2.empty and d2.lines() == ["in sync"]
+    without = node_diff(np, parse_iptables_save(FOREIGN_SAVE + restore_payload(np.output.iptables)), done, np.output.address)
+    assert without.rules.tables["nat"].added == ("SVCOPS-STATE",)
 
 
 def test_dry_diff_shows_the_dns_servers_steps():

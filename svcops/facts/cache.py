@@ -32,26 +32,33 @@ __all__ = ["SvcopsFacts", "node_fact", "marks_changes"]
 _MARK = "@@svcops-fact"
 
 
-def _fact_classes() -> tuple[type[FactBase], ...]:
+def _fact_classes(full_iptables: bool = False) -> tuple[type[FactBase], ...]:
     from svcops.facts.dns import SvcopsDns
-    from svcops.facts.iptables import SvcopsIptables
+    from svcops.facts.iptables import SvcopsIptables, SvcopsIptablesCanary
     from svcops.facts.ipvs import SvcopsIpvs
     from svcops.facts.nftables import SvcopsNftCanary
     from svcops.facts.node import SvcopsNodeState
 
-    # nftables: the canary only; the whole table is read when the canary disagrees.
-    return (SvcopsIptables, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvs, SvcopsDns)
+    # The canaries of iptables and nftables mode (the whole state is read when a canary
+    # disagrees), unless iptables is asked whole.
+    iptables = SvcopsIptables if full_iptables else SvcopsIptablesCanary
+    return (iptables, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvs, SvcopsDns)
 
 
 class SvcopsFacts(FactBase):
     """
     Every svcops fact at once: class name -> its processed value, for those whose
     command succeeded (each runs in its own subshell, in turn).
+
+    + full_iptables: read iptables whole (`SvcopsIptables`, seconds at 10,000
+      services) rather than its canary (`SvcopsIptablesCanary`, milliseconds): for
+      IPVS mode, whose operation reads its small iptables part whole, and ``svcops
+      apply --dry``
     """
 
-    def command(self) -> str:
+    def command(self, full_iptables: bool = False) -> str:
         parts = []
-        for cls in _fact_classes():
+        for cls in _fact_classes(full_iptables):
             parts.append(f"echo '{_MARK} {cls.__name__}'\n( {cls().command()}\n)\necho \"{_MARK}-rc $?\"\n")
         return "".join(parts)
 
@@ -60,7 +67,7 @@ class SvcopsFacts(FactBase):
         return {}
 
     def process(self, output: list[str]) -> dict:
-        classes = {cls.__name__: cls for cls in _fact_classes()}
+        classes = {cls.__name__: cls for full in (False, True) for cls in _fact_classes(full)}
         out: dict[str, object] = {}
         name, lines = None, []
         for line in output:
@@ -112,7 +119,12 @@ def node_fact(via, cls: type[FactBase], keep: bool = False):
     m = _MEMO.get(host.name)
     if m is None or m.state() is not state or m.executing != executing:
         # The first svcops operation on this host in this run: everything, one round trip.
-        m = _Memo(weakref.ref(state), executing, current, True, host.get_fact(SvcopsFacts) or {})
+        from svcops.facts.iptables import SvcopsIptables
+
+        # The first fact asked for says which iptables read the run needs (IPVS mode's
+        # operation comes first and reads its iptables part whole).
+        full = cls is SvcopsIptables
+        m = _Memo(weakref.ref(state), executing, current, True, host.get_fact(SvcopsFacts, full_iptables=full) or {})
         _MEMO[host.name] = m
     elif not (m.clean and current is not None and m.op in (current, _previous_op(host, current))):
         m.facts = {}  # something may have changed since: nothing read before holds

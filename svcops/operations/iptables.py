@@ -9,21 +9,45 @@ Why one payload and not pyinfra's ``iptables.rule``: pyinfra's own operation run
 ``iptables-save`` and one ``iptables`` per rule (1,000 rules took 94 s) and is not
 atomic; svcops uploads one payload and runs one ``iptables-restore --noflush`` (0.6 s
 for the same).
+
+The fast path: the node keeps the record of what svcops applied last
+(`svcops.render.iptables_record`), and its canary chain in both tables. When the
+canary carries the record's fingerprint, only the changed buckets are read and
+restored; anything else (the canary disagrees, the record is missing or edited,
+``verify=True``) reads the whole live state (``iptables-save``) and rewrites the record.
 """
 
 from __future__ import annotations
 
-from pyinfra import host
+from dataclasses import replace
+
+from pyinfra import host, logger
 from pyinfra.api import StringCommand, operation
 
 from svcops.facts.cache import marks_changes, node_fact
-from svcops.facts.iptables import NO_IPTABLES, SvcopsIptables
+from svcops.facts.iptables import NO_IPTABLES, SvcopsIptables, SvcopsIptablesBuckets, SvcopsIptablesCanary, SvcopsIptablesRecord
 from svcops.operations.conntrack import cleanup_commands
 from svcops.operations import txn
 from svcops.operations.txn import DEFAULT_ROLLBACK_AFTER
 from svcops.operations.util import error, fail
-from svcops.render.iptables import CHUNK_CHAINS, IptablesRules, restore_transactions
+from svcops.render import chains as C
+from svcops.render.conntrack import udp_ports_from_iptables
+from svcops.render.iptables import CHUNK_CHAINS, IptablesRules, LiveTables, restore_transactions
+from svcops.render.iptables_record import (
+    FIRST,
+    LAST,
+    OWN,
+    RECORD_DIR,
+    applied_rules,
+    canary_agrees,
+    is_empty,
+    partial_plan,
+    record_files,
+    without_empty_tables,
+    record_of,
+)
 from svcops.render.iptables_sync import in_sync, rollback_payload, simulate
+from svcops.render.record import bucket_of, changed_buckets, verify_bucket_text
 
 __all__ = ["rules"]
 
@@ -36,6 +60,7 @@ def rules(
     verify_ssh: bool = True,
     udp_ports=None,
     chunk: int = CHUNK_CHAINS,
+    verify: bool = False,
 ):
     """
     Give the node exactly svcops's ``rules``: one ``iptables-restore --noflush`` of the
@@ -53,6 +78,16 @@ def rules(
     + verify_ssh: after the restore, open a fresh SSH connection (same key, strict
       host-key checking) and disarm the rollback through it
     + chunk: most chains in one transaction
+    + verify: read the whole live state (``iptables-save``), whatever the canary says
+
+    How the live state is known: from the record svcops keeps on the node
+    (``/etc/svcops/iptables.d``, `svcops.render.iptables_record`) when the canary
+    chain ``SVCOPS-STATE`` of both tables carries the record's fingerprint and the
+    jumps are svcops's: then only the buckets whose digest changed are read, and only
+    their chains restored (a one-service change at 10,000 services reads and writes a
+    few kilobytes). Otherwise (flushed, wiped, rebooted without svcops's boot script,
+    record missing or edited, ``verify``) from ``iptables-save``, and the whole record
+    is written again. The record's files change in the same transaction as the rules.
 
     The payload carries only ``SVCOPS-`` chains and svcops's jumps in the built-in
     chains: missing jumps are inserted, stale svcops chains flushed and deleted;
@@ -75,23 +110,75 @@ def rules(
             rules=compiled_site("sites/prod").node(host.name).output.iptables,
         )
     """
+    canary = node_fact(host, SvcopsIptablesCanary)
+    if canary is None:
+        yield fail("the node's iptables (svcops's canary chain)")
+        return
+    if canary is NO_IPTABLES:
+        if is_empty(rules):
+            host.noop("iptables is not installed: svcops has no iptables rules here")
+            return
+        yield error("svcops: iptables not found (install iptables); nothing changed")
+        return
+    if is_empty(rules) and not canary.anything():
+        # Another proxy mode, and nothing of svcops's iptables mode here (no canary, no
+        # jump, no record): nothing to remove.
+        host.noop("svcops has no iptables rules here")
+        return
+    record = record_of(rules)
+    if not verify and not is_empty(rules) and canary_agrees(canary, rules):
+        changed = changed_buckets(canary.index, record.index())
+        if not changed:
+            host.noop("svcops rules are in sync (the canary matches the record)")
+            return
+        old = host.get_fact(SvcopsIptablesBuckets, buckets=tuple(changed))
+        if old is not None and all(verify_bucket_text(canary.index, b, old.get(b, "")) for b in changed):
+            plan = partial_plan(rules, record, canary, old)
+            implicit = yield from txn.ensure(rollback_after=rollback_after)
+            yield from _restore(plan.rules, plan.live, chunk)
+            yield from txn.replace_files({f"{RECORD_DIR}/{n}": t for n, t in plan.files.items()}, what="iptables-record")
+            if udp_ports is not None:
+                yield from cleanup_commands(None, *_udp_scope(plan.live, udp_ports, set(changed)))
+            if implicit:
+                yield from txn.finish(verify_ssh)
+            return
+        host.log_styled(
+            "svcops: the iptables record does not match its index: reading the whole live state",
+            fg="yellow",
+            log_func=logger.warning,
+        )
     live = node_fact(host, SvcopsIptables)
     if live is None:
         yield fail("the node's iptables (iptables-save)")
         return
-    if live is NO_IPTABLES:
-        if not (rules.jumps or rules.filter.chains or rules.nat.chains):
-            host.noop("iptables is not installed: svcops has no iptables rules here")
-            return
-        yield error("svcops: iptables-save not found (install iptables); nothing changed")
-        return
-    if in_sync(rules, live):
+    full = applied_rules(rules, record)
+    files = record_files(record, host.get_fact(SvcopsIptablesRecord))
+    sync = in_sync(full, live)
+    if sync and not files:
         host.noop("svcops rules are in sync")
         return
     implicit = yield from txn.ensure(rollback_after=rollback_after)
+    if not sync:
+        yield from _restore(full, live, chunk)
+    if files:
+        yield from txn.replace_files({f"{RECORD_DIR}/{n}": t for n, t in files.items()}, what="iptables-record")
+        if is_empty(rules):
+            # Another proxy mode: the record's folder goes with its files.
+            yield from txn.step("iptables-record-dir", f"rmdir {RECORD_DIR} 2>/dev/null || true", f"mkdir -p {RECORD_DIR}\n")
+    if not sync:
+        # After the new rules stand: flows deleted earlier would be re-made by the old rules.
+        yield from cleanup_commands(live, udp_ports)
+    if implicit:
+        yield from txn.finish(verify_ssh)
+
+
+def _restore(rules: IptablesRules, live: LiveTables, chunk: int):
+    """The restore of `rules` over `live` as one step, its undo the rollback payload."""
     d = txn.files_dir()
     apply_path = f"{d}/iptables.apply"
-    txs = restore_transactions(rules, live, chunk)
+    # A table with nothing to do is left out: iptables-nft-restore reads the cache of
+    # every table it is given (a one-service change names nat alone).
+    txs = [t for t in (without_empty_tables(t) for t in restore_transactions(rules, live, chunk)) if t]
     payload = "".join(txs)
     yield StringCommand(f"{txn.dir_ready(d)} && cat > {apply_path}", _stdin=payload)
     restore = f"iptables-restore -w 5 --noflush {apply_path}"
@@ -100,14 +187,31 @@ def rules(
         # Many chains: several transactions in one restore (see restore_transactions). One
         # that fails leaves the earlier ones committed: give the chains back at once.
         after = simulate(live, payload)
-        partial = rollback_payload(live, rules, jumps=False, after=after)
+        partial = without_empty_tables(rollback_payload(live, rules, jumps=False, after=after))
         yield StringCommand(f"cat > {d}/iptables.rollback-partial", _stdin=partial)
         restore = f"{{ {restore} || {{ iptables-restore -w 5 --noflush {d}/iptables.rollback-partial; false; }}; }}"
     # A restore that fails changed nothing (it is atomic, or was undone at once when cut
     # into transactions); the undo gives back the previous svcops chains and jumps.
-    yield StringCommand(f"cat > {d}/iptables.rollback", _stdin=rollback_payload(live, rules, after=after))
+    yield StringCommand(f"cat > {d}/iptables.rollback", _stdin=without_empty_tables(rollback_payload(live, rules, after=after)) or "\n")
     yield from txn.step("iptables", restore, f"iptables-restore -w 5 --noflush {d}/iptables.rollback\n")
-    # After the new rules stand: flows deleted earlier would be re-made by the old rules.
-    yield from cleanup_commands(live, udp_ports)
-    if implicit:
-        yield from txn.finish(verify_ssh)
+
+
+def _udp_scope(partial: LiveTables, udp_ports, changed: set[str]):
+    """(new, previous) UDP ports of the services whose chains the fast path rewrote:
+    `partial` holds the old state of the changed buckets only, so a service's
+    addresses and node port come from its old dispatch rules only when those were
+    rewritten too (bucket s1, or s0 for filter's); else they did not change."""
+    prev = udp_ports_from_iptables(partial)
+    def rewritten(name: str) -> bool:
+        b = bucket_of(C.port_hash(name, "udp"))
+        return b in changed or OWN + b[0] in changed
+
+    scope = {n for n in udp_ports if rewritten(n)} | set(prev)
+    shared = FIRST in changed and LAST in changed
+    out = {}
+    for n, p in prev.items():
+        q = udp_ports.get(n)
+        if not shared and q is not None:
+            p = replace(p, addresses=p.addresses or q.addresses, node_port=p.node_port or q.node_port)
+        out[n] = p
+    return {n: udp_ports[n] for n in scope if n in udp_ports}, out

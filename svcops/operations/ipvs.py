@@ -57,8 +57,10 @@ def rules(
       still pointing at real servers that are gone, as in `svcops.operations.iptables.rules` (the
       previous state is the live ``ipvsadm-save -n`` read before)
     """
-    state = node_fact(host, SvcopsIpvs)
+    # iptables first: the first fact asked for makes the combined read include the whole
+    # iptables state (IPVS mode's part is small), not just iptables mode's canary.
     live = node_fact(host, SvcopsIptables)
+    state = node_fact(host, SvcopsIpvs)
     if state is None or live is None:
         yield fail("the node's IPVS and iptables state")
         return

@@ -166,7 +166,7 @@ def _apply(txs, rollback, files, previous, udp_ports, rollback_after, verify_ssh
     yield StringCommand(f"cat > {d}/nft.run", _stdin=run)
     yield from txn.step("nftables", f"sh {d}/nft.run", f". {lib}\n{undo}\n")
     # The record after the table: undone first, so a rollback from it finds the old one.
-    yield from txn.replace_files({f"{NFT_RECORD_DIR}/{b}": t for b, t in files.items()}, "nft-record")
+    yield from txn.replace_files({f"{NFT_RECORD_DIR}/{b}": t for b, t in files.items()}, what="nft-record")
     if files and all(t is None for t in files.values()):
         # Another proxy mode: the record's folder goes with its files.
         yield from txn.step("nft-record-dir", f"rmdir {NFT_RECORD_DIR} 2>/dev/null || true", f"mkdir -p {NFT_RECORD_DIR}\n")

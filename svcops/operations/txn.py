@@ -53,6 +53,7 @@ from svcops.render.txn import (
     backup_and_write,
     commit_command,
     guard_script,
+    replace_files_script,
     step_command,
     txn_dir,
     undo_path,
@@ -75,6 +76,7 @@ __all__ = [
     "STOPPING",
     "files_dir",
     "replace_file",
+    "replace_files",
     "remove_files",
 ]
 
@@ -501,40 +503,24 @@ def replace_file(path: str, text: str, mode: str = "644", dir_mode: str | None =
     yield from step(path, change, undo, stdin)
 
 
-def replace_files(files, what: str = "files"):
-    """One step writing many files at once (`files`: path -> text, or None to remove
-    it), each atomically; its undo puts every previous file back (or removes the new
-    one). The texts travel as one upload, split on the node: a record of 256 bucket
-    files is one round trip, not 256. A generator, for ``yield from``."""
-    items = sorted(files.items())
+def replace_files(files, mode: str = "644", what: str = "files"):
+    """One step writing many files: `files` maps each path to its new text (None:
+    remove it). One upload carries every text; the undo puts every previous file back
+    (or removes the new ones). A generator, for ``yield from``."""
+    items = list(files.items())
     if not items:
         return
+    texts = [t for _, t in items if t is not None]
+    stdin = "".join(texts)
+    entries = [(p, None if t is None else len(t.encode()), mode) for p, t in items]
     g = current()
-    d = files_dir()
-    key = f"{g.seq + 1:04d}" if g is not None else secrets.token_hex(4)
-    src = f"{d}/{what}.{key}"
-    bundle = "".join(f"@@svcops-file {i}\n{t}" for i, (_, t) in enumerate(items) if t is not None)
-    if any(t is not None and t and not t.endswith("\n") for _, t in items):
-        raise ValueError("replace_files: every text must end with a newline")
-    split = f"mkdir -p {src} && awk -v d={src} '/^@@svcops-file /{{ if (f) close(f); f = d \"/\" $2; printf \"\" > f; next }} {{ print > f }}' && "
-    writes, undos = [], []
-    for i, (path, text) in enumerate(items):
-        p = shlex.quote(path)
-        if text is None:
-            w = f"rm -f {p}"
-        else:
-            w = f"mkdir -p {shlex.quote(path.rsplit('/', 1)[0] or '/')} && chmod 644 {src}/{i} && mv -f {src}/{i} {p}"
-        if g is None:
-            writes.append(w)
-            continue
-        c, u = backup_and_write(g.token, f"{key}.{i}", path, w)
-        writes.append(c)
-        undos.append(u)
-    script = " &&\n".join(writes) + "\n"
-    # The bundle first (awk reads stdin), then the script that moves each file in place.
-    yield StringCommand(f"{dir_ready(d)} && {split}true", _stdin=bundle or "@@svcops-file none\n")
-    yield StringCommand(f"cat > {src}.sh", _stdin=script)
-    yield from step(what, f"sh -e {src}.sh", "".join(undos) or None)
+    token, key = (g.token, f"{g.seq + 1:04d}") if g is not None else (secrets.token_hex(6), "once")
+    change, undo = replace_files_script(token, key, entries)
+    if g is None:
+        # Outside a transaction: no undo, and the files' folder is this step's own.
+        change += f"rm -rf {txn_dir(token)}\n"
+    # pyinfra ends stdin with a newline: `head -c` reads exactly each text's bytes.
+    yield from step(what, change, undo, stdin or None)
 
 
 def remove_files(paths):

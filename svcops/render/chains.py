@@ -31,6 +31,10 @@ EXTERNAL_SERVICES = "SVCOPS-EXTERNAL-SERVICES"
 FORWARD = "SVCOPS-FORWARD"
 FIREWALL = "SVCOPS-FIREWALL"
 
+# The canary (both tables): one rule carrying the fingerprint of svcops's record on the
+# node (`svcops.render.iptables_record`).
+STATE = "SVCOPS-STATE"
+
 NAT_TOP = (SERVICES, NODEPORTS, POSTROUTING, MARK_MASQ)
 FILTER_TOP = (SERVICES, EXTERNAL_SERVICES, FORWARD, FIREWALL)
 

@@ -61,6 +61,8 @@ __all__ = [
     "Jump",
     "TableRules",
     "IptablesRules",
+    "RecordParts",
+    "Units",
     "LiveTable",
     "LiveTables",
     "render_nodes",
@@ -129,14 +131,48 @@ class TableRules:
         return [ln[1 : ln.index(" ")] for frag in self.chains for ln in frag.splitlines() if ln]
 
 
+class Units(dict):
+    """Service port hash -> (its nat declarations, its nat rules): one part of
+    `RecordParts.units`. `memo` is `svcops.render.iptables_record`'s: the part's
+    buckets, made once for every node that shares the part."""
+
+    __slots__ = ("memo",)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.memo = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordParts:
+    """The same rules as an `IptablesRules`' tables, by owner, for iptables mode's
+    record on the node (`svcops.render.iptables_record`), kept by the renderer so that
+    the record is built without cutting 50 MB of rules back into lines.
+
+    units:  per part (the part every node shares, then this node's own), service port
+            hash -> (its nat declarations, its nat rules): the port's SVC, SVL, EXT,
+            FW and SEP chains
+    first:  table -> fragments (declarations, then rules) of the chains the units
+            jump to or that jump to no svcops chain: every filter chain, nat
+            SVCOPS-POSTROUTING and SVCOPS-MARK-MASQ
+    last:   nat fragments of the dispatch chains, SVCOPS-SERVICES and SVCOPS-NODEPORTS
+    """
+
+    units: tuple[Units, ...] = ()
+    first: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    last: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class IptablesRules:
-    """What one node gets: svcops's chains and rules in filter and nat, and the jumps."""
+    """What one node gets: svcops's chains and rules in filter and nat, and the jumps
+    (`parts`: the same, by owner, when the renderer made them)."""
 
     node: str
     filter: TableRules
     nat: TableRules
     jumps: tuple[Jump, ...] = JUMPS
+    parts: RecordParts | None = None
 
     def table(self, name: str) -> TableRules:
         return self.filter if name == "filter" else self.nat
@@ -718,27 +754,36 @@ def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequenc
     del cluster  # same rules whatever the cluster settings; kept for a stable signature
     shared: list[list[str]] = [[], [], [], [], [], [], []]
     local_ports: list[tuple[_Port, dict[str, tuple[int, ...]]]] = []
+    shared_units = Units()  # port hash -> its chains (RecordParts)
+    decl, body = shared[_N_DECL], shared[_N_RULES]
     for rp in ports:
         p = _Port(rp)
+        d0, r0 = len(decl), len(body)
         if not p.uses_local:
             _render(p, None, True, shared)
-            continue
-        by_node: dict[str, list[int]] = {}
-        for i, e in enumerate(p.eps):
-            if e.node is not None:
-                by_node.setdefault(e.node, []).append(i)
-        local_ports.append((p, {n: tuple(v) for n, v in by_node.items()}))
-        if p.uses_cluster and p.eps:
-            # Its SVC and SEP chains are the same on every node.
-            p.write_chain(p.svc, range(len(p.eps)), True, shared[_N_DECL], shared[_N_RULES])
+        else:
+            by_node: dict[str, list[int]] = {}
+            for i, e in enumerate(p.eps):
+                if e.node is not None:
+                    by_node.setdefault(e.node, []).append(i)
+            local_ports.append((p, {n: tuple(v) for n, v in by_node.items()}))
+            if p.uses_cluster and p.eps:
+                # Its SVC and SEP chains are the same on every node.
+                p.write_chain(p.svc, range(len(p.eps)), True, decl, body)
+        if len(decl) > d0:
+            shared_units[p.svc[len(C.SVC) :]] = ("".join(decl[d0:]), "".join(body[r0:]))
     # The shared block, joined once: every node holds references to these strings.
     block = ["".join(lines) for lines in shared]
     del shared
 
     cache: dict[tuple[int, tuple[int, ...]], list[str]] = {}
     out: dict[str, IptablesRules] = {}
+    filter_first = (_FILTER_DECL,)
+    nat_first = (f":{C.POSTROUTING} - [0:0]\n:{C.MARK_MASQ} - [0:0]\n", _POSTROUTING_RULES, _MARK_MASQ_RULES)
+    last_decl = f":{C.SERVICES} - [0:0]\n:{C.NODEPORTS} - [0:0]\n"
     for node in nodes:
         per_node: list[list[str]] = [[b] if b else [] for b in block]
+        node_units = Units()
         for k, (p, by_node) in enumerate(local_ports):
             view = by_node.get(node, ())
             frags = cache.get((k, view))
@@ -749,11 +794,19 @@ def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequenc
             for j in range(7):
                 if frags[j]:
                     per_node[j].append(frags[j])
+            if frags[_N_DECL]:
+                node_units[p.svc[len(C.SVC) :]] = (frags[_N_DECL], frags[_N_RULES])
+        f_rules = (*per_node[_F_SERVICES], *per_node[_F_EXTERNAL], _FORWARD_RULES, *per_node[_F_FIREWALL])
+        parts = RecordParts(
+            (shared_units, node_units),
+            {"filter": (*filter_first, *f_rules), "nat": nat_first},
+            (last_decl, *per_node[_N_SERVICES], _NODEPORTS_TAIL, *per_node[_N_NODEPORTS]),
+        )
         out[node] = IptablesRules(
             node=node,
             filter=TableRules(
                 [_FILTER_DECL],
-                [*per_node[_F_SERVICES], *per_node[_F_EXTERNAL], _FORWARD_RULES, *per_node[_F_FIREWALL]],
+                list(f_rules),
             ),
             nat=TableRules(
                 [_NAT_DECL, *per_node[_N_DECL]],
@@ -766,5 +819,6 @@ def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequenc
                     *per_node[_N_RULES],
                 ],
             ),
+            parts=parts,
         )
     return out

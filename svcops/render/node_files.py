@@ -7,7 +7,10 @@ on netfilter-persistent's (oneshot, ``DefaultDependencies=no``, ordered
 ``Before=network-pre.target``, so the rules are in place before any interface comes
 up), runs ``/etc/svcops/restore``, an idempotent shell script:
 
-    iptables-restore --noflush /etc/svcops/rules.v4    svcops's chains and their rules
+    cat s0 ?? s1 | iptables-restore --noflush           svcops's chains and rules, from the
+                                                       record /etc/svcops/iptables.d (the
+                                                       rules operation writes it), then the
+                                                       canary chain (`svcops.render.iptables_record`)
     iptables -C ... || iptables -I ... 1 ...           each jump, inserted only if missing
     ip addr replace <LB address>/32 dev <if> ...        the load-balancer addresses it announces
 
@@ -18,7 +21,8 @@ That is iptables mode. The script and the files follow the site's proxy mode:
                svcops table there; iptables is not used at all
     ipvs       modules (ip_vs, its schedulers, dummy), the IPVS sysctls, the dummy
                interface svcops-ipvs0 with /etc/svcops/ipvs-addresses, ipset restore of
-               /etc/svcops/ipset, the iptables part as above, and ipvsadm -R of
+               /etc/svcops/ipset, its iptables part (iptables-restore --noflush
+               /etc/svcops/rules.v4, and the jumps as above), and ipvsadm -R of
                /etc/svcops/ipvsadm when IPVS holds no virtual server yet
 
 The files of the other modes are removed when a site changes mode (`MODE_FILES`).
@@ -38,6 +42,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from svcops.render.iptables import IptablesRules, Jump, restore_transactions
+from svcops.render.iptables_record import FIRST, LAST, MODE, OWN, RECORD_DIR, STATE, UNVERIFIED
 from svcops.render.ipvs import DUMMY_INTERFACE, SYSCTLS, ipvs_modules
 from svcops.render.nftables_record import BOOT_LOADER
 from svcops.render.nftables_sync import LOADER
@@ -93,7 +98,7 @@ MANAGED_FILES = (
 )  # fmt: skip
 # The rule files of each proxy mode: a file of another mode is removed from a node.
 MODE_FILES = {
-    "iptables": (RULES_FILE,),
+    "iptables": (),
     "nftables": (NFT_FILE,),
     "ipvs": (RULES_FILE, IPSET_FILE, IPVSADM_FILE, IPVS_ADDRESSES_FILE),
 }
@@ -150,9 +155,39 @@ def announce_file(announced: Sequence[Announcement]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def _iptables_part(jumps: Sequence[Jump]) -> list[str]:
+def _record_part() -> list[str]:
+    """iptables mode's chains from the record (`svcops.render.iptables_record`), then
+    the canary (nat: the record's fingerprint; filter: the digest of bucket s0) when
+    every bucket file is the one the index names, else "unverified" in both (the next
+    apply then reads the whole live state)."""
+    R, st = RECORD_DIR, STATE
+    canary = f"printf '*%s\\n:{st} - [0:0]\\n-A {st} -m comment --comment \"svcops-state %s\" -j RETURN\\nCOMMIT\\n'"
+    return [
+        "# svcops's chains from its record: the shared chains jumped to (s0), each bucket of\n",
+        "# service ports, this node's own parts of them (n*), then the dispatch chains (s1);\n",
+        "# one transaction per bucket, in one\n",
+        "# iptables-restore. Then the canary chain, in both tables.\n",
+        f"R={R}\n",
+        'if [ -s "$R/index" ]; then\n',
+        f"    nat=$(sed -n '1s/^svcops-record [^ ]* {MODE} \\([^ ]*\\).*/\\1/p' \"$R/index\")\n",
+        f"    filter=$(sed -n 's/^{FIRST} //p' \"$R/index\")\n",
+        '    if ! sed 1d "$R/index" | while read -r b d; do\n',
+        '        [ "$(sha256sum < "$R/$b" | cut -c1-32)" = "$d" ] || exit 1\n',
+        f'    done || [ -z "$nat" ] || [ -z "$filter" ]; then nat={UNVERIFIED} filter={UNVERIFIED}; fi\n',
+        f"    {{ for b in {FIRST} $(sed '1d;s/ .*//' \"$R/index\" | grep '^[0-9a-f]') $(sed '1d;s/ .*//' \"$R/index\" | grep '^{OWN}') {LAST}; do\n",
+        '          [ ! -f "$R/$b" ] || cat "$R/$b"\n',
+        "      done\n",
+        f'      {canary} filter "$filter"\n',
+        f'      {canary} nat "$nat"\n',
+        "    } | iptables-restore -w 5 --noflush\n",
+        "fi\n",
+    ]
+
+
+def _iptables_part(jumps: Sequence[Jump], record: bool = False) -> list[str]:
+    load = _record_part() if record else [f"iptables-restore -w 5 --noflush {RULES_FILE}\n"]
     out = [
-        f"iptables-restore -w 5 --noflush {RULES_FILE}\n",
+        *load,
         "ensure() {\n",
         '    t=$1; c=$2; shift 2\n',
         '    iptables -w 5 -t "$t" -C "$c" "$@" 2>/dev/null || iptables -w 5 -t "$t" -I "$c" 1 "$@"\n',
@@ -213,7 +248,7 @@ def restore_script(jumps: Sequence[Jump], mode: str = "iptables", modules: Seque
     elif mode == "ipvs":
         out += _ipvs_part(jumps, modules or ipvs_modules(""))
     else:
-        out += _iptables_part(jumps)
+        out += _iptables_part(jumps, record=True)
     out += [
         "# load-balancer addresses this node announces\n",
         f"if [ -s {ANNOUNCE_FILE} ]; then\n",
@@ -282,8 +317,8 @@ def node_files(
         files[IPSET_FILE] = ipvs.ipset
         files[IPVSADM_FILE] = ipvs.ipvsadm
         files[IPVS_ADDRESSES_FILE] = "".join(a + "\n" for a in ipvs.addresses)
-    else:
-        files[RULES_FILE] = boot_payload(rules)
+    # iptables mode: the rules are in the record (/etc/svcops/iptables.d), which the
+    # rules operation writes; the rules.v4 of before goes (MODE_FILES).
     files.update(
         {
             RESTORE_SCRIPT: restore_script(rules.jumps, mode, modules),

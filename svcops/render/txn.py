@@ -46,6 +46,7 @@ __all__ = [
     "undo_path",
     "backup_and_write",
     "backup_and_remove",
+    "replace_files_script",
 ]
 
 RUN_DIR = "/run/svcops"  # tmpfs: a pending transaction is gone at reboot, as it should be
@@ -189,3 +190,42 @@ def backup_and_remove(token: str, key: str, paths: list[str]) -> tuple[str, str]
         changes.append(c)
         undos.append(u)
     return " && ".join(changes), "".join(undos)
+
+
+def replace_files_script(
+    token: str, key: str, files: list[tuple[str, int | None, str]], run_dir: str = RUN_DIR
+) -> tuple[str, str]:
+    """(change, undo) for one step replacing many files at once: `files` holds, in the
+    order of the change's standard input, (path, bytes of its new text or None to
+    remove it, mode). The change keeps every previous file (or the fact that there was
+    none) in the transaction's folder, cuts its standard input into the new texts
+    (``head -c``, which never reads past its count), then moves each into place; the
+    undo puts every previous file back."""
+    b = f"{txn_dir(token, run_dir)}/files/{key}"
+    change = [
+        f"B={b}; mkdir -p $B || exit 1",
+        'keep() { if [ -e "$2" ] || [ -L "$2" ]; then cp -a "$2" "$B/$1"; else : > "$B/$1.absent"; fi; }',
+        # (Few processes a file: a one-service change writes two or three.)
+        'put() { { [ -d "${2%/*}" ] || mkdir -p "${2%/*}"; } && mv -f "$B/$1.new" "$2"; }',
+    ]
+    undo = [
+        f"B={b} rc=0",
+        # A file that was absent is absent again (its folder may be gone: not a failure).
+        'back() { if [ -e "$B/$1" ] || [ -L "$B/$1" ]; then cp -a "$B/$1" "$2.svcops-undo" && mv -f "$2.svcops-undo" "$2"; '
+        'elif [ -e "$B/$1.absent" ]; then rm -f "$2" 2>/dev/null || [ ! -e "$2" ]; fi; }',
+    ]
+    for i, (path, _, _) in enumerate(files):
+        change.append(f"keep {i} {shlex.quote(path)} || exit 1")
+        undo.append(f"back {i} {shlex.quote(path)} || rc=1")
+    for i, (_, size, _) in enumerate(files):
+        if size is not None:
+            change.append(f"head -c {size} > $B/{i}.new || exit 1")
+    modes: dict[str, list[str]] = {}
+    for i, (_, size, mode) in enumerate(files):
+        if size is not None:
+            modes.setdefault(mode, []).append(f"$B/{i}.new")
+    change.extend(f"chmod {mode} {' '.join(names)} || exit 1" for mode, names in modes.items())
+    for i, (path, size, mode) in enumerate(files):
+        p = shlex.quote(path)
+        change.append(f"rm -f {p} || exit 1" if size is None else f"put {i} {p} || exit 1")
+    return "\n".join(change) + "\n", "\n".join(undo) + '\nexit "$rc"\n'

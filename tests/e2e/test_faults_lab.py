@@ -47,7 +47,7 @@ _SNAPSHOT = r"""
 if [ "$1" = nftables ]; then nft list table ip svcops 2>/dev/null | sed 's/ expires [0-9a-z]*//';
 else iptables-save | grep SVCOPS- ; fi
 echo '--- files'
-for f in /etc/svcops/* /etc/svcops/nft.d/* /etc/systemd/system/svcops-rules.service /etc/sysctl.d/90-svcops.conf \
+for f in /etc/svcops/* /etc/svcops/nft.d/* /etc/svcops/iptables.d/* /etc/systemd/system/svcops-rules.service /etc/sysctl.d/90-svcops.conf \
          /etc/network/interfaces.d/svcops /etc/powerdns/recursor-svcops.conf /etc/powerdns/svcops/* /etc/resolv.conf; do
     [ -e "$f" ] && echo "$(sha256sum < "$f" | cut -c1-16) $f"
 done
@@ -232,15 +232,12 @@ def test_04_a_node_held_by_someone_else_fails_naming_the_holder_and_is_left_as_i
 
 
 def test_05_a_step_that_fails_late_undoes_the_whole_node(on_a, proxy_mode):
-    # iptables mode: node3's boot rules file cannot be replaced (its temporary name is
-    # taken by a folder): the rules step has already run there when the files step fails.
-    # nftables mode: the record (written by the rules operation after its load) cannot
-    # be: its folder's name is taken by a file.
-    if proxy_mode == "nftables":
-        d = "/etc/svcops/nft.d"
-        block, unblock, late = f"mv {d} {d}.saved && touch {d}", f"rm -f {d} && mv {d}.saved {d}", "nftables table"
-    else:
-        block, unblock, late = "mkdir -p /etc/svcops/rules.v4.svcops-tmp", "rmdir /etc/svcops/rules.v4.svcops-tmp", "persisted files"
+    # The record (written by the rules operation after its load or restore) cannot be
+    # written on node3: its folder's name is taken by a file. The rules step has already
+    # run there when it fails.
+    d = "/etc/svcops/nft.d" if proxy_mode == "nftables" else "/etc/svcops/iptables.d"
+    late = "nftables table" if proxy_mode == "nftables" else "iptables rules"
+    block, unblock = f"mv {d} {d}.saved && touch {d}", f"rm -f {d} && mv {d}.saved {d}"
     sh("node3", block)
     try:
         r = apply(on_a["B"], "--rollback-after", "5", check=False)

@@ -47,7 +47,7 @@ def test_iptables_to_nftables_and_back_leaves_nothing_of_the_old_mode(tmp_path):
     apply(site)
     for n in NODES:
         assert "SVCOPS-SVC-" in iptables_save(n) and nft_table(n) == ""
-        assert "rules.v4" in files(n) and "rules.nft" not in files(n)
+        assert "iptables.d" in files(n) and "rules.v4" not in files(n) and "rules.nft" not in files(n)
     serves()
 
     site = make_site(tmp_path / "nft", {}, mode="nftables")
@@ -57,7 +57,7 @@ def test_iptables_to_nftables_and_back_leaves_nothing_of_the_old_mode(tmp_path):
         save = iptables_save(n)
         assert "SVCOPS-" not in save, save  # no chain and no jump left
         assert "chain services" in nft_table(n)
-        assert "nft.d" in files(n) and "rules.nft" not in files(n) and "rules.v4" not in files(n)
+        assert "nft.d" in files(n) and "rules.nft" not in files(n) and "rules.v4" not in files(n) and "iptables.d" not in files(n)
         assert "iptables" not in sh(n, "cat /etc/svcops/restore")
     serves()
     again = apply(site)
@@ -68,7 +68,7 @@ def test_iptables_to_nftables_and_back_leaves_nothing_of_the_old_mode(tmp_path):
     for n in NODES:
         assert nft_table(n) == ""  # the table is gone
         assert "SVCOPS-SVC-" in iptables_save(n)
-        assert "rules.v4" in files(n) and "rules.nft" not in files(n) and "nft.d" not in files(n)
+        assert "iptables.d" in files(n) and "rules.nft" not in files(n) and "nft.d" not in files(n)
     serves()
     assert all(ssh_ok(n) for n in NODES)
 

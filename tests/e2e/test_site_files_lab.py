@@ -27,8 +27,8 @@ spec:
 
 
 def node_state() -> dict[str, tuple[str, str]]:
-    """Each node's live iptables and svcops's boot payload."""
-    return {n: (iptables_save(n), sh(n, "cat /etc/svcops/rules.v4")) for n in NODES}
+    """Each node's live iptables and svcops's record of it (the boot rules)."""
+    return {n: (iptables_save(n), sh(n, "cat /etc/svcops/iptables.d/*")) for n in NODES}
 
 
 @pytest.fixture(scope="module")

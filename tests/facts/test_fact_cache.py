@@ -19,7 +19,7 @@ from pyinfra.context import ctx_host, ctx_state
 
 from svcops.facts.cache import SvcopsFacts, _fact_classes, marks_changes, node_fact
 from svcops.facts.dns import SvcopsDns
-from svcops.facts.iptables import SvcopsIptables
+from svcops.facts.iptables import SvcopsIptables, SvcopsIptablesCanary
 from svcops.facts.ipvs import SvcopsIpvs
 from svcops.facts.nftables import SvcopsNftCanary
 from svcops.facts.node import SvcopsNodeState
@@ -38,10 +38,10 @@ class FakeHost:
     def __init__(self, name: str = "node1") -> None:
         self.name, self.current_op_hash, self.reads, self.op_hash_order = name, None, [], []
 
-    def get_fact(self, cls):
-        self.reads.append(cls.__name__)
+    def get_fact(self, cls, full_iptables: bool = False):
+        self.reads.append(cls.__name__ + ("(full)" if full_iptables else ""))
         if cls is SvcopsFacts:
-            return {c.__name__: f"{c.__name__}-combined" for c in _fact_classes()}
+            return {c.__name__: f"{c.__name__}-combined" for c in _fact_classes(full_iptables)}
         return f"{cls.__name__}-alone"
 
 
@@ -75,8 +75,20 @@ def test_a_run_that_changes_nothing_reads_every_fact_once():
         ("ipvs", [(SvcopsIpvs, False)], False), ("lb", [NODE], False), ("addr", [NODE], False),
         ("fwd", [NODE], False), ("files", [NODE], False), ("dns", [(SvcopsDns, False)], False),
     ])  # fmt: skip
-    assert host.reads == ["SvcopsFacts"]
+    assert host.reads == ["SvcopsFacts(full)"]
     assert all(v.endswith("-combined") for v in got)
+
+
+def test_iptables_mode_reads_the_canary_with_the_rest_and_the_whole_tables_only_when_asked():
+    host = FakeHost()
+    order = ["ipt", "nft", "lb"]
+    got = run_ops(FakeState(order, host), host, [
+        ("ipt", [(SvcopsIptablesCanary, False), (SvcopsIptables, False)], False),
+        ("nft", [(SvcopsNftables, False)], False),
+        ("lb", [NODE], False),
+    ])  # fmt: skip
+    assert host.reads == ["SvcopsFacts", "SvcopsIptables"]
+    assert got == ["SvcopsIptablesCanary-combined", "SvcopsIptables-alone", "SvcopsNftables-combined", "SvcopsNodeState-combined"]
 
 
 def test_after_a_change_the_next_operations_read_afresh_and_share_again():
@@ -89,7 +101,7 @@ def test_after_a_change_the_next_operations_read_afresh_and_share_again():
         ("lb", [NODE], True),  # changes it too
         ("addr", [NODE], False),
     ])  # fmt: skip
-    assert host.reads == ["SvcopsFacts", "SvcopsNftCanary", "SvcopsNodeState", "SvcopsNodeState"]
+    assert host.reads == ["SvcopsFacts(full)", "SvcopsNftCanary", "SvcopsNodeState", "SvcopsNodeState"]
     assert got == ["SvcopsIptables-combined", "SvcopsNftCanary-alone", "SvcopsNodeState-alone", "SvcopsNodeState-alone"]
 
 
@@ -103,7 +115,7 @@ def test_a_fact_already_taken_or_an_operation_in_between_means_a_fresh_read():
         ("lb", [NODE], False),  # a foreign operation ran before this one: fresh
         ("ipvs", [(SvcopsIptables, False)], False),  # taken already by "ipt": fresh
     ])  # fmt: skip
-    assert host.reads == ["SvcopsFacts", "SvcopsNodeState", "SvcopsIptables"]
+    assert host.reads == ["SvcopsFacts(full)", "SvcopsNodeState", "SvcopsIptables"]
 
 
 def test_a_new_state_or_the_change_check_before_execution_reads_everything_again():
@@ -112,7 +124,7 @@ def test_a_new_state_or_the_change_check_before_execution_reads_everything_again
     run_ops(FakeState(order, host, executing=False), host, [("ipt", [(SvcopsIptables, False)], False)])
     run_ops(FakeState(order, host), host, [("ipt", [(SvcopsIptables, False)], False)])
     run_ops(FakeState(order, host), host, [("ipt", [(SvcopsIptables, False)], False)])
-    assert host.reads == ["SvcopsFacts"] * 3
+    assert host.reads == ["SvcopsFacts(full)"] * 3
 
 
 def test_outside_a_pyinfra_run_the_host_is_simply_asked():
@@ -139,8 +151,12 @@ def test_the_combined_command_gives_what_each_fact_gives_alone():
     with netns() as ns:
         subprocess.run(["ip", "netns", "exec", ns, "iptables-restore", "--noflush"], check=True, text=True,
                        input="*nat\n:SVCOPS-SERVICES - [0:0]\n-A OUTPUT -j SVCOPS-SERVICES\nCOMMIT\n")  # fmt: skip
-        combined = SvcopsFacts().process(sh(ns, SvcopsFacts().command()))
+        combined = SvcopsFacts().process(sh(ns, SvcopsFacts().command(full_iptables=True)))
         for cls in (SvcopsIptables, SvcopsNftCanary, SvcopsIpvs):
             alone = cls().process(sh(ns, cls().command()))
             assert combined[cls.__name__] == alone, cls.__name__
         assert "SVCOPS-SERVICES" in combined["SvcopsIptables"].table("nat").chains
+        cheap = SvcopsFacts().process(sh(ns, SvcopsFacts().command()))
+        assert "SvcopsIptables" not in cheap
+        assert cheap["SvcopsIptablesCanary"] == SvcopsIptablesCanary().process(sh(ns, SvcopsIptablesCanary().command()))
+        assert cheap["SvcopsIptablesCanary"].jumps["nat"] == ("-A OUTPUT -j SVCOPS-SERVICES",)

@@ -54,3 +54,27 @@ def test_nft_an_endpoint_gone_gets_its_flows_deleted():
     script = script_of(cleanup_commands(simulated_live(nft_rules(before)), udp_ports(after, "node3")))
     assert f"svcops_ct -D -p udp --orig-dst {CIP} --dst-nat 10.244.2.5" in script
     assert "10.244.1.5" not in script
+
+
+def test_the_fast_path_cleans_up_from_the_changed_buckets_alone():
+    # iptables mode's fast path knows the old state of the changed buckets only: the
+    # service's dispatch rules (bucket s1) are not among them when only its endpoints
+    # changed, and its addresses come from the new rules, which did not change them.
+    from svcops.operations.iptables import _udp_scope
+    from svcops.render.iptables_record import Canary, TABLES, partial_plan, record_of, state_rule
+    from svcops.render.record import changed_buckets
+
+    def rules_of(ports):
+        return render_nodes(F.CLUSTER, ports, ["node1", "node2", "node3"])["node3"]
+
+    before, after = resolved((SVC,), ("node1", "node2")), resolved((SVC,), ("node1",))
+    old, new = record_of(rules_of(before)), record_of(rules_of(after))
+    index = old.index()
+    canary = Canary({t: (state_rule("x"),) for t in TABLES}, {}, index)
+    changed = changed_buckets(index, new.index())
+    assert "s1" not in changed
+    plan = partial_plan(rules_of(after), new, canary, {b: old.buckets.get(b, "") for b in changed})
+    commands = cleanup_commands(None, *_udp_scope(plan.live, udp_ports(after, "node3"), set(changed)))
+    script = script_of(commands)
+    assert f"svcops_ct -D -p udp --orig-dst {CIP} --dst-nat 10.244.2.5" in script
+    assert "10.244.1.5" not in script

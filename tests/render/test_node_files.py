@@ -51,7 +51,9 @@ def test_restore_script_restores_then_inserts_each_missing_jump_in_order():
     script = restore_script(JUMPS)
     lines = script.splitlines()
     assert lines[0] == "#!/bin/sh"
-    restore_at = lines.index(f"iptables-restore -w 5 --noflush {RULES_FILE}")
+    # iptables mode loads its record (`svcops.render.iptables_record`), not rules.v4.
+    restore_at = lines.index("    } | iptables-restore -w 5 --noflush")
+    assert RULES_FILE not in script
     ensures = [ln for ln in lines if ln.startswith("ensure ")]
     assert len(ensures) == len(JUMPS) and lines.index(ensures[0]) > restore_at
     # Each is inserted at the top when missing: per chain, bottom-up.
@@ -112,8 +114,8 @@ def test_node_files_and_their_symlink():
 
 def test_boot_files_follow_the_mode_and_the_other_modes_files_go():
     ipt, nft, ipvs = files_of("iptables"), files_of("nftables"), files_of("ipvs")
-    assert RULES_FILE in ipt.files and NFT_FILE not in ipt.files
-    assert set(ipt.remove) == {NFT_FILE, IPSET_FILE, IPVSADM_FILE, IPVS_ADDRESSES_FILE}
+    assert RULES_FILE not in ipt.files and NFT_FILE not in ipt.files
+    assert set(ipt.remove) == {RULES_FILE, NFT_FILE, IPSET_FILE, IPVSADM_FILE, IPVS_ADDRESSES_FILE}
     # nftables mode boots from its record (written by the nftables operation); the boot
     # file of svcops before the record goes.
     assert NFT_FILE not in nft.files and RULES_FILE in nft.remove and NFT_FILE in nft.remove
