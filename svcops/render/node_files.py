@@ -170,8 +170,9 @@ def _record_part() -> list[str]:
         f"R={R}\n",
         'if [ -s "$R/index" ]; then\n',
         f"    nat=$(sed -n '1s/^svcops-record [^ ]* {MODE} \\([^ ]*\\).*/\\1/p' \"$R/index\")\n",
-        f"    filter=$(sed -n 's/^{FIRST} //p' \"$R/index\")\n",
-        '    if ! sed 1d "$R/index" | while read -r b d; do\n',
+        # The index's lines: bucket, content digest, file digest.
+        f"    filter=$(sed -n 's/^{FIRST} \\([^ ]*\\).*/\\1/p' \"$R/index\")\n",
+        '    if ! sed 1d "$R/index" | while read -r b c d; do\n',
         '        [ "$(sha256sum < "$R/$b" | cut -c1-32)" = "$d" ] || exit 1\n',
         f'    done || [ -z "$nat" ] || [ -z "$filter" ]; then nat={UNVERIFIED} filter={UNVERIFIED}; fi\n',
         f"    {{ for b in {FIRST} $(sed '1d;s/ .*//' \"$R/index\" | grep '^[0-9a-f]') $(sed '1d;s/ .*//' \"$R/index\" | grep '^{OWN}') {LAST}; do\n",

@@ -84,11 +84,11 @@ def test_iptables_mode_reads_the_canary_with_the_rest_and_the_whole_tables_only_
     order = ["ipt", "nft", "lb"]
     got = run_ops(FakeState(order, host), host, [
         ("ipt", [(SvcopsIptablesCanary, False), (SvcopsIptables, False)], False),
-        ("nft", [(SvcopsNftables, False)], False),
+        ("nft", [(SvcopsNftCanary, False)], False),
         ("lb", [NODE], False),
     ])  # fmt: skip
     assert host.reads == ["SvcopsFacts", "SvcopsIptables"]
-    assert got == ["SvcopsIptablesCanary-combined", "SvcopsIptables-alone", "SvcopsNftables-combined", "SvcopsNodeState-combined"]
+    assert got == ["SvcopsIptablesCanary-combined", "SvcopsIptables-alone", "SvcopsNftCanary-combined", "SvcopsNodeState-combined"]
 
 
 def test_after_a_change_the_next_operations_read_afresh_and_share_again():
