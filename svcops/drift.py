@@ -47,6 +47,7 @@ from svcops.compile.pipeline import no_iptables_rules
 from svcops.nodediff import node_diff
 from svcops.render import chains as C
 from svcops.render.iptables import IptablesRules, LiveTables
+from svcops.render.iptables_record import applied_rules
 from svcops.render.iptables_sync import TABLES, expected_tables
 from svcops.render.ipvs import DUMMY_INTERFACE, SYSCTLS, ipvs_modules, ipvsadm_update, parse_ipvsadm_save
 from svcops.render.ipvs_sync import describe_ipvsadm_edit, ipvs_plan, ipvs_removal
@@ -471,7 +472,8 @@ def node_check(plan, index: ServiceIndex, live: LiveTables, state, nft, ipvs, dn
     other = f" (the site's proxy mode is {mode})"
     items: list[DriftItem] = []
     if mode == "iptables":
-        items += iptables_drift(out.iptables, live, index)
+        # What iptables mode leaves: its rules and the canary naming their record.
+        items += iptables_drift(applied_rules(out.iptables), live, index)
     elif mode == "nftables":
         # svcops has no iptables rules in nftables mode: what is there is another mode's, whole.
         chains = sum(len(live.table(t).chains) for t in TABLES)

@@ -172,7 +172,7 @@ def node_diff(
     return NodeDiff(
         out.node.name,
         # iptables mode's canary chain is svcops's too (`svcops.render.iptables_record`).
-        diff_tables(applied_rules(out.iptables) if out.mode == "iptables" else out.iptables, live),
+        ipt_diff if ipt_diff is not None else diff_tables(applied_rules(out.iptables) if out.mode == "iptables" else out.iptables, live),
         tuple(added),
         tuple(removed),
         tuple(files),

@@ -23,6 +23,7 @@ from svcops.facts.node import Address, NodeState
 from svcops.operations.dns import dns_plan
 from svcops.render.chains import SEP, SVC, endpoint_chain, port_hash
 from svcops.render.iptables import LiveTable, LiveTables, parse_iptables_save, restore_payload
+from svcops.render.iptables_record import applied_rules
 from svcops.render.iptables_sync import expected_tables
 from svcops.render.nftables_diff import DRIFT_LINES
 from svcops.render.nftables_live import NftLive, parse_nft_list
@@ -205,7 +206,7 @@ def test_node_check_of_a_node_in_sync_and_of_its_files_addresses_and_forwarding(
     plan, index = site("iptables", (F.service("lb", F.HTTP, type="LoadBalancer"),))
     node = next(n for n, a in plan.announced.items() if a)
     np = plan.node(node)
-    live = parse_iptables_save(restore_payload(np.output.iptables))
+    live = parse_iptables_save(restore_payload(applied_rules(np.output.iptables)))  # with its canary
     state = done_state(np, "10.0.0.1")
     quiet = (NftState(True, NftLive()), IpvsState(), None)
     assert node_check(np, index, live, state, *quiet, "10.0.0.1") == NodeCheck(node, "in-sync")
@@ -232,7 +233,7 @@ def test_node_check_names_the_dns_servers_drift():
     plan, index = site("iptables", (F.service("web", F.HTTP),))
     np = plan.node("node1")
     assert np.dns_zone is not None
-    live = parse_iptables_save(restore_payload(np.output.iptables))
+    live = parse_iptables_save(restore_payload(applied_rules(np.output.iptables)))  # with its canary
     check = node_check(np, index, live, done_state(np, "10.0.0.1"), NftState(True, NftLive()), IpvsState(), DnsState(resolv="nameserver 10.0.0.1\n"), "10.0.0.1")
     assert DriftItem(None, None, "missing", "dns: install pdns-recursor") in check.items
     assert all(i.service is None and i.detail.startswith("dns: ") for i in check.items)

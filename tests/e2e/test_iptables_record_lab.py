@@ -70,7 +70,7 @@ def fingerprint(node: str) -> str:
 def canary_matches(node: str) -> bool:
     """Whether both canaries carry the index's values (nat: the fingerprint; filter:
     the digest of bucket s0)."""
-    s0 = sh(node, f"sed -n 's/^s0 //p' {INDEX_FILE}").strip()
+    s0 = sh(node, f"awk '$1 == \"s0\" {{print $2}}' {INDEX_FILE}").strip()  # bucket, content digest, file digest
     return canary(node) == {"filter": s0, "nat": fingerprint(node)}
 
 
