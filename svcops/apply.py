@@ -192,7 +192,9 @@ def _gather(state, plan, node_timeout: float, timeout: int, verify: bool = False
     from svcops.facts.cache import SvcopsFacts
     from svcops.facts.dns import SvcopsDns
     from svcops.facts.iptables import SvcopsIptables
-    from svcops.facts.ipvs import SvcopsIpvs
+    from svcops.facts.ipvs import IpvsState, SvcopsIpvs, SvcopsIpvsCanary
+    from svcops.operations.ipvs import plan_from_record
+    from svcops.render.ipvs import ipvs_modules
     from svcops.facts.nftables import SvcopsNftables, SvcopsNftBuckets, SvcopsNftCanary
     from svcops.facts.node import SvcopsNodeState
     from svcops.nodediff import node_diff
@@ -205,9 +207,9 @@ def _gather(state, plan, node_timeout: float, timeout: int, verify: bool = False
         with ctx_state.use(state), ctx_host.use(h):
             # One round trip; a part that failed is read again on its own (pyinfra reports it).
             got = h.get_fact(SvcopsFacts, _timeout=timeout) or {}
-            live, node_state, canary, ipvs, dns = (
+            live, node_state, canary, ipvs_canary, dns = (
                 got[cls.__name__] if cls.__name__ in got else h.get_fact(cls, _timeout=timeout)
-                for cls in (SvcopsIptables, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvs, SvcopsDns)
+                for cls in (SvcopsIptables, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvsCanary, SvcopsDns)
             )
             # nftables: what the apply's fast path would send, when the record is
             # trusted; else the whole table, as the apply would read it.
@@ -219,12 +221,18 @@ def _gather(state, plan, node_timeout: float, timeout: int, verify: bool = False
                     old = h.get_fact(SvcopsNftBuckets, buckets=tuple(names), _timeout=timeout) if names else {}
                     fast = fast_plan(out.nftables, canary.index, old or {})
             nft = h.get_fact(SvcopsNftables, _timeout=timeout) if fast is None else True
-        if live is None or node_state is None or nft is None or ipvs is None or dns is None:
+            # IPVS likewise: from the record when its canary agrees; else everything (in
+            # another mode only when something of IPVS mode may be there to remove).
+            ipvs_fast = ipvs = None
+            if ipvs_canary is not None and out.mode == "ipvs" and ipvs_canary.trusted and not verify and live is not None:
+                ipvs_fast = plan_from_record(h, out.ipvs, ipvs_canary, live, ipvs_modules(out.ipvs.ipvsadm), _timeout=timeout)
+            if ipvs_canary is not None and ipvs_fast is None:
+                wanted = out.mode == "ipvs" or ipvs_canary.present
+                ipvs = h.get_fact(SvcopsIpvs, _timeout=timeout) if wanted else IpvsState()
+        if live is None or node_state is None or nft is None or (ipvs is None and ipvs_fast is None) or dns is None:
             return "could not read the node's state (see above)"
         session = h.data.get("ssh_hostname") or h.name
-        if fast is not None:
-            return node_diff(plan.node(h.name), live, node_state, session, None, ipvs, dns, nft_fast=fast)
-        return node_diff(plan.node(h.name), live, node_state, session, nft, ipvs, dns)
+        return node_diff(plan.node(h.name), live, node_state, session, None if fast else nft, ipvs, dns, nft_fast=fast, ipvs_fast=ipvs_fast)
 
     def watched(h):
         try:

@@ -35,12 +35,13 @@ _MARK = "@@svcops-fact"
 def _fact_classes() -> tuple[type[FactBase], ...]:
     from svcops.facts.dns import SvcopsDns
     from svcops.facts.iptables import SvcopsIptables
-    from svcops.facts.ipvs import SvcopsIpvs
+    from svcops.facts.ipvs import SvcopsIpvsCanary
     from svcops.facts.nftables import SvcopsNftCanary
     from svcops.facts.node import SvcopsNodeState
 
-    # nftables: the canary only; the whole table is read when the canary disagrees.
-    return (SvcopsIptables, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvs, SvcopsDns)
+    # nftables and IPVS: the canaries only; the whole state is read when one disagrees
+    # (IPVS: and when another mode finds something of IPVS mode to remove).
+    return (SvcopsIptables, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvsCanary, SvcopsDns)
 
 
 class SvcopsFacts(FactBase):
