@@ -138,6 +138,24 @@ for s in prepare addresses ipset iptables ipvsadm finish; do
     esac
 done
 say "CHECK changed $(ipvsadm -S -n | grep -c -F -x -f $P/changed-line)"
+# The same kind of change through the record (svcops.render.ipvs_record): the node holds
+# the changed site and its record (put in place, untimed, as the apply above would have
+# written it) with its canary; the change back to the first site is read and sent as
+# the fast path does: the canary, the changed buckets, iptables; the edit; the record.
+say "PHASE record"
+mkdir -p /etc/svcops && cp -a $P/record /etc/svcops/ipvs.d
+sh -e $P/canary-set || say "ERR canary-set failed"
+step rec-read-canary sh -c "sh $P/fact-canary > /tmp/fact-canary"
+step rec-read-counts sh -c "ipset list -t > /dev/null; /usr/sbin/ip -4 -o addr show dev svcops-ipvs0 | wc -l"
+step rec-read-buckets sh -c "sh $P/fact-buckets > /tmp/fact-buckets"
+step rec-read-iptables sh -c "sh $P/fact-iptables > /dev/null"
+say "CHECK rec-trusted $(grep -c -F -f $P/canary-line /tmp/fact-canary)"
+sed 's/^/SVCOPS FACT-CANARY /' /tmp/fact-canary
+say "CHECK rec-buckets-read $(grep -c '^@@svcops-nft bucket ' /tmp/fact-buckets)"
+step rec-apply sh -e $P/rec-run
+step rec-files sh -e $P/rec-files
+say "CHECK rec-changed $(ipvsadm -S -n | grep -c -F -x -f $P/rec-changed-line)"
+say "CHECK rec-canary $(ipset list SVCOPS-STATE | grep -c -F -f $P/rec-canary-line)"
 if [ -f $P/scale.sh ]; then
     say "PHASE scale"
     /usr/sbin/ip netns add scale
@@ -184,6 +202,7 @@ step ipset busybox sh -c "/usr/sbin/ipset restore < $P/ipset"
 step iptables /usr/sbin/iptables-restore -w 5 --noflush $P/iptables
 step read-iptables busybox sh $P/fact-iptables
 step read-ipset-only busybox sh -c "/usr/sbin/ipset save | grep -E '^(create|add) SVCOPS-'"
+step rec-read-counts busybox sh -c "/usr/sbin/ipset list -t > /dev/null; /usr/sbin/ip -4 -o addr show dev svcops-ipvs0 | wc -l"
 """
 
 
@@ -200,6 +219,7 @@ class Run:
     total: float = 0.0
     done: bool = False
     mem: str = ""
+    canary_lines: list[str] = field(default_factory=list)  # SvcopsIpvsCanary's output in the record phase
 
 
 def compiled(site, nodes, lock, mode):
@@ -246,6 +266,9 @@ class Host:
     sizes: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     change_lines: int = 0
+    fast_decide_s: float = 0.0  # the record's path: parse the canary + fast_plan
+    fast_buckets: int = 0
+    fast_lines: int = 0
 
 
 def write_payload(n: int, a, tmp: Path, dest: Path) -> Host:
@@ -302,7 +325,78 @@ def write_payload(n: int, a, tmp: Path, dest: Path) -> Host:
     again = ipvs_plan(rules2, state2.live, expected_tables(rules2.iptables_rules), ipvs_modules(rules2.ipvsadm))
     h.insync_s = time.perf_counter() - t
     assert again.empty, again.summary()
+    write_record_payload(h, rules, rules2, dest)
     return h
+
+
+def write_record_payload(h, rules, rules2, dest: Path) -> None:
+    """The record phase: a node holding `rules2` and its record, changed back to
+    `rules` through it, decided as `svcops.operations.ipvs.rules` decides (the canary's
+    output parsed, the changed buckets read, `fast_plan`)."""
+    from svcops.facts.ipvs import SvcopsIpvsBuckets, SvcopsIpvsCanary, parse_ipvs_canary
+    from svcops.facts.nftables import parse_nft_buckets
+    from svcops.render.ipvs_record import canary_clear_command, canary_set_commands, fast_buckets, fast_plan, fingerprint_of, record_files
+    from svcops.render.ipvs_sync import iptables_step, prepare_step
+    from svcops.render.record import digest_text
+
+    files = record_files(rules2)
+    rec = dest / "record"
+    rec.mkdir()
+    for b, t in files.items():
+        if t is not None:
+            (rec / b).write_text(t)
+    fp2 = fingerprint_of(rules2)
+    (dest / "canary-set").write_text(canary_set_commands(fp2))
+    (dest / "canary-line").write_text(f"svcops-state {fp2}\n")
+    (dest / "fact-canary").write_text(harness.guest_shell(SvcopsIpvsCanary().command()) + "\n")
+    # What the canary fact prints there (to time the host's parse): synthesised.
+    mods = ipvs_modules(rules2.ipvsadm)
+    lines = [f"module {m}" for m in mods] + [f"sysctl {k} {v}" for k, v in SYSCTLS.items()]
+    lines += ["link", f"addresses {len(rules2.addresses)}"]
+    lines += [f"count {n} {len(set(es))}" for n, es in rules2.set_entries().items()]
+    lines += [f"count {s.name} 0" for s in SETS if s.name not in rules2.set_entries()]
+    lines += ["@@svcops-ipvs canary", f'127.0.0.1 comment "svcops-state {fp2}"', "mark", "servers"]
+    lines += ["@@svcops-ipvs index", *files["index"].splitlines()]
+    ipt = expected_tables(rules2.iptables_rules)
+    t = time.perf_counter()
+    canary = parse_ipvs_canary(lines)
+    assert canary.trusted, "the synthesised canary must agree with the record"
+    names = fast_buckets(canary.index, rules)
+    (dest / "fact-buckets").write_text(SvcopsIpvsBuckets().command(buckets=tuple(names)) + "\n")
+    bucket_lines = []
+    for b in names:
+        text = files.get(b) or ""
+        bucket_lines.append(f"@@svcops-nft bucket {b} {digest_text(text)}" if text else f"@@svcops-nft bucket {b}")
+        bucket_lines += text.splitlines()
+    fast = fast_plan(rules, canary.index, parse_nft_buckets(bucket_lines), prepare_step(canary.live, ipvs_modules(rules.ipvsadm)), (*iptables_step(rules, ipt), ()))
+    h.fast_decide_s = time.perf_counter() - t
+    assert fast is not None and fast.plan.ipvsadm and not fast.plan.iptables, fast
+    h.fast_buckets = len(names)
+    h.fast_lines = fast.plan.ipvsadm.count("\n")
+    p = fast.plan
+    run = ["set -e\n", canary_clear_command()]
+    for part, what in ((p.addresses, "ip -batch"), (p.ipset, "ipset restore <"), (p.ipvsadm, "ipvsadm -R <"), (p.finish, "ip -batch")):
+        if part:
+            name = f"rec-{len(run)}"
+            (dest / name).write_text(part)
+            run.append(harness.guest_shell(f"{what} $P/{name}\n").replace("ip -batch", "/usr/sbin/ip -batch"))
+    run.append(canary_set_commands(fast.fingerprint))
+    (dest / "rec-run").write_text("P=/payload\n" + "".join(run))
+    # The record's changed files, each written atomically (as txn.replace_files does).
+    writes = []
+    for b, t in sorted(fast.files.items()):
+        if t is None:
+            writes.append(f"rm -f /etc/svcops/ipvs.d/{b}\n")
+        else:
+            writes.append(f"cat > /etc/svcops/ipvs.d/{b}.new <<'SVCOPS_EOF'\n{t}SVCOPS_EOF\nmv -f /etc/svcops/ipvs.d/{b}.new /etc/svcops/ipvs.d/{b}\n")
+    (dest / "rec-files").write_text("".join(writes))
+    edited = [ln[3:] for ln in p.ipvsadm.splitlines() if ln.startswith("-E ")]
+    (dest / "rec-changed-line").write_text("".join(f"-A {e}\n" for e in edited) or "-A none\n")
+    (dest / "rec-canary-line").write_text(f"svcops-state {fast.fingerprint}\n")
+    h.counts["rec-changed"] = len(edited)
+    h.counts["rec-trusted"] = 1
+    h.counts["rec-canary"] = 1
+    h.counts["rec-buckets-read"] = len(names)
 
 
 def scale_payload(k: int, a, tmp: Path, dest: Path) -> int:
@@ -326,6 +420,8 @@ def parse_t(line: str, run: Run) -> None:
         run.checks[k] = v.strip()
     elif kind == "ERR":
         run.errors.append(rest)
+    elif kind == "FACT-CANARY":
+        run.canary_lines.append(rest)
     elif kind == "BOOTED":
         run.mem = rest
 
@@ -401,7 +497,14 @@ STEP_LABELS = {
     "change-iptables": "change iptables-restore",
     "change-ipvsadm": "change ipvsadm -R ({lines} line: -E)",
     "change-finish": "change finish",
+    "rec-read-canary": "record read SvcopsIpvsCanary (canary, counts, index)",
+    "rec-read-counts": "         its ipset list -t + address count part",
+    "rec-read-buckets": "record read the changed buckets ({buckets})",
+    "rec-read-iptables": "record read SvcopsIptables fact",
+    "rec-apply": "record the edit ({fast_lines} ipvsadm line) + canary",
+    "rec-files": "record write the changed buckets + index",
 }
+REC = ("rec-read-canary", "rec-read-buckets", "rec-read-iptables", "rec-apply", "rec-files")
 
 
 def _s(x: float | None, width: int = 8) -> str:
@@ -449,13 +552,22 @@ def report(runs, hosts, natives, guest_scale, native_scale, scale_k, scale_bytes
         for k, what in STEP_LABELS.items():
             if k not in s:
                 continue
-            what = what.format(addresses=h.counts["addresses"], vs=h.counts["vs"], rs=h.counts["rs"], lines=h.change_lines)
+            what = what.format(addresses=h.counts["addresses"], vs=h.counts["vs"], rs=h.counts["rs"], lines=h.change_lines,
+                               buckets=h.fast_buckets, fast_lines=h.fast_lines)  # fmt: skip
             n = nat.get(k)
             ratio = f"{s[k] / n:6.1f}x" if n else ""
             fail = "" if r.rc.get(k, 0) == 0 else f"  FAILED rc={r.rc[k]}"
             print(f"    {what:<44} {_s(s[k])} {_s(n)} {ratio:>7}{fail}")
             if k == "read-iptables":
                 print(f"    {'decide (host: parse the state, ipvs_plan)':<44} {'':>12} {_s(h.decide_s)}")
+            if k == "rec-read-iptables":
+                print(f"    {'decide (host: parse the canary, fast_plan)':<44} {'':>12} {_s(h.fast_decide_s)}")
+        if r.canary_lines:
+            from svcops.facts.ipvs import parse_ipvs_canary
+
+            c = parse_ipvs_canary(r.canary_lines)
+            r.checks["canary-fact-trusted"] = "1" if c.trusted else f"0 (canary {c.canary}, mark {c.mark}, counts {dict(c.counts)})"
+            h.counts["canary-fact-trusted"] = 1
         checks = ", ".join(f"{k} {v}/{h.counts[k]}" if k in h.counts else f"{k} {v}" for k, v in r.checks.items())
         print(f"    checks (guest/expected): {checks}")
         for e in r.errors[:5]:
@@ -490,6 +602,26 @@ def report(runs, hosts, natives, guest_scale, native_scale, scale_k, scale_bytes
             e_change = est(m, u + sum(s[x] for x in ch))
             e_sync = est(nat["read-iptables"] + nat["read-ipset-only"] + h.insync_s, u)
         print(f"  {r.services:>8,}  {cold:>9}  {change:>27}  {insync:>9}   {'':>18} {e_cold:>11}  {e_change:>11}  {e_sync:>11}")
+    print(f"\n  one-service change through the record (canary + changed buckets + iptables read, decided, edit + canary, record written):")
+    print(f"  {'services':>8}  {'guest (TCG)':>12}  {'of which read':>13}  {'native estimate':>15}  {'whole-read change, guest':>24}  {'speed-up':>8}")
+    for r in runs:
+        h, s, nat = hosts[r.services], r.steps, natives.get(r.services, {})
+        if not all(x in s for x in REC):
+            print(f"  {r.services:>8,}  incomplete")
+            continue
+        g = sum(s[x] for x in REC) + h.fast_decide_s
+        read = s["rec-read-canary"] + s["rec-read-buckets"] + s["rec-read-iptables"]
+        e = "-"
+        if "rec-read-counts" in nat and "read-iptables" in nat:
+            m = nat["rec-read-counts"] + nat["read-iptables"] + h.fast_decide_s
+            u = g - h.fast_decide_s - s["rec-read-counts"] - s["rec-read-iptables"]
+            e = est(m, u)
+        ch = [x for x in CHANGE if x in s]
+        whole = s["read-ipvs"] + s["read-iptables"] + h.decide_s + sum(s[x] for x in ch) if "read-ipvs" in s and ch else None
+        speed = f"{whole / g:7.1f}x" if whole else "-"
+        print(f"  {r.services:>8,}  {g:10.2f} s  {read:11.2f} s  {e:>15}  {_s(whole):>24}  {speed:>8}")
+    print("  (native estimate: the ipset/address counts and SvcopsIptables measured natively, the host's decision as")
+    print("   measured, the rest (ipvsadm -L -f, cat of the index and buckets, ipvsadm -R, the files) as guest time / ratio.)")
     print("  (emulated columns: cold = modules + sysctls/link + addresses + ipset + iptables + ipvsadm -R in the guest;")
     print("   change and in sync = the live state read in the guest + decided on the host (+ the edit applied in the guest).")
     print("   Native estimates: the steps measured natively as measured, the others (insmod, sysctls, ipvsadm, ipvsadm-save)")

@@ -192,7 +192,9 @@ def _gather(state, plan, node_timeout: float, timeout: int, verify: bool = False
     from svcops.facts.cache import SvcopsFacts
     from svcops.facts.dns import SvcopsDns
     from svcops.facts.iptables import NO_IPTABLES, SvcopsIptables, SvcopsIptablesCanary
-    from svcops.facts.ipvs import SvcopsIpvs
+    from svcops.facts.ipvs import IpvsState, SvcopsIpvs, SvcopsIpvsCanary
+    from svcops.operations.ipvs import plan_from_record
+    from svcops.render.ipvs import ipvs_modules
     from svcops.facts.nftables import SvcopsNftables, SvcopsNftBuckets, SvcopsNftCanary
     from svcops.facts.node import SvcopsNodeState
     from svcops.nodediff import node_diff
@@ -204,15 +206,17 @@ def _gather(state, plan, node_timeout: float, timeout: int, verify: bool = False
     def one(h):
         with ctx_state.use(state), ctx_host.use(h):
             # One round trip; a part that failed is read again on its own (pyinfra reports it).
-            got = h.get_fact(SvcopsFacts, full_iptables=verify, _timeout=timeout) or {}
-            ipt_cls = SvcopsIptables if verify else SvcopsIptablesCanary
-            ipt, node_state, canary, ipvs, dns = (
+            out = plan.node(h.name).output
+            # IPVS mode's iptables part is small and its fast path needs it whole.
+            full_ipt = verify or out.mode == "ipvs"
+            got = h.get_fact(SvcopsFacts, full_iptables=full_ipt, _timeout=timeout) or {}
+            ipt_cls = SvcopsIptables if full_ipt else SvcopsIptablesCanary
+            ipt, node_state, canary, ipvs_canary, dns = (
                 got[cls.__name__] if cls.__name__ in got else h.get_fact(cls, _timeout=timeout)
-                for cls in (ipt_cls, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvs, SvcopsDns)
+                for cls in (ipt_cls, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvsCanary, SvcopsDns)
             )
             # What the apply's fast paths would send, when their records are trusted;
             # else the whole state, as the apply would read it.
-            out = plan.node(h.name).output
             fast = None
             if out.mode == "nftables" and canary is not None and canary.trusted and not verify:
                 names = fast_buckets(canary.index, out.nftables)
@@ -220,14 +224,22 @@ def _gather(state, plan, node_timeout: float, timeout: int, verify: bool = False
                     old = h.get_fact(SvcopsNftBuckets, buckets=tuple(names), _timeout=timeout) if names else {}
                     fast = fast_plan(out.nftables, canary.index, old or {})
             nft = h.get_fact(SvcopsNftables, _timeout=timeout) if fast is None else True
-            ipt_diff = None if verify or ipt is None else _iptables_fast_diff(h, out, ipt, timeout)
-            live = NO_IPTABLES if ipt_diff is not None else ipt if verify else h.get_fact(SvcopsIptables, _timeout=timeout)
-        if live is None or node_state is None or nft is None or ipvs is None or dns is None:
+            ipt_diff = None if full_ipt or ipt is None else _iptables_fast_diff(h, out, ipt, timeout)
+            live = NO_IPTABLES if ipt_diff is not None else ipt if full_ipt else h.get_fact(SvcopsIptables, _timeout=timeout)
+            # IPVS likewise: from the record when its canary agrees; else everything (in
+            # another mode only when something of IPVS mode may be there to remove).
+            ipvs_fast = ipvs = None
+            if ipvs_canary is not None and out.mode == "ipvs" and ipvs_canary.trusted and not verify and live is not None:
+                ipvs_fast = plan_from_record(h, out.ipvs, ipvs_canary, live, ipvs_modules(out.ipvs.ipvsadm), _timeout=timeout)
+            if ipvs_canary is not None and ipvs_fast is None:
+                wanted = out.mode == "ipvs" or ipvs_canary.present
+                ipvs = h.get_fact(SvcopsIpvs, _timeout=timeout) if wanted else IpvsState()
+        if live is None or node_state is None or nft is None or (ipvs is None and ipvs_fast is None) or dns is None:
             return "could not read the node's state (see above)"
         session = h.data.get("ssh_hostname") or h.name
         return node_diff(
             plan.node(h.name), live, node_state, session, None if fast is not None else nft, ipvs, dns,
-            nft_fast=fast, ipt_diff=ipt_diff,
+            nft_fast=fast, ipvs_fast=ipvs_fast, ipt_diff=ipt_diff,
         )  # fmt: skip
 
     def watched(h):

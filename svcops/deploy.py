@@ -194,7 +194,7 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
 
     if out.mode == "ipvs":
         # First: a node that cannot do IPVS fails here, before anything changed.
-        metas.append(("ipvs", ipvs.rules(name="svcops | ipvs", rules=out.ipvs, verify_ssh=verify_ssh, **kwargs)))
+        metas.append(("ipvs", ipvs.rules(name="svcops | ipvs", rules=out.ipvs, verify_ssh=verify_ssh, verify=o.verify, **kwargs)))
         add_nftables(None)
     else:
         if out.mode == "nftables":

@@ -91,11 +91,14 @@ class NodeDiff:
         }
 
 
-def mode_changes(out, nft=None, ipvs=None, iptables: LiveTables | None = None, nft_fast=None) -> list[str]:
+def mode_changes(out, nft=None, ipvs=None, iptables: LiveTables | None = None, nft_fast=None, ipvs_fast=None) -> list[str]:
     """The nftables / IPVS lines of the diff, from the SvcopsNftables and SvcopsIpvs
-    facts (None: not read), or for nftables from the record (`nft_fast`, a
-    `svcops.render.nftables_record.FastPlan`: what the apply's fast path would send)."""
+    facts (None: not read), or from the records (`nft_fast`, a
+    `svcops.render.nftables_record.FastPlan`, `ipvs_fast`, a
+    `svcops.render.ipvs_record.IpvsFastPlan`: what the apply's fast path would send)."""
     lines: list[str] = []
+    if ipvs_fast is not None:
+        lines += ipvs_fast.summary()
     if nft_fast is not None:
         lines += nft_fast.summary()
     elif nft is not None:
@@ -139,13 +142,15 @@ def _nft_lines(plan) -> list[str]:
 def node_diff(
     plan, live: LiveTables, state: NodeState, session_address: str | None = None, nft=None, ipvs=None, dns=None,
     nft_fast=None,
+    ipvs_fast=None,
     ipt_diff: TablesDiff | None = None,
 ) -> NodeDiff:
     """What applying `plan` (a NodePlan) would change on a node whose facts are
     `live` (SvcopsIptables), `state` (SvcopsNodeState) and, when read, `nft`
     (SvcopsNftables) or `nft_fast` (the fast path's plan from the record), `ipvs`
-    (SvcopsIpvs) and `dns` (SvcopsDns); `ipt_diff`: the iptables part, when the fast
-    path worked it out from the record (`live` is then not read for it)."""
+    (SvcopsIpvs) or `ipvs_fast` (likewise) and `dns` (SvcopsDns); `ipt_diff`: the
+    iptables part, when the fast path worked it out from the record (`live` is then not
+    read for it)."""
     out = plan.output
     added: list[str] = []
     removed: list[str] = []
@@ -177,7 +182,7 @@ def node_diff(
         tuple(removed),
         tuple(files),
         state.ip_forward != "1",
-        tuple(mode_changes(out, nft, ipvs, live, nft_fast)),
+        tuple(mode_changes(out, nft, ipvs, live, nft_fast, ipvs_fast)),
         tuple(p for p in plan.files.remove if p in state.files),
         tuple(_dns_lines(plan, dns)),
     )

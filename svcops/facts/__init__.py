@@ -13,6 +13,7 @@ that change nothing):
     nftables.SvcopsNftables   svcops's nftables table (chains, sets, map elements with
                               their digests) and the fingerprint of its boot file
     ipvs.SvcopsIpvs           whether the node can do IPVS, and svcops's IPVS footprint
+    ipvs.SvcopsIpvsCanary     the cheap part of it, the IPVS record's canary and index
     dns.SvcopsDns             pdns-recursor, svcops's DNS files and /etc/resolv.conf
     cache.SvcopsFacts         all of the above in one round trip
 

@@ -35,14 +35,14 @@ _MARK = "@@svcops-fact"
 def _fact_classes(full_iptables: bool = False) -> tuple[type[FactBase], ...]:
     from svcops.facts.dns import SvcopsDns
     from svcops.facts.iptables import SvcopsIptables, SvcopsIptablesCanary
-    from svcops.facts.ipvs import SvcopsIpvs
+    from svcops.facts.ipvs import SvcopsIpvsCanary
     from svcops.facts.nftables import SvcopsNftCanary
     from svcops.facts.node import SvcopsNodeState
 
-    # The canaries of iptables and nftables mode (the whole state is read when a canary
-    # disagrees), unless iptables is asked whole.
+    # Every mode's canary (the whole state is read when one disagrees; IPVS: and when
+    # another mode finds something of IPVS mode to remove), unless iptables is asked whole.
     iptables = SvcopsIptables if full_iptables else SvcopsIptablesCanary
-    return (iptables, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvs, SvcopsDns)
+    return (iptables, SvcopsNodeState, SvcopsNftCanary, SvcopsIpvsCanary, SvcopsDns)
 
 
 class SvcopsFacts(FactBase):

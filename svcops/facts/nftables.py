@@ -28,6 +28,7 @@ __all__ = [
     "parse_nft_canary",
     "SvcopsNftBuckets",
     "parse_nft_buckets",
+    "buckets_command",
 ]
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +195,17 @@ class SvcopsNftCanary(FactBase):
 _BUCKET = "@@svcops-nft bucket "
 
 
+def buckets_command(folder: str, buckets) -> str:
+    """Shell printing each bucket file of a record `folder` after a line naming it and
+    its sha256 (computed on the node; no digest: no such file). Any mode's record."""
+    names = " ".join(b for b in buckets if len(b) == 2 and b.isalnum())
+    return (
+        f"for b in {names}; do f={folder}/$b; "
+        f"if [ -f \"$f\" ]; then echo \"{_BUCKET}$b $(sha256sum < \"$f\" | cut -c1-32)\"; cat \"$f\"; "
+        f"else echo \"{_BUCKET}$b\"; fi; done; true"
+    )
+
+
 def parse_nft_buckets(lines: list[str]) -> dict[str, tuple[str, str]]:
     """bucket -> (the sha256 the node computed of its file, "" if missing; its text)."""
     out: dict[str, tuple[str, list[str]]] = {}
@@ -220,12 +232,7 @@ class SvcopsNftBuckets(FactBase):
     """
 
     def command(self, buckets=()) -> str:
-        names = " ".join(b for b in buckets if len(b) == 2 and b.isalnum())
-        return (
-            f"for b in {names}; do f={NFT_RECORD_DIR}/$b; "
-            f"if [ -f \"$f\" ]; then echo \"{_BUCKET}$b $(sha256sum < \"$f\" | cut -c1-32)\"; cat \"$f\"; "
-            f"else echo \"{_BUCKET}$b\"; fi; done; true"
-        )
+        return buckets_command(NFT_RECORD_DIR, buckets)
 
     @staticmethod
     def default() -> dict:

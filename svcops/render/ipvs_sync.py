@@ -57,6 +57,9 @@ __all__ = [
     "IpvsLive",
     "IpvsPlan",
     "ipvs_plan",
+    "prepare_step",
+    "iptables_step",
+    "iptables_details",
     "ipvs_removal",
     "IpvsRemoval",
     "removal_undo",
@@ -267,25 +270,10 @@ def _sets_drift(rules: IpvsRules, live: IpvsLive) -> list[str]:
 def ipvs_plan(rules: IpvsRules, live: IpvsLive, iptables: LiveTables, modules: Iterable[str]) -> IpvsPlan:
     """What to run on a node (facts `live` and `iptables`) to give it `rules`."""
     d = shlex.quote(DUMMY_INTERFACE)
-    prep: list[str] = []
-    missing_modules = [m for m in modules if m not in live.modules]
-    if missing_modules:
-        prep.append(f"for m in {' '.join(missing_modules)}; do modprobe \"$m\" || [ -d \"/sys/module/$m\" ] || exit 1; done")
-    wrong = {k: v for k, v in SYSCTLS.items() if live.sysctls.get(k) != v}
-    if not live.before and any(k in wrong for k in NODE_WIDE_SYSCTLS):
-        prep.append(_keep_before(live.sysctls))
-    if wrong or missing_modules:
-        prep.append("sysctl -q -w " + " ".join(f"{k}={v}" for k, v in (wrong or SYSCTLS).items()))
-    if not live.link:
-        prep.append(f"ip link add {d} type dummy")
     have = set(live.addresses)
     addresses = "".join(f"address add {a}/32 dev {d}\n" for a in rules.addresses if a not in have)
     ipset = "" if _sets_in_sync(rules, live) else ipset_payload(rules, live)
-    ipt = rules.iptables_rules
-    iptables_payload = undo_ipt = ""
-    if not in_sync(ipt, iptables):
-        iptables_payload = restore_payload(ipt, iptables)
-        undo_ipt = rollback_payload(iptables, ipt)
+    iptables_payload, undo_ipt = iptables_step(rules, iptables)
     ipvsadm = ipvsadm_update(rules, live.ipvsadm, live.addresses)
     undo_ipvsadm = ""
     if ipvsadm:
@@ -297,15 +285,48 @@ def ipvs_plan(rules: IpvsRules, live: IpvsLive, iptables: LiveTables, modules: I
     details += _capped([f"ipvs: - address {a} on {DUMMY_INTERFACE}" for a in live.addresses if a not in wanted])
     if ipset:
         details += _sets_drift(rules, live)
-    if iptables_payload:
-        for name, t in diff_tables(ipt, iptables).tables.items():
-            details += [f"ipvs: iptables {name}: {sign} {c}" for sign, cs in (("+", t.added), ("-", t.removed), ("~", t.changed)) for c in cs]
-            details += [f"ipvs: iptables {name}: {sign} jump {j}" for sign, js in (("+", t.jumps_added), ("-", t.jumps_removed)) for j in js]
+    details += iptables_details(rules, iptables) if iptables_payload else []
     if ipvsadm:
         details += describe_ipvsadm_edit(ipvsadm, live.ipvsadm)
     return IpvsPlan(
-        " && ".join(prep), addresses, ipset, iptables_payload, ipvsadm, finish, undo_ipt, undo_ipvsadm, tuple(details)
+        prepare_step(live, modules), addresses, ipset, iptables_payload, ipvsadm, finish, undo_ipt, undo_ipvsadm, tuple(details)
     )
+
+
+def iptables_step(rules: IpvsRules, iptables: LiveTables) -> tuple[str, str]:
+    """(``iptables-restore --noflush`` input, its undo) for svcops's few IPVS-mode
+    chains against the live tables; ("", "") in sync."""
+    ipt = rules.iptables_rules
+    if in_sync(ipt, iptables):
+        return "", ""
+    return restore_payload(ipt, iptables), rollback_payload(iptables, ipt)
+
+
+def iptables_details(rules: IpvsRules, iptables: LiveTables) -> list[str]:
+    out: list[str] = []
+    for name, t in diff_tables(rules.iptables_rules, iptables).tables.items():
+        out += [f"ipvs: iptables {name}: {sign} {c}" for sign, cs in (("+", t.added), ("-", t.removed), ("~", t.changed)) for c in cs]
+        out += [f"ipvs: iptables {name}: {sign} jump {j}" for sign, js in (("+", t.jumps_added), ("-", t.jumps_removed)) for j in js]
+    return out
+
+
+def prepare_step(live: IpvsLive, modules: Iterable[str]) -> str:
+    """Shell: the modules missing, the sysctls not at IPVS mode's values (the node's
+    own ARP ones kept first), the dummy interface when it is missing; "" in sync.
+    Needs only `live`'s link, sysctls, modules and before."""
+    d = shlex.quote(DUMMY_INTERFACE)
+    prep: list[str] = []
+    missing_modules = [m for m in modules if m not in live.modules]
+    if missing_modules:
+        prep.append(f"for m in {' '.join(missing_modules)}; do modprobe \"$m\" || [ -d \"/sys/module/$m\" ] || exit 1; done")
+    wrong = {k: v for k, v in SYSCTLS.items() if live.sysctls.get(k) != v}
+    if not live.before and any(k in wrong for k in NODE_WIDE_SYSCTLS):
+        prep.append(_keep_before(live.sysctls))
+    if wrong or missing_modules:
+        prep.append("sysctl -q -w " + " ".join(f"{k}={v}" for k, v in (wrong or SYSCTLS).items()))
+    if not live.link:
+        prep.append(f"ip link add {d} type dummy")
+    return " && ".join(prep)
 
 
 def _keep_before(sysctls: Mapping[str, str]) -> str:
@@ -331,14 +352,24 @@ class IpvsRemoval:
         return not (self.ipset or self.ipvsadm or self.link or self.sysctls)
 
 
+# The fwmark of the record's canary virtual server (`svcops.render.ipvs_record`).
+CANARY_MARK = 0x5C0B5
+
+
+def _owned(live: IpvsLive, node_addresses: Iterable[str]) -> Callable[[str, int], bool]:
+    """svcops's virtual servers when IPVS mode is left: those on the dummy interface's
+    addresses and the node's own (node ports), and the canary (``-f CANARY_MARK``)."""
+    mine = set(live.addresses) | set(node_addresses)
+    return lambda a, p: a in mine or (a == "" and p == CANARY_MARK)
+
+
 def ipvs_removal(live: IpvsLive, node_addresses: Iterable[str]) -> IpvsRemoval:
     """Removing svcops's IPVS footprint: its sets (temporary ones first), its virtual
     servers (those on the dummy interface's addresses and on the node's own, i.e. node
     ports: an `ipvsadm_update` to an empty render), the dummy interface, and the node's
     own values of the ARP sysctls, kept when IPVS mode came (`SYSCTLS_BEFORE`)."""
     destroy = "".join(f"destroy {n}\n" for n in sorted(live.sets, key=lambda n: (not n.endswith("-T"), n)))
-    mine = set(live.addresses) | set(node_addresses)
-    delete = ipvsadm_edit("", live.ipvsadm, lambda a, p: a in mine) if live.ipvsadm else ""
+    delete = ipvsadm_edit("", live.ipvsadm, _owned(live, node_addresses)) if live.ipvsadm else ""
     sysctls = ""
     if live.before:
         back = " ".join(f"{k}={v}" for k, v in sorted(live.before.items()))
@@ -375,8 +406,7 @@ def removal_undo(live: IpvsLive, node_addresses: Iterable[str]) -> str:
         lines = [f"create {n} {opts}\n" for n, opts in sorted(live.sets.items())]
         lines += [f"add {n} {e}\n" for n in sorted(live.members) for e in sorted(live.members[n])]
         out.append(f"ipset restore -exist <<'SVCOPS_EOF'\n{''.join(lines)}SVCOPS_EOF\n")
-    mine = set(live.addresses) | set(node_addresses)
-    back = ipvsadm_edit(live.ipvsadm, "", lambda a, p: a in mine) if live.ipvsadm else ""
+    back = ipvsadm_edit(live.ipvsadm, "", _owned(live, node_addresses)) if live.ipvsadm else ""
     if back:
         out.append(f"ipvsadm -R <<'SVCOPS_EOF'\n{back}SVCOPS_EOF\n")
     if live.before:

@@ -52,6 +52,7 @@ from svcops.render.record import (
     RecordIndex,
     bucket_digests,
     bucket_of,
+    canary_fingerprint,
     digest_text,
     fingerprint,
     index_text,
@@ -93,13 +94,7 @@ def canary_command(fingerprint: str) -> str:
 def parse_canary(lines: Iterable[str]) -> str | None:
     """The fingerprint in ``nft list set ip svcops state``'s output (None: no set, no
     element, or more than one)."""
-    found = []
-    for line in lines:
-        i = line.find(CANARY_PREFIX)
-        if i >= 0:
-            rest = line[i + len(CANARY_PREFIX) :]
-            found.append(rest.split('"', 1)[0].strip())
-    return found[0] if len(found) == 1 and found[0] else None
+    return canary_fingerprint(lines, CANARY_PREFIX)
 
 
 _TEXTS: dict[tuple[str, str], str] = {}  # (unit id, digest) -> its text: nodes share most units

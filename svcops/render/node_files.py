@@ -16,14 +16,14 @@ up), runs ``/etc/svcops/restore``, an idempotent shell script:
 
 That is iptables mode. The script and the files follow the site's proxy mode:
 
-    nftables   /etc/svcops/rules.nft, loaded one transaction at a time (a chunked
-               file, `svcops.render.nftables_sync`): the whole table ip svcops, replacing any
-               svcops table there; iptables is not used at all
+    nftables   the record /etc/svcops/nft.d (`svcops.render.nftables_record`), loaded
+               a few buckets a transaction: the whole table ip svcops, replacing any
+               svcops table there, the canary last; iptables is not used at all
     ipvs       modules (ip_vs, its schedulers, dummy), the IPVS sysctls, the dummy
-               interface svcops-ipvs0 with /etc/svcops/ipvs-addresses, ipset restore of
-               /etc/svcops/ipset, its iptables part (iptables-restore --noflush
-               /etc/svcops/rules.v4, and the jumps as above), and ipvsadm -R of
-               /etc/svcops/ipvsadm when IPVS holds no virtual server yet
+               interface svcops-ipvs0, then from the record /etc/svcops/ipvs.d
+               (`svcops.render.ipvs_record`) its addresses, svcops's sets and, when
+               IPVS holds no virtual server yet, the virtual servers, the canary last;
+               then the iptables part as above
 
 The files of the other modes are removed when a site changes mode (`MODE_FILES`).
 
@@ -44,6 +44,7 @@ from typing import Mapping, Sequence
 from svcops.render.iptables import IptablesRules, Jump, restore_transactions
 from svcops.render.iptables_record import FIRST, LAST, MODE, OWN, RECORD_DIR, STATE, UNVERIFIED
 from svcops.render.ipvs import DUMMY_INTERFACE, SYSCTLS, ipvs_modules
+from svcops.render.ipvs_record import BOOT_LOADER as IPVS_BOOT_LOADER
 from svcops.render.nftables_record import BOOT_LOADER
 from svcops.render.nftables_sync import LOADER
 from svcops.site.model import INTERFACE_NAME, Announcement, is_ipv4
@@ -72,6 +73,7 @@ __all__ = [
     "IPSET_FILE",
     "IPVSADM_FILE",
     "IPVS_ADDRESSES_FILE",
+    "IPVS_RECORD_DIR",
     "MODE_FILES",
     "sysctl_text",
 ]
@@ -82,7 +84,8 @@ RESTORE_SCRIPT = f"{ETC_DIR}/restore"
 ANNOUNCE_FILE = f"{ETC_DIR}/announce"
 NFT_FILE = f"{ETC_DIR}/rules.nft"  # before the record (kept only to be removed)
 NFT_RECORD_DIR = f"{ETC_DIR}/nft.d"  # nftables mode's record: the boot data (svcops.render.nftables_record)
-IPSET_FILE = f"{ETC_DIR}/ipset"
+IPVS_RECORD_DIR = f"{ETC_DIR}/ipvs.d"  # IPVS mode's record: the boot data (svcops.render.ipvs_record)
+IPSET_FILE = f"{ETC_DIR}/ipset"  # IPVS mode's boot files before the record (kept only to be removed)
 IPVSADM_FILE = f"{ETC_DIR}/ipvsadm"
 IPVS_ADDRESSES_FILE = f"{ETC_DIR}/ipvs-addresses"
 UNIT_NAME = "svcops-rules.service"
@@ -100,8 +103,10 @@ MANAGED_FILES = (
 MODE_FILES = {
     "iptables": (),
     "nftables": (NFT_FILE,),
-    "ipvs": (RULES_FILE, IPSET_FILE, IPVSADM_FILE, IPVS_ADDRESSES_FILE),
+    "ipvs": (RULES_FILE,),
 }
+# Boot files of svcops before the records, removed in every mode.
+OLD_FILES = (NFT_FILE, IPSET_FILE, IPVSADM_FILE, IPVS_ADDRESSES_FILE)
 
 _HEADER = "# Written by svcops; do not edit: svcops rewrites it (change the site instead).\n"
 
@@ -224,13 +229,13 @@ def _ipvs_part(jumps: Sequence[Jump], modules: Sequence[str]) -> list[str]:
         f"sysctl -q -p {SYSCTL_FILE} || true\n",
         "# the dummy interface holding the virtual addresses (left down, like kube-ipvs0)\n",
         f"ip link show {D} >/dev/null 2>&1 || ip link add {D} type dummy\n",
-        "# one ip process for every address (a loop of `ip addr` takes minutes at 10,000)\n",
-        f"sed -e '/^$/d' -e 's|.*|address replace &/32 dev {D}|' {IPVS_ADDRESSES_FILE} | ip -batch -\n",
-        f"ipset restore < {IPSET_FILE}\n",
+        "# from the record: the addresses (one ip process for all), every set refilled, the\n",
+        "# virtual servers when IPVS holds none yet (a node already serving keeps what it\n",
+        "# has: svcops apply keeps it in sync), the canary; then the iptables part, whose\n",
+        "# rules match those sets\n",
+        IPVS_BOOT_LOADER,
+        f"svcops_ipvs_boot {IPVS_RECORD_DIR}\n",
         *_iptables_part(jumps),
-        "# virtual servers: at boot IPVS is empty; a node already serving keeps what it has\n",
-        "# (svcops apply keeps it in sync)\n",
-        f'if [ -z "$(ipvsadm-save -n)" ]; then ipvsadm -R < {IPVSADM_FILE}; fi\n',
     ]
 
 
@@ -313,11 +318,9 @@ def node_files(
     if mode == "nftables":
         pass  # the boot data is the record (/etc/svcops/nft.d), written by the nftables operation
     elif mode == "ipvs":
+        # The rest of the boot data is the record (/etc/svcops/ipvs.d), written by the ipvs operation.
         modules = ipvs_modules(ipvs.ipvsadm)
         files[RULES_FILE] = boot_payload(rules)
-        files[IPSET_FILE] = ipvs.ipset
-        files[IPVSADM_FILE] = ipvs.ipvsadm
-        files[IPVS_ADDRESSES_FILE] = "".join(a + "\n" for a in ipvs.addresses)
     # iptables mode: the rules are in the record (/etc/svcops/iptables.d), which the
     # rules operation writes; the rules.v4 of before goes (MODE_FILES).
     files.update(
@@ -331,6 +334,5 @@ def node_files(
     if interfaces:
         files[INTERFACES_FILE] = interfaces
     stale = tuple(f for m, fs in MODE_FILES.items() if m != mode for f in fs if f not in files)
-    if mode == "nftables":
-        stale += (NFT_FILE,)  # the boot file of svcops before the record
+    stale += OLD_FILES  # the boot files of svcops before the records
     return NodeFiles(files, modes={RESTORE_SCRIPT: "755"}, remove=tuple(dict.fromkeys(stale)))

@@ -48,6 +48,7 @@ __all__ = [
     "verify_bucket",
     "verify_bucket_text",
     "digest_text",
+    "canary_fingerprint",
 ]
 
 BUCKETS = 256
@@ -161,3 +162,14 @@ def verify_bucket(index: RecordIndex, bucket: str, file_digest: str) -> bool:
     """Whether a bucket file read from the node (`file_digest`: the sha256 of its text
     as the node computed it, "" when there is no such file) is the one the index names."""
     return file_digest == index.files.get(bucket, "")
+
+
+def canary_fingerprint(lines: Iterable[str], prefix: str) -> str | None:
+    """The fingerprint a canary's listing carries after `prefix` (in a comment, up to
+    the closing quote); None when there is none, or more than one."""
+    found = []
+    for line in lines:
+        i = line.find(prefix)
+        if i >= 0:
+            found.append(line[i + len(prefix) :].split('"', 1)[0].strip())
+    return found[0] if len(found) == 1 and found[0] else None

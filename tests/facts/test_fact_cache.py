@@ -20,7 +20,7 @@ from pyinfra.context import ctx_host, ctx_state
 from svcops.facts.cache import SvcopsFacts, _fact_classes, marks_changes, node_fact
 from svcops.facts.dns import SvcopsDns
 from svcops.facts.iptables import SvcopsIptables, SvcopsIptablesCanary
-from svcops.facts.ipvs import SvcopsIpvs
+from svcops.facts.ipvs import SvcopsIpvs, SvcopsIpvsCanary
 from svcops.facts.nftables import SvcopsNftCanary
 from svcops.facts.node import SvcopsNodeState
 
@@ -72,7 +72,7 @@ def test_a_run_that_changes_nothing_reads_every_fact_once():
     state = FakeState(order, host)
     got = run_ops(state, host, [
         ("ipt", [(SvcopsIptables, False)], False), ("nft", [(SvcopsNftCanary, False)], False),
-        ("ipvs", [(SvcopsIpvs, False)], False), ("lb", [NODE], False), ("addr", [NODE], False),
+        ("ipvs", [(SvcopsIpvsCanary, False)], False), ("lb", [NODE], False), ("addr", [NODE], False),
         ("fwd", [NODE], False), ("files", [NODE], False), ("dns", [(SvcopsDns, False)], False),
     ])  # fmt: skip
     assert host.reads == ["SvcopsFacts(full)"]
@@ -152,7 +152,7 @@ def test_the_combined_command_gives_what_each_fact_gives_alone():
         subprocess.run(["ip", "netns", "exec", ns, "iptables-restore", "--noflush"], check=True, text=True,
                        input="*nat\n:SVCOPS-SERVICES - [0:0]\n-A OUTPUT -j SVCOPS-SERVICES\nCOMMIT\n")  # fmt: skip
         combined = SvcopsFacts().process(sh(ns, SvcopsFacts().command(full_iptables=True)))
-        for cls in (SvcopsIptables, SvcopsNftCanary, SvcopsIpvs):
+        for cls in (SvcopsIptables, SvcopsNftCanary, SvcopsIpvsCanary):
             alone = cls().process(sh(ns, cls().command()))
             assert combined[cls.__name__] == alone, cls.__name__
         assert "SVCOPS-SERVICES" in combined["SvcopsIptables"].table("nat").chains

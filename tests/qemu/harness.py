@@ -376,7 +376,12 @@ def write_update(dest: Path) -> None:
     # Boot: every file svcops persists in IPVS mode for the updated site, under boot/.
     from svcops.render.node_files import node_files
 
-    for path, text in node_files(new.iptables_rules, "", (), "ipvs", ipvs=new).files.items():
+    from svcops.render.ipvs_record import record_files
+    from svcops.render.node_files import IPVS_RECORD_DIR
+
+    files = dict(node_files(new.iptables_rules, "", (), "ipvs", ipvs=new).files)
+    files.update({f"{IPVS_RECORD_DIR}/{b}": t for b, t in record_files(new).items() if t is not None})
+    for path, text in files.items():
         f = dest / "boot" / path.lstrip("/")
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(text)

@@ -127,6 +127,8 @@ done
 ipvsadm -S -n | sed "s/^/SVCOPS BOOT-IPVS /"
 say "BOOT addresses $(/usr/sbin/ip -4 -o addr show dev svcops-ipvs0 | wc -l)"
 say "BOOT sysctl $(sysctl -n net.ipv4.vs.conntrack)"
+say "BOOT canary $(ipset list SVCOPS-STATE | sed -n 's/.*svcops-state \([0-9a-f]*\).*/\1/p')"
+say "BOOT mark $(ipvsadm -L -n -f 377013 >/dev/null 2>&1 && echo yes)"
 uprobe boot-added 6 10.96.0.20 80
 uprobe boot-node-port 6 10.0.0.11 30080
 finish

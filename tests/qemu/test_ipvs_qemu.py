@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import harness  # noqa: E402
 
 from svcops.render.ipvs import SYSCTLS, parse_ipvsadm_save, render_nodes  # noqa: E402
+from svcops.render.ipvs_record import CANARY_MARK, fingerprint_of  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -158,9 +159,13 @@ def test_the_boot_script_alone_brings_back_the_whole_ipvs_mode(report):
     assert not [f for f in report.apply_failures if "boot" in f], report.apply_failures
     _, ports, cluster = harness.update_site()
     new = render_nodes(cluster, ports, [(harness.PROOF_NODE, (harness.PROOF_NODE_ADDRESS,))])[harness.PROOF_NODE]
-    assert parse_ipvsadm_save(report.boot_ipvs) == parse_ipvsadm_save(new.ipvsadm)
+    # Every rendered server, and the record's canary server (fwmark, no real server).
+    assert parse_ipvsadm_save(report.boot_ipvs) == {**parse_ipvsadm_save(new.ipvsadm), f"-f {CANARY_MARK}": ("-s rr", {})}
     assert report.boot["addresses"] == str(len(new.addresses))
     assert report.boot["sysctl"] == "1"  # net.ipv4.vs.conntrack, from /etc/sysctl.d
+    # The record loaded whole, run twice: the canary names it, its fwmark server is there.
+    assert report.boot["canary"] == fingerprint_of(new)
+    assert report.boot["mark"] == "yes"
     assert backends(report.update_probes["boot-added"]) == {"web-1", "web-2"}
     local = report.update_probes["boot-node-port"]
     assert backends(local) == {"web-1"} and seen_clients(local, "web-1") == {"10.0.0.100"}

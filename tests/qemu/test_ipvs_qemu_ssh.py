@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import harness  # noqa: E402
 import ssh_guest  # noqa: E402
 
+from svcops.render.ipvs_record import CANARY_MARK  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
 SVCOPS = str(Path(sys.executable).parent / "svcops")
@@ -87,9 +89,9 @@ def site(tmp_path_factory):
     return root
 
 
-def apply(guest, site) -> subprocess.CompletedProcess:
+def apply(guest, site, *flags: str) -> subprocess.CompletedProcess:
     inventory = guest.inventory(site, WORKLOADS)
-    r = subprocess.run([SVCOPS, "apply", "-i", str(inventory), "-y", "--rollback-after", "300", str(site)],
+    r = subprocess.run([SVCOPS, "apply", "-i", str(inventory), "-y", "--rollback-after", "300", *flags, str(site)],
                        capture_output=True, text=True, timeout=900)  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
@@ -103,7 +105,31 @@ def backends(lines: list[str]) -> Counter:
     return Counter(ln.split()[0] for ln in lines if ln.startswith("web-"))
 
 
+# The whole read (SvcopsIpvs) is the only reader of `ipvsadm-save`: the guest's is
+# wrapped to count its runs, so a test can tell the record's fast path from it.
+_COUNTED = (
+    "[ -e /usr/sbin/ipvsadm-save.real ] || { mv /usr/sbin/ipvsadm-save /usr/sbin/ipvsadm-save.real && "
+    "printf '#!/bin/sh\\necho run >> /tmp/full-reads\\nexec /usr/sbin/ipvsadm-save.real \"$@\"\\n' > /usr/sbin/ipvsadm-save && "
+    "chmod 755 /usr/sbin/ipvsadm-save; }; touch /tmp/full-reads"
+)
+
+
+def full_reads(guest) -> int:
+    guest.ssh(_COUNTED)
+    return len(guest.ssh("cat /tmp/full-reads").stdout.splitlines())
+
+
+def canary(guest) -> tuple[str, str, bool]:
+    """(the fingerprint SVCOPS-STATE carries, the record index's, the fwmark server is there)."""
+    got = guest.ssh("ipset list SVCOPS-STATE", check=False).stdout
+    fp = next((ln.split("svcops-state ", 1)[1].split('"')[0] for ln in got.splitlines() if "svcops-state " in ln), "")
+    index = guest.ssh("head -n 1 /etc/svcops/ipvs.d/index", check=False).stdout.split()
+    mark = guest.ssh(f"ipvsadm -L -n -f {CANARY_MARK}", check=False).returncode == 0
+    return fp, index[3] if len(index) > 3 else "", mark
+
+
 def test_1_a_cold_apply_over_ssh_gives_the_rendered_ipvs_state(guest, site):
+    full_reads(guest)
     r = apply(guest, site)
     assert status(r).startswith("changed"), r.stdout
     vs = guest.ssh("ipvsadm -S -n").stdout
@@ -113,6 +139,9 @@ def test_1_a_cold_apply_over_ssh_gives_the_rendered_ipvs_state(guest, site):
     assert WEB in addrs and STICKY in addrs
     assert guest.ssh("sysctl -n net.ipv4.vs.conntrack").stdout.strip() == "1"
     assert "svcops" in guest.ssh("cat /etc/svcops/restore").stdout  # persisted for boot
+    # The record and its canary: the kernel names the record the apply wrote.
+    fp, index, mark = canary(guest)
+    assert fp and fp == index and mark
 
 
 def test_2_the_cluster_ip_and_the_node_port_reach_both_backends(guest, site):
@@ -122,13 +151,17 @@ def test_2_the_cluster_ip_and_the_node_port_reach_both_backends(guest, site):
 
 def test_3_a_second_apply_changes_nothing(guest, site):
     before = guest.ssh("ipvsadm -S -n; ipset save; iptables-save | grep -v '^#'").stdout
+    reads = full_reads(guest)
     r = apply(guest, site)
     assert status(r) == "unchanged", r.stdout
     assert guest.ssh("ipvsadm -S -n; ipset save; iptables-save | grep -v '^#'").stdout == before
+    assert full_reads(guest) == reads  # the record said so: nothing read whole
 
 
 def test_4_a_change_edits_only_its_virtual_server(guest, site):
     before = set(guest.ssh("ipvsadm -S -n").stdout.splitlines())
+    old_fp = canary(guest)[0]
+    reads = full_reads(guest)
     (site / "services" / "web.yaml").write_text(
         SERVICES.replace("  clusterIP: 10.96.0.11\n", "  clusterIP: 10.96.0.11\n  sessionAffinity: ClientIP\n")
     )
@@ -136,10 +169,16 @@ def test_4_a_change_edits_only_its_virtual_server(guest, site):
     assert status(r).startswith("changed"), r.stdout
     after = set(guest.ssh("ipvsadm -S -n").stdout.splitlines())
     assert before ^ after == {f"-A -t {STICKY}:80 -s rr", f"-A -t {STICKY}:80 -s rr -p 10800"}
+    # Through the record: nothing read whole, and the canary names the new record.
+    assert full_reads(guest) == reads
+    fp, index, mark = canary(guest)
+    assert fp == index and fp != old_fp and mark
     assert len(set(backends(guest.get(STICKY, 80, 4)))) == 1  # one client, one backend
 
 
-# Hand edits: (what is done on the node, what `svcops apply --dry` says of it).
+# Hand edits: (what is done on the node, what `svcops apply --dry` says of it). Those
+# the canary cannot see (one server edited, the counts kept) take --verify.
+UNSEEN = {"real server deleted", "weight changed", "scheduler changed"}
 DRIFT = {
     "real server deleted": (f"ipvsadm -d -t {WEB}:80 -r 10.244.2.7:8080", f"ipvs: + real server 10.244.2.7:8080 of -t {WEB}:80 -m -w 1"),
     "weight changed": (
@@ -166,9 +205,9 @@ def ipvs_state(guest) -> dict[str, list[str]]:
     return {k: sorted(guest.ssh(cmd).stdout.splitlines()) for k, cmd in parts.items()}
 
 
-def dry(guest, site) -> list[str]:
+def dry(guest, site, *flags: str) -> list[str]:
     inventory = guest.inventory(site, WORKLOADS)
-    r = subprocess.run([SVCOPS, "apply", "-i", str(inventory), "--dry", str(site)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([SVCOPS, "apply", "-i", str(inventory), "--dry", *flags, str(site)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return [ln.strip() for ln in r.stdout.split("what apply would change", 1)[-1].splitlines()]
 
@@ -176,15 +215,48 @@ def dry(guest, site) -> list[str]:
 @pytest.mark.parametrize("name", list(DRIFT))
 def test_5_a_hand_edit_is_seen_by_dry_and_repaired_by_apply(guest, site, name):
     script, seen = DRIFT[name]
+    flags = ("--verify",) if name in UNSEEN else ()
     before = ipvs_state(guest)
     guest.ssh(script)
     assert ipvs_state(guest) != before, "the drill changed nothing"
-    lines = dry(guest, site)
+    if flags:
+        assert "node1: in sync" in dry(guest, site)  # the record is trusted: what --verify is for
+    lines = dry(guest, site, *flags)
     assert seen in lines, lines
-    r = apply(guest, site)
+    r = apply(guest, site, *flags)
     assert status(r).startswith("changed"), r.stdout
     assert ipvs_state(guest) == before
-    assert "node1: in sync" in dry(guest, site)
+    assert "node1: in sync" in dry(guest, site, "--verify")
+    fp, index, mark = canary(guest)
+    assert fp == index and mark
+    assert set(backends(guest.get(WEB, 80, 6))) == {"web-1", "web-2"}
+
+
+def test_5b_ipvsadm_clear_by_hand_is_noticed_and_repaired_by_the_next_apply(guest, site):
+    before = ipvs_state(guest)
+    guest.ssh("ipvsadm -C")
+    assert canary(guest)[2] is False
+    reads = full_reads(guest)
+    r = apply(guest, site)
+    assert status(r).startswith("changed"), r.stdout
+    assert full_reads(guest) > reads  # the canary disagreed: everything read
+    assert ipvs_state(guest) == before
+    fp, index, mark = canary(guest)
+    assert fp == index and mark
+
+
+def test_5c_the_boot_script_loads_the_record_and_its_canary(guest, site):
+    before = ipvs_state(guest)
+    # As after a reboot: no virtual server, no dummy interface, the sets and the canary empty.
+    guest.ssh("ipvsadm -C; ip link del svcops-ipvs0; for s in $(ipset list -n | grep ^SVCOPS-); do ipset flush $s; done")
+    assert canary(guest)[0] == ""
+    guest.ssh("sh /etc/svcops/restore")
+    assert ipvs_state(guest) == before
+    fp, index, mark = canary(guest)
+    assert fp == index and mark
+    reads = full_reads(guest)
+    assert status(apply(guest, site)) == "unchanged"
+    assert full_reads(guest) == reads
     assert set(backends(guest.get(WEB, 80, 6))) == {"web-1", "web-2"}
 
 
