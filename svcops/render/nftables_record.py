@@ -115,11 +115,24 @@ def unit_text(u: NftUnit) -> str:
     return text
 
 
+_DIGESTS: dict[int, tuple[NftRules, dict[str, str]]] = {}  # id(rules) -> (rules, its digests)
+
+
 def content_digests(rules: NftRules) -> dict[str, str]:
-    """bucket -> content digest for a table holding `rules` (the skeleton under "sk")."""
+    """bucket -> content digest for a table holding `rules` (the skeleton under "sk").
+
+    Remembered for the last few renders (by identity; the render is kept alive, so its
+    id stays its own): an apply asks it three times per node (the operation's
+    `fast_buckets`, `fast_plan`'s, the new index), 0.05 s each at 10,000 services."""
+    hit = _DIGESTS.get(id(rules))
+    if hit is not None and hit[0] is rules:
+        return dict(hit[1])
     d = bucket_digests((u.id, u.digest) for u in rules.units)
     d[SKELETON_BUCKET] = SKELETON_DIGEST
-    return d
+    if len(_DIGESTS) >= 256:
+        _DIGESTS.pop(next(iter(_DIGESTS)))
+    _DIGESTS[id(rules)] = (rules, d)
+    return dict(d)
 
 
 def bucket_texts(rules: NftRules, names: Iterable[str]) -> dict[str, str]:

@@ -56,9 +56,21 @@ RECORD_VERSION = "1"
 _HEAD = "svcops-record"
 
 
+_BUCKET_OF: dict[str, str] = {}  # unit name -> its bucket: every node and pass asks again
+
+
 def bucket_of(key: str) -> str:
-    """The bucket ("00".."ff") a unit named `key` goes into."""
-    return f"{sha256(key.encode()).digest()[0]:02x}"
+    """The bucket ("00".."ff") a unit named `key` goes into.
+
+    Remembered: an apply at 10,000 services asks it about 45,000 times per node (the
+    index, the changed buckets, their texts), nearly always for names asked before."""
+    b = _BUCKET_OF.get(key)
+    if b is None:
+        b = f"{sha256(key.encode()).digest()[0]:02x}"
+        if len(_BUCKET_OF) > 400_000:
+            _BUCKET_OF.clear()
+        _BUCKET_OF[key] = b
+    return b
 
 
 def digest_text(text: str) -> str:
