@@ -175,7 +175,7 @@ def _apply(plan, fp, files, exact_undo):
     yield StringCommand(f"cat > {d}/ipvs.run", _stdin="".join(run))
     yield from txn.step("ipvs", f"sh {d}/ipvs.run", "".join(undo))
     # The record after the kernel state: undone first, so the undo finds the old one.
-    yield from txn.replace_files({f"{IPVS_RECORD_DIR}/{b}": t for b, t in files.items()}, "ipvs-record")
+    yield from txn.replace_files({f"{IPVS_RECORD_DIR}/{b}": t for b, t in files.items()}, what="ipvs-record")
 
 
 def _cleanup(rules, live_addresses, before_servers, after_servers):
@@ -232,5 +232,5 @@ def absent(node_addresses: Sequence[str] = ()):
 
 def _remove_record():
     """The record's files and folder (another proxy mode), undone with the rest."""
-    yield from txn.replace_files({f"{IPVS_RECORD_DIR}/{b}": None for b in (*(f"{i:02x}" for i in range(256)), "sk", "index")}, "ipvs-record")
+    yield from txn.replace_files({f"{IPVS_RECORD_DIR}/{b}": None for b in (*(f"{i:02x}" for i in range(256)), "sk", "index")}, what="ipvs-record")
     yield from txn.step("ipvs-record-dir", f"rmdir {IPVS_RECORD_DIR} 2>/dev/null || true", f"mkdir -p {IPVS_RECORD_DIR}\n")
