@@ -519,7 +519,7 @@ def replace_files(files, mode: str = "644", what: str = "files"):
     if g is None:
         # Outside a transaction: no undo, and the files' folder is this step's own.
         change += f"rm -rf {txn_dir(token)}\n"
-    # pyinfra ends stdin with a newline: `head -c` reads exactly each text's bytes.
+    # pyinfra ends stdin with a newline: each text is cut out by its byte count.
     yield from step(what, change, undo, stdin or None)
 
 

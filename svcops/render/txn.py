@@ -198,9 +198,9 @@ def replace_files_script(
     """(change, undo) for one step replacing many files at once: `files` holds, in the
     order of the change's standard input, (path, bytes of its new text or None to
     remove it, mode). The change keeps every previous file (or the fact that there was
-    none) in the transaction's folder, cuts its standard input into the new texts
-    (``head -c``, which never reads past its count), then moves each into place; the
-    undo puts every previous file back."""
+    none) in the transaction's folder, keeps its standard input and cuts it into the new
+    texts (``tail -c | head -c`` of that file), then moves each into place; the undo
+    puts every previous file back."""
     b = f"{txn_dir(token, run_dir)}/files/{key}"
     change = [
         f"B={b}; mkdir -p $B || exit 1",
@@ -217,9 +217,14 @@ def replace_files_script(
     for i, (path, _, _) in enumerate(files):
         change.append(f"keep {i} {shlex.quote(path)} || exit 1")
         undo.append(f"back {i} {shlex.quote(path)} || rc=1")
+    # The standard input kept first, then each text cut out of that file: a `head -c`
+    # straight from a pipe may read past its count (busybox's does).
+    change.append("cat > $B/stdin || exit 1")
+    offset = 0
     for i, (_, size, _) in enumerate(files):
         if size is not None:
-            change.append(f"head -c {size} > $B/{i}.new || exit 1")
+            change.append(f"tail -c +{offset + 1} $B/stdin | head -c {size} > $B/{i}.new || exit 1" if size else f": > $B/{i}.new || exit 1")
+            offset += size
     modes: dict[str, list[str]] = {}
     for i, (_, size, mode) in enumerate(files):
         if size is not None:
