@@ -9,7 +9,7 @@ kernel (its id, digest, chains, sets and map elements)::
     # svcops-unit {"id": "shop/web/tcp/http", "digest": "...", "chains": [...], ...}
     add set ip svcops affinity-...
     add chain ip svcops service-...
-    add rule ip svcops service-... numgen random mod 2 0 goto endpoint-...
+    add rule ip svcops service-... numgen random mod 2 0 meta l4proto tcp dnat to 10.1.2.3:80
     add element ip svcops service-ips { 10.96.0.10 . tcp . 80 comment "..." : goto ... }
 
 The canary is the one element of the skeleton's set ``state``: ``127.0.0.1`` with the
@@ -47,6 +47,8 @@ from svcops.render.nftables import (
     skeleton_payload,
 )
 from svcops.render.nftables_diff import plan_update
+from svcops.render.nftables_live import NftContent
+from svcops.render.nftables_normal import unit_chains
 from svcops.render.record import (
     BUCKETS,
     RecordIndex,
@@ -198,8 +200,10 @@ def parse_bucket(text: str) -> list[NftUnit] | None:
     return units
 
 
-def _live_of(units: Sequence[NftUnit]) -> NftLive:
-    """The digest-level view (no content) of a table holding the skeleton and `units`."""
+def _live_of(units: Sequence[NftUnit], with_rules: bool = False) -> NftLive:
+    """The digest-level view (no content) of a table holding the skeleton and `units`;
+    `with_rules`: with the units' chains' rules as content (what the UDP conntrack
+    cleanup reads its endpoints from)."""
     chains: dict[str, str | None] = {n: SKELETON_COMMENT for n in BASE_CHAINS}
     chains.update({n: None for n in TOP_RULES})
     sets: dict[str, int | None] = {STATE_SET: None}
@@ -209,7 +213,10 @@ def _live_of(units: Sequence[NftUnit]) -> NftLive:
         sets.update({n: t for n, t in u.sets})
         for m, key, verdict in u.elements:
             maps[m][key] = (verdict, u.comment)
-    return NftLive(True, chains, sets, maps, None)
+    content = None
+    if with_rules:
+        content = NftContent(rules={c: r for u in units for c, r in unit_chains(u).items()})
+    return NftLive(True, chains, sets, maps, content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +290,7 @@ def fast_plan(
     files["index"] = index_text(new_index)
     return FastPlan(
         _with_canary(forward, new_index.fingerprint), _with_canary(back, have.fingerprint), tuple(names), files,
-        _live_of(old_units), ahead.added, ahead.changed, ahead.removed,
+        _live_of(old_units, with_rules=True), ahead.added, ahead.changed, ahead.removed,
     )  # fmt: skip
 
 
