@@ -372,10 +372,12 @@ def nftables_drift(rules: NftRules, nft, index: ServiceIndex) -> list[DriftItem]
         elements.update({(m, key): u.id for m, key, _ in u.elements})
         digest = have.get(u.id)
         if u.id.startswith(HAIRPIN_UNIT):
-            # One element, no chains: a hairpin address of the node, not a service port.
-            if digest != u.digest:
-                state = "missing" if digest is None else "differs"
-                out.append(_item(None, state, f"hairpin address {u.id[len(HAIRPIN_UNIT):]}: map hairpin element {state}"))
+            # Elements only, no chains: endpoint addresses of the node, not a service port
+            # (an element missing from a group of the right version is one of drift_lines).
+            if digest is None:
+                out.extend(_item(None, "missing", f"map hairpin element {key} missing") for _m, key, _v in u.elements)
+            elif digest != u.digest:
+                out.append(_item(None, "differs", f"hairpin group {u.id}: another version is on the node ({digest or 'mixed'}; svcops renders {u.digest})"))
             continue
         if digest is None and u.id not in named:
             out.append(_item(owner, "missing", f"service port {u.id}: none of its chains, sets or map elements is in table {TABLE}"))
@@ -385,7 +387,7 @@ def nftables_drift(rules: NftRules, nft, index: ServiceIndex) -> list[DriftItem]
             out.append(_item(owner, "differs", f"service port {u.id}: another version is on the node ({digest}; svcops renders {u.digest})"))
     for uid in sorted((set(have) | named) - desired):
         if uid.startswith(HAIRPIN_UNIT):
-            out.append(_item(None, "extra", f"hairpin address {uid[len(HAIRPIN_UNIT):]} (no endpoint has it): its element is in map hairpin"))
+            out.append(_item(None, "extra", f"hairpin group {uid} (no endpoint address in it): its elements are in map hairpin"))
         else:
             out.append(_item(None, "extra", f"service port {uid} (not in the site): its objects are in table {TABLE}"))
     versions = {live.chains.get(n) or "" for n in BASE_CHAINS} - {"", SKELETON_COMMENT}

@@ -277,14 +277,15 @@ def test_another_proxy_modes_leftovers_are_one_item_each():
     )
 
 
-def test_a_hairpin_element_deleted_or_left_over_is_named_as_the_address():
+def test_hairpin_elements_deleted_or_left_over_are_named():
     live = nft_held()
     key, (verdict, comment) = next(iter(live.maps["hairpin"].items()))
-    ip = key.split(" . ")[0]
-    without = replace(live, maps={**live.maps, "hairpin": {k: v for k, v in live.maps["hairpin"].items() if k != key}})
+    group = comment.split()[0]
+    gone = {k for k, (_v, c) in live.maps["hairpin"].items() if c.split()[0] == group}
+    without = replace(live, maps={**live.maps, "hairpin": {k: v for k, v in live.maps["hairpin"].items() if k not in gone}})
     assert nftables_drift(NRULES, NftState(True, without), NINDEX) == [
-        DriftItem(None, None, "missing", f"hairpin address {ip}: map hairpin element missing"),
+        DriftItem(None, None, "missing", f"map hairpin element {k} missing") for k in sorted(gone, key=list(live.maps["hairpin"]).index)
     ]
-    extra = {**live.maps["hairpin"], "192.0.2.9 . 192.0.2.9": (verdict, "hairpin/192.0.2.9 AAAAAAAAAAAAAAAA")}
+    extra = {**live.maps["hairpin"], "192.0.2.9 . 192.0.2.9": (verdict, "hairpin/fff AAAAAAAAAAAAAAAA")}
     items = nftables_drift(NRULES, NftState(True, replace(live, maps={**live.maps, "hairpin": extra})), NINDEX)
-    assert DriftItem(None, None, "extra", "hairpin address 192.0.2.9 (no endpoint has it): its element is in map hairpin") in items
+    assert DriftItem(None, None, "extra", "hairpin group hairpin/fff (no endpoint address in it): its elements are in map hairpin") in items

@@ -48,8 +48,8 @@ fetches every chain of the ruleset before each transaction, so a one-service cha
 costs what the number of chains costs (10,000 services x 10 endpoints: 110,000 chains,
 0.69 s; 10,000 chains, 0.06 s). Hairpin traffic, which kube-proxy marks in the
 endpoint chain (``ip saddr EP``), is recognised after the DNAT instead: source and
-destination are the same endpoint address, an element of the `hairpin` map, one
-unit per address (`hairpin_units`).
+destination are the same endpoint address, an element of the `hairpin` map
+(`hairpin_units`).
 
 and its map elements, each with ``comment "<unit> <digest>"``: the digest of
 everything the unit holds on that node, so the live listing tells which version of
@@ -108,6 +108,7 @@ __all__ = [
     "hairpin_units",
     "HAIRPIN_MAP",
     "HAIRPIN_UNIT",
+    "hairpin_group",
 ]
 
 MASQ_MARK = "0x4000"  # kube-proxy's default masquerade bit 14, as in iptables mode
@@ -510,16 +511,34 @@ def _make_unit(uid: str, chains: list[str], sets: list[tuple[str, int]], text: s
     return NftUnit(uid, digest, tuple(chains), tuple(sets), text, tuple(elements))
 
 
-HAIRPIN_UNIT = "hairpin/"  # + address: not a service port's id (those have four parts)
+HAIRPIN_UNIT = "hairpin/"  # + group: not a service port's id (those have four parts)
+HAIRPIN_GROUPS = 4096
+
+
+def hairpin_group(ip: str) -> str:
+    """The hairpin unit an endpoint address belongs to: "hairpin/<3 hex digits>", by a
+    hash of the address (stable: the same address always falls into the same unit)."""
+    return f"{HAIRPIN_UNIT}{int.from_bytes(sha256(ip.encode()).digest()[:4], 'big') % HAIRPIN_GROUPS:03x}"
 
 
 def hairpin_units(addresses: Iterable[str]) -> list[NftUnit]:
-    """One unit per endpoint address: its `hairpin` element ("A . A"), so that a
-    connection DNATed to its own client is masqueraded. Endpoints are shared by
-    services; a unit per address (not per service port) keeps each element owned by
-    one unit, and a change of one service touches only its own addresses' units."""
-    ips = sorted(set(addresses), key=lambda ip: tuple(int(x) for x in ip.split(".")))
-    return [_make_unit(HAIRPIN_UNIT + ip, [], [], "", [(HAIRPIN_MAP, f"{ip} . {ip}", HAIRPIN_VERDICT)]) for ip in ips]
+    """The `hairpin` map's elements ("A . A" for every endpoint address A, so that a
+    connection DNATed to its own client is masqueraded), as units of their own.
+
+    Endpoint addresses are shared by services, so no service port can own them; the
+    addresses are hashed into at most `HAIRPIN_GROUPS` units instead: a change that
+    brings or takes an address re-sends its group (a few dozen elements at 100,000
+    addresses), and a site's unit count stays near its service ports' (one unit per
+    address made a 10,000-service site of 100,000 pods 110,000 units, and every
+    per-unit step of the controller 10x slower)."""
+    groups: dict[str, list[str]] = {}
+    for ip in set(addresses):
+        groups.setdefault(hairpin_group(ip), []).append(ip)
+    out = []
+    for uid in sorted(groups):
+        ips = sorted(groups[uid], key=lambda ip: tuple(int(x) for x in ip.split(".")))
+        out.append(_make_unit(uid, [], [], "", [(HAIRPIN_MAP, f"{ip} . {ip}", HAIRPIN_VERDICT) for ip in ips]))
+    return out
 
 
 def render_nodes(cluster: Cluster, ports: Sequence[ResolvedPort], nodes: Sequence[str]) -> dict[str, NftRules]:
