@@ -13,8 +13,8 @@ kernel (its id, digest, chains, sets and map elements)::
     add element ip svcops service-ips { 10.96.0.10 . tcp . 80 comment "..." : goto ... }
 
 The canary is the one element of the skeleton's set ``state``: ``127.0.0.1`` with the
-comment ``svcops-state FINGERPRINT``. Listing that set costs ~20 ms at 10,000
-services (a chain listing costs ~0.8 s there: nft fetches every set to print rules).
+comment ``svcops-state FINGERPRINT``. Listing that set costs ~10 ms at 10,000
+services (listing a chain fetches every chain and set first).
 Every apply that changes anything rewrites it last, in the same transaction as its
 last change; the boot script sets it last too, from the record's index, so it is
 there only when everything before it loaded. A table deleted or re-made, a ruleset
