@@ -141,29 +141,35 @@ def _apply(txs, rollback, files, previous, udp_ports, rollback_after, verify_ssh
     implicit = yield from txn.ensure(rollback_after=rollback_after)
     d = txn.files_dir()
     lib = f"{d}/nft.lib"
-    yield StringCommand(f"{txn.dir_ready(d)} && cat > {d}/nft.apply", _stdin=chunked(txs))
-    yield StringCommand(f"cat > {lib}", _stdin=LOADER + BOOT_LOADER)
+    uploads = {"nft.apply": chunked(txs), "nft.lib": LOADER + BOOT_LOADER}
+    make_rollback = ""
     if rollback is None:
         undo = f"svcops_nft_load {d}/nft.rollback"
-        yield StringCommand(f"cat > {d}/nft.rollback", _stdin=removal())
+        uploads["nft.rollback"] = removal()
     elif rollback == ROLLBACK_FROM_LISTING:
-        undo = f"svcops_nft_load {d}/nft.rollback"
-        yield StringCommand(f"{{ {ROLLBACK_FROM_LISTING}; }} > {d}/nft.rollback")
+        # The rollback is the table as it is now, listed on the node in the step, just
+        # before the change (only a whole listing becomes the rollback: a failed one
+        # leaves none, and the step failed before it changed anything).
+        undo = f"if [ -f {d}/nft.rollback ]; then svcops_nft_load {d}/nft.rollback; fi"
+        make_rollback = f"{{ {ROLLBACK_FROM_LISTING}; }} > {d}/nft.rollback.new && mv {d}/nft.rollback.new {d}/nft.rollback || exit 1\n"
     elif rollback.startswith("svcops_nft_"):
         undo = rollback
     else:
         undo = f"svcops_nft_load {d}/nft.rollback"
-        yield StringCommand(f"cat > {d}/nft.rollback", _stdin=rollback)
-    run = (
+        uploads["nft.rollback"] = rollback
+    uploads["nft.run"] = (
         f". {lib}\n"
-        f"svcops_nft_load {d}/nft.apply; rc=$?\n"
+        + make_rollback
+        + f"svcops_nft_load {d}/nft.apply; rc=$?\n"
         '[ "$rc" = 0 ] && exit 0\n'
         'echo "svcops: nft transaction $rc failed" >&2\n'
         # Transaction 1 failing changed nothing; a later one leaves earlier ones applied.
         f'if [ "$rc" -gt 1 ]; then {undo} || echo "svcops: the rollback failed too" >&2; fi\n'
         "exit 1\n"
     )
-    yield StringCommand(f"cat > {d}/nft.run", _stdin=run)
+    # One round trip for every file the step needs (each is a command's latency, times
+    # the nodes sharing the controller).
+    yield from txn.upload(d, uploads)
     yield from txn.step("nftables", f"sh {d}/nft.run", f". {lib}\n{undo}\n")
     # The record after the table: undone first, so a rollback from it finds the old one.
     yield from txn.replace_files({f"{NFT_RECORD_DIR}/{b}": t for b, t in files.items()}, what="nft-record")

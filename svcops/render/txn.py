@@ -47,6 +47,7 @@ __all__ = [
     "backup_and_write",
     "backup_and_remove",
     "replace_files_script",
+    "upload_script",
 ]
 
 RUN_DIR = "/run/svcops"  # tmpfs: a pending transaction is gone at reboot, as it should be
@@ -190,6 +191,19 @@ def backup_and_remove(token: str, key: str, paths: list[str]) -> tuple[str, str]
         changes.append(c)
         undos.append(u)
     return " && ".join(changes), "".join(undos)
+
+
+def upload_script(folder: str, files: list[tuple[str, int]]) -> str:
+    """Shell writing several files into `folder` from one standard input: `files` holds,
+    in the order of the input, (name, bytes of its text). The input is kept first,
+    then each text cut out of it (as `replace_files_script` does)."""
+    out = [f"cat > {folder}/.upload || exit 1"]
+    offset = 0
+    for name, size in files:
+        out.append(f"tail -c +{offset + 1} {folder}/.upload | head -c {size} > {folder}/{name} || exit 1")
+        offset += size
+    out.append(f"rm -f {folder}/.upload")
+    return "\n".join(out) + "\n"
 
 
 def replace_files_script(
