@@ -6,7 +6,7 @@
     SvcopsIptablesCanary    the canary chain SVCOPS-STATE of both tables, the jumps of
                             the built-in chains and the record's index (milliseconds):
                             `svcops.render.iptables_record.Canary`
-    SvcopsIptablesBuckets   some of the record's bucket files, by name
+    SvcopsIptablesBuckets   some of the record's bucket files, by name, with their digests
     SvcopsIptablesRecord    the sha256 of every file in the record's folder
 """
 
@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from pyinfra.api import FactBase
 
-import shlex
-
+from svcops.facts.nftables import buckets_command, parse_nft_buckets
 from svcops.render.iptables import BUILTIN_CHAINS, LiveTables, parse_iptables_save
 from svcops.render.iptables_record import INDEX_FILE, MODE, RECORD_DIR, STATE, Canary, parse_canary
 from svcops.render.record import parse_index
@@ -97,37 +96,28 @@ class SvcopsIptablesCanary(FactBase):
         return parse_canary("\n".join(output[:i]), parse_index(output[i + 1 :], MODE))
 
 
-_BUCKET_MARK = "@@svcops-bucket"
-
-
 class SvcopsIptablesBuckets(FactBase):
     """
-    The texts of some of the record's bucket files: name -> text ("" for a bucket that
-    has no file).
+    Some of the record's bucket files: name -> (the sha256 of the file as the node
+    computed it, "" when there is no such file; its text), as the other modes read
+    theirs (`svcops.facts.nftables.buckets_command`): the digest is taken on the
+    node, so that what the transport does to whitespace cannot make a good file look
+    edited, nor an edited one look good.
 
     .. code:: python
 
         host.get_fact(SvcopsIptablesBuckets, buckets=("3f", "s1"))
     """
 
-    def command(self, buckets) -> str:
-        return "".join(
-            f"echo '{_BUCKET_MARK} {b}'; cat {shlex.quote(f'{RECORD_DIR}/{b}')} 2>/dev/null; " for b in buckets
-        ) + "true"
+    def command(self, buckets=()) -> str:
+        return buckets_command(RECORD_DIR, buckets)
 
     @staticmethod
     def default() -> dict | None:
         return None
 
-    def process(self, output: list[str]) -> dict[str, str]:
-        out: dict[str, list[str]] = {}
-        lines: list[str] = []
-        for line in output:
-            if line.startswith(_BUCKET_MARK + " "):
-                lines = out.setdefault(line.split(" ", 1)[1], [])
-            else:
-                lines.append(line + "\n")
-        return {b: "".join(ls) for b, ls in out.items()}
+    def process(self, output: list[str]) -> dict[str, tuple[str, str]]:
+        return parse_nft_buckets(output)
 
 
 class SvcopsIptablesRecord(FactBase):
