@@ -83,9 +83,10 @@ def rules(
     How the live state is known: from the record svcops keeps on the node
     (``/etc/svcops/iptables.d``, `svcops.render.iptables_record`) when the canary
     chain ``SVCOPS-STATE`` of both tables carries the record's fingerprint and the
-    jumps are svcops's: then only the buckets whose digest changed are read, and only
-    their chains restored (a one-service change at 10,000 services reads and writes a
-    few kilobytes). Otherwise (flushed, wiped, rebooted without svcops's boot script,
+    jumps are svcops's: then only the buckets whose digest changed are read (with the
+    canary, in the same round trip: the node compares its index with the render's
+    digests), and only the chains of their changed units restored (a one-service
+    change at 10,000 services restores a few kilobytes). Otherwise (flushed, wiped, rebooted without svcops's boot script,
     record missing or edited, ``verify``) from ``iptables-save``, and the whole record
     is written again. The record's files change in the same step as the rules: one
     round trip carries the restore, its rollback and the files
@@ -113,7 +114,11 @@ def rules(
             rules=compiled_site("sites/prod").node(host.name).output.iptables,
         )
     """
-    canary = node_fact(host, SvcopsIptablesCanary)
+    record = record_of(rules)
+    want = record.index()
+    fast = not verify and not is_empty(rules)
+    # The render's digests go with the canary: the changed buckets come back with it.
+    canary = node_fact(host, SvcopsIptablesCanary, **({"want": tuple(want.digests.items())} if fast else {}))
     if canary is None:
         yield fail("the node's iptables (svcops's canary chain)")
         return
@@ -128,13 +133,15 @@ def rules(
         # jump, no record): nothing to remove.
         host.noop("svcops has no iptables rules here")
         return
-    record = record_of(rules)
-    if not verify and not is_empty(rules) and canary_agrees(canary, rules):
-        changed = changed_buckets(canary.index, record.index())
+    if fast and canary_agrees(canary, rules):
+        changed = changed_buckets(canary.index, want)
         if not changed:
             host.noop("svcops rules are in sync (the canary matches the record)")
             return
-        old = host.get_fact(SvcopsIptablesBuckets, buckets=tuple(changed))
+        old = canary.buckets
+        if old is None or not set(changed) <= set(old):
+            # The canary came from a read made without the render's digests.
+            old = host.get_fact(SvcopsIptablesBuckets, buckets=tuple(changed))
         plan = partial_plan(rules, record, canary, old) if old is not None else None
         if plan is not None:
             implicit = yield from txn.ensure(rollback_after=rollback_after)

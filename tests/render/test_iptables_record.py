@@ -111,6 +111,16 @@ def test_the_buckets_hold_every_chain_once_and_load_on_their_own_in_order():
                     assert not C.is_svcops_chain(target) or target in declared, (b, r)
 
 
+def test_every_node_s_index_names_the_digest_of_each_bucket_s_text():
+    # The buckets every node shares are hashed once per render (and the shared head of
+    # s1): each node's digests must still be those of its own texts.
+    services = _services()
+    ports, _ = resolve(F.site(services), F.nodes(), F.allocations(services))
+    for node, rules in render_nodes(F.CLUSTER, ports, F.NODES).items():
+        record = record_of(rules)
+        assert record.digests() == {b: digest_text(t) for b, t in record.buckets.items()}, node
+
+
 def test_a_bucket_reads_back_into_its_units():
     rules = _rules(_services())
     record = record_of(rules)
@@ -286,3 +296,38 @@ def test_the_boot_script_loads_the_record_and_its_canary(tmp_path):
         subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", script], check=True)
         out = ns_run(ns, "iptables", "-t", "nat", "-S", STATE)
         assert UNVERIFIED in out
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not all(shutil.which(t) for t in (*_TOOLS, "awk")) or __import__("os").geteuid() != 0, reason="needs root and iptables")
+def test_the_canary_read_with_the_render_digests_brings_the_changed_buckets(tmp_path):
+    from svcops.facts.iptables import SvcopsIptablesBuckets, SvcopsIptablesCanary
+    from svcops.render.iptables_record import RECORD_DIR
+
+    old_rules, new_rules = _rules(_services()), _rules(_services(change=1, type="NodePort"))
+    old_record, record = record_of(old_rules), record_of(new_rules)
+    d = tmp_path / "iptables.d"
+    d.mkdir()
+    for n, t in record_files(old_record, None).items():
+        (d / n).write_text(t)
+    (d / "zz").write_text("a file the index does not name\n")
+
+    def read(fact, **kw):
+        script = fact().command(**kw).replace(RECORD_DIR, str(d))
+        out = subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", script], capture_output=True, text=True, check=True)
+        return fact().process(out.stdout.splitlines())
+
+    with netns() as ns:
+        want = record.index()
+        canary = read(SvcopsIptablesCanary, want=tuple(want.digests.items()))
+        assert canary.index == old_record.index() and read(SvcopsIptablesCanary).buckets is None
+        changed = changed_buckets(canary.index, want)
+        assert changed and sorted(canary.buckets) == changed  # the difference, taken on the node
+        assert canary.buckets == read(SvcopsIptablesBuckets, buckets=tuple(changed))
+        assert partial_plan(new_rules, record, canary, canary.buckets) is not None
+        # A bucket edited by hand: its digest (the node's) says so.
+        b = next(b for b in changed if old_record.buckets.get(b))
+        (d / b).write_text(old_record.buckets[b] + "# edited\n")
+        canary = read(SvcopsIptablesCanary, want=tuple(want.digests.items()))
+        assert canary.buckets[b][0] != digest_text(old_record.buckets[b])
+        assert partial_plan(new_rules, record, canary, canary.buckets) is None
