@@ -60,19 +60,36 @@ kernel dominates: its rule dump restarts from the table's first chain for every
 services, 80x the system time); parsing it takes 1.8 s at 10,000, deciding 0.5 s.
 
 iptables' fast path (issue 11: the record on the node and its canary,
-`svcops.render.iptables_record`), printed beside its floor, one `iptables-restore
---noflush` of one small chain on the same node (iptables-nft-restore reads the whole
-table's cache first: kube-proxy pays it too). --fast-only measures just this:
+`svcops.render.iptables_record`), beside its floor: one `iptables-restore --noflush` of
+one small chain on the same node (iptables-nft-restore reads the whole table's cache
+first: kube-proxy pays it too). --fast-only measures just this, as the operation does it
+(`svcops.operations.iptables.rules`): one round trip reads the canary with the changed
+buckets, one runs the step (the restore, then the record's files; `svcops.render.
+iptables_step`). Seven changes (the service changed and back in turn), each set against
+the floor measured just before and just after it; the median printed (2 runs, the
+machine shared, load 4):
 
-    services  cold (record written)  one-service change         in sync   floor    change / floor
-    1,000      2.5 s                 0.11 s (7.7 kB, nat only)   0.02 s    0.03 s   4.1x
-    10,000    20.6 s                 0.35 s                      0.02 s    0.22 s   1.56x
+    services  cold (record written)  one-service change     in sync   floor     change / floor (all rounds)
+    1,000      0.9-1.2 s             0.064-0.081 s (4.6 kB)  0.02 s    0.025 s   2.8-2.9x (2.3-4.1x)
+    10,000    15.8-16.4 s            0.28 s (7.7 kB)         0.02 s    0.225 s   1.23-1.27x (1.16-1.37x)
 
-    parts at 10,000: canary 0.036 s (8 `iptables -S CHAIN`), the node's record and index
-    0.010 s, the changed bucket read 0.011 s, plan and rollback 0.015 s, the restore
-    0.246 s (1.12x the floor), the record files 0.032 s; once per compile for every node,
-    the buckets all nodes share 0.11 s. (The floor here is 0.22 s, not the issue's
-    0.57 s: another run of the kernel; the machine shared with other jobs.)
+    parts at 10,000: the render's record and index 0.002 s; the canary with the changed
+    bucket, one round trip 0.020 s (8 `iptables -S CHAIN`, filter's and nat's at once,
+    and beside them the record: one awk compares the node's index with the render's
+    digests, the changed 200 kB bucket hashed and sent); the plan 0.002 s (only the
+    bucket's changed unit parsed); the step 0.256 s: its restore about 0.24 s (the
+    floor, and ~0.015 s for the change's own 11 chains and 31 rules), the rest 0.015 s
+    (the exec, flock, timeout, the shell reading its 440 kB script: the bucket's new
+    text, and its old one in the undo; no other process). Once per compile for every
+    node, the buckets all nodes share 0.11 s. At 1,000 the floor is 25 ms and those
+    same processes are most of the change.
+
+    Before (the same benchmark, the same day): 0.29-0.32 s, 1.28-1.33x: the canary
+    0.026-0.036 s, the bucket read apart 0.005-0.011 s, the plan 0.006-0.015 s (the
+    whole bucket parsed), the restore, then the record files in a step of their own
+    0.019-0.032 s (~15 processes). Over SSH the fast path was 8 commands on the node,
+    each its own round trip (the canary, the buckets, 3 uploads, 2 undo scripts, 2
+    steps); it is 2 now.
 
 Before iptables mode wrote only the chains that differ and cut big changes into
 transactions, one restore of everything took 3.7 s (1,000), 40-55 s (2,000) and did
