@@ -51,7 +51,7 @@ from svcops.render.iptables_record import applied_rules
 from svcops.render.iptables_sync import TABLES, expected_tables
 from svcops.render.ipvs import DUMMY_INTERFACE, SYSCTLS, ipvs_modules, ipvsadm_update, parse_ipvsadm_save
 from svcops.render.ipvs_sync import describe_ipvsadm_edit, ipvs_plan, ipvs_removal
-from svcops.render.nftables import BASE_CHAINS, SKELETON_COMMENT, TABLE, NftRules, unit_id
+from svcops.render.nftables import BASE_CHAINS, HAIRPIN_UNIT, SKELETON_COMMENT, TABLE, NftRules, unit_id
 from svcops.render.nftables_diff import drift_lines, rules_drift
 from svcops.render.nftables_live import unit_of_name
 from svcops.site.model import ResolvedPort, is_ipv4
@@ -357,7 +357,11 @@ def nftables_drift(rules: NftRules, nft, index: ServiceIndex) -> list[DriftItem]
     live = nft.live
     if not live.exists:
         out = [_item(None, "missing", f"table {TABLE}")]
-        return out + [_item(index.units.get(u.id), "missing", f"service port {u.id}: not in table {TABLE}") for u in rules.units]
+        return out + [
+            _item(index.units.get(u.id), "missing", f"service port {u.id}: not in table {TABLE}")
+            for u in rules.units
+            if not u.id.startswith(HAIRPIN_UNIT)
+        ]
     out: list[DriftItem] = []
     have = live.units()
     named = {unit_of_name(n) for n in (*live.chains, *live.sets)} - {None}
@@ -367,6 +371,14 @@ def nftables_drift(rules: NftRules, nft, index: ServiceIndex) -> list[DriftItem]
         owner = index.units.get(u.id)
         elements.update({(m, key): u.id for m, key, _ in u.elements})
         digest = have.get(u.id)
+        if u.id.startswith(HAIRPIN_UNIT):
+            # Elements only, no chains: endpoint addresses of the node, not a service port
+            # (an element missing from a group of the right version is one of drift_lines).
+            if digest is None:
+                out.extend(_item(None, "missing", f"map hairpin element {key} missing") for _m, key, _v in u.elements)
+            elif digest != u.digest:
+                out.append(_item(None, "differs", f"hairpin group {u.id}: another version is on the node ({digest or 'mixed'}; svcops renders {u.digest})"))
+            continue
         if digest is None and u.id not in named:
             out.append(_item(owner, "missing", f"service port {u.id}: none of its chains, sets or map elements is in table {TABLE}"))
         elif digest == "":
@@ -374,7 +386,10 @@ def nftables_drift(rules: NftRules, nft, index: ServiceIndex) -> list[DriftItem]
         elif digest is not None and digest != u.digest:
             out.append(_item(owner, "differs", f"service port {u.id}: another version is on the node ({digest}; svcops renders {u.digest})"))
     for uid in sorted((set(have) | named) - desired):
-        out.append(_item(None, "extra", f"service port {uid} (not in the site): its objects are in table {TABLE}"))
+        if uid.startswith(HAIRPIN_UNIT):
+            out.append(_item(None, "extra", f"hairpin group {uid} (no endpoint address in it): its elements are in map hairpin"))
+        else:
+            out.append(_item(None, "extra", f"service port {uid} (not in the site): its objects are in table {TABLE}"))
     versions = {live.chains.get(n) or "" for n in BASE_CHAINS} - {"", SKELETON_COMMENT}
     for v in sorted(versions):
         out.append(_item(None, "differs", f"table {TABLE}: a base chain carries another skeleton version ({v}; svcops renders {SKELETON_COMMENT})"))

@@ -189,6 +189,16 @@ def simulated_live(rules: NftRules) -> NftLive:
     return NftLive(True, chains, sets, maps)
 
 
+def simulated_full_live(rules: NftRules) -> NftLive:
+    """`simulated_live` with the content the whole listing shows (every chain's rules)."""
+    from dataclasses import replace
+
+    from svcops.render.nftables_live import parse_nft_list
+    from svcops.render.nftables_normal import printed_listing
+
+    return replace(simulated_live(rules), content=parse_nft_list(printed_listing(rules), full=True).content)
+
+
 NODES = ["node1", "node2", "node3"]
 
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import render_fixtures as F
 from modes_fixtures import SERVICES, compiled, live_holding
-from render_fixtures import FOREIGN_SAVE, simulated_live
+from render_fixtures import FOREIGN_SAVE, simulated_full_live
 
 from svcops.compile.nodeplan import plan_site
 from svcops.drift import DriftItem, NodeCheck, ServiceIndex, iptables_drift, ipvs_drift, nftables_drift, node_check
@@ -26,8 +26,8 @@ from svcops.render.iptables import LiveTable, LiveTables, parse_iptables_save, r
 from svcops.render.iptables_record import applied_rules
 from svcops.render.iptables_sync import expected_tables
 from svcops.render.nftables_diff import DRIFT_LINES
-from svcops.render.nftables_live import NftLive, parse_nft_list
-from svcops.render.nftables_normal import printed_listing, unit_chains
+from svcops.render.nftables_live import NftLive
+from svcops.render.nftables_normal import unit_chains
 from svcops.render.node_files import sha256_text
 
 WEB = ("default/web", "80/TCP")
@@ -114,8 +114,7 @@ NWEB = NRULES.unit("default/web/tcp/http")
 
 
 def nft_held(rules=NRULES) -> NftLive:
-    live = simulated_live(rules)
-    return replace(live, content=parse_nft_list(printed_listing(rules), full=True).content)
+    return simulated_full_live(rules)
 
 
 def test_a_table_holding_the_render_has_no_nftables_drift():
@@ -276,3 +275,17 @@ def test_another_proxy_modes_leftovers_are_one_item_each():
         DriftItem(None, None, "extra", "IPVS mode's ipsets, virtual servers, dummy interface svcops-ipvs0 (the site's proxy mode is nftables)"),
         DriftItem(None, None, "extra", f"svcops iptables chains ({chains}) and jumps ({jumps}) (the site's proxy mode is nftables)"),
     )
+
+
+def test_hairpin_elements_deleted_or_left_over_are_named():
+    live = nft_held()
+    key, (verdict, comment) = next(iter(live.maps["hairpin"].items()))
+    group = comment.split()[0]
+    gone = {k for k, (_v, c) in live.maps["hairpin"].items() if c.split()[0] == group}
+    without = replace(live, maps={**live.maps, "hairpin": {k: v for k, v in live.maps["hairpin"].items() if k not in gone}})
+    assert nftables_drift(NRULES, NftState(True, without), NINDEX) == [
+        DriftItem(None, None, "missing", f"map hairpin element {k} missing") for k in sorted(gone, key=list(live.maps["hairpin"]).index)
+    ]
+    extra = {**live.maps["hairpin"], "192.0.2.9 . 192.0.2.9": (verdict, "hairpin/fff AAAAAAAAAAAAAAAA")}
+    items = nftables_drift(NRULES, NftState(True, replace(live, maps={**live.maps, "hairpin": extra})), NINDEX)
+    assert DriftItem(None, None, "extra", "hairpin group hairpin/fff (no endpoint address in it): its elements are in map hairpin") in items

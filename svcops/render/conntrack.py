@@ -175,6 +175,9 @@ def udp_ports_from_iptables(live: LiveTables) -> dict[str, UdpPort]:
     }
 
 
+_NFT_DNAT = re.compile(r"dnat to ([0-9.]+):[0-9]+")
+
+
 def _port_name(uid: str) -> str:
     """nftables' unit id "ns/name/udp/port" -> kube-proxy's port name "ns/name:port"."""
     ns, name, _proto, port = (uid.split("/", 3) + ["", "", ""])[:4]
@@ -187,8 +190,10 @@ def udp_ports_from_nft(live) -> dict[str, UdpPort]:
 
     Addresses from the elements keyed "<ip> . udp . <port>" (service-ips and the
     no-endpoint maps), node ports from those keyed "udp . <port>", each element's
-    comment naming its service port; endpoints from the endpoint chains' names
-    ("endpoint-<hash>-<ns>/<name>/udp/<port>__<ip>/<port>")."""
+    comment naming its service port; endpoints from the DNAT rules of the unit's
+    chains (``dnat to <ip>:<port>``) when the listing has its content, else from the
+    endpoint chains' names ("endpoint-<hash>-<ns>/<name>/udp/<port>__<ip>/<port>",
+    ClientIP affinity only)."""
     addresses: dict[str, dict[str, None]] = {}
     node_ports: dict[str, int] = {}
     endpoints: dict[str, set[str]] = {}
@@ -204,15 +209,28 @@ def udp_ports_from_nft(live) -> dict[str, UdpPort]:
                 addresses.setdefault(uid, {})[parts[0]] = None
             elif len(parts) == 2 and parts[0] == "udp" and parts[1].isdigit():
                 node_ports[uid] = int(parts[1])
-    for chain in live.chains:
-        if not chain.startswith("endpoint-") or "__" not in chain:
-            continue
-        uid = unit_of_name(chain)
-        if uid is None or "/udp/" not in uid:
-            continue
-        ip = chain.rsplit("__", 1)[1].rpartition("/")[0]
-        if ip:
-            endpoints.setdefault(uid, set()).add(ip)
+    content = getattr(live, "content", None)
+    if content is not None:
+        # Endpoints are the DNAT targets in the unit's chains (no chain per endpoint
+        # except with ClientIP affinity).
+        for chain, rules in content.rules.items():
+            uid = unit_of_name(chain)
+            if uid is None or "/udp/" not in uid:
+                continue
+            for rule in rules:
+                m = _NFT_DNAT.search(rule)
+                if m:
+                    endpoints.setdefault(uid, set()).add(m.group(1))
+    else:
+        for chain in live.chains:
+            if not chain.startswith("endpoint-") or "__" not in chain:
+                continue
+            uid = unit_of_name(chain)
+            if uid is None or "/udp/" not in uid:
+                continue
+            ip = chain.rsplit("__", 1)[1].rpartition("/")[0]
+            if ip:
+                endpoints.setdefault(uid, set()).add(ip)
     uids = sorted(set(addresses) | set(node_ports) | set(endpoints))
     return {
         _port_name(u): UdpPort(_port_name(u), tuple(addresses.get(u, ())), node_ports.get(u), frozenset(endpoints.get(u, ())))

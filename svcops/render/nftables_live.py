@@ -15,8 +15,10 @@ every map element it adds:
 A service port (a "unit": its chains, sets and elements) always owns an element keyed
 by its cluster IP (in `service-ips`, or in `no-endpoint-services` when it has no usable
 endpoints), so every unit present on the node can be read back with its digest.
-Chain and set names carry the unit too (kube-proxy style, "endpoint-<hash>-ns/name/
-proto/port__ip/port"), which tells which unit a leftover chain belonged to.
+Chain and set names carry the unit too (kube-proxy style, "service-<hash>-ns/name/
+proto/port", "endpoint-<hash>-ns/name/proto/port__ip/port"), which tells which unit a
+leftover chain belonged to. (The `hairpin` map's elements are units of their own, one
+per endpoint address: "hairpin/10.1.2.3".)
 
 The digests say which version svcops *wrote*; what the table holds *now* is in its
 content (`NftContent`): every chain's rules as nft prints them, the base chains'
@@ -59,6 +61,7 @@ MAP_NAMES = (
     "no-endpoint-external",
     "no-endpoint-nodeports",
     "firewall-ips",
+    "hairpin",
 )
 # What to run on a node to read its whole live state: chains with their rules, sets,
 # maps with their elements, and whatever else is in the table (fails when there is no

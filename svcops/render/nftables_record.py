@@ -9,12 +9,12 @@ kernel (its id, digest, chains, sets and map elements)::
     # svcops-unit {"id": "shop/web/tcp/http", "digest": "...", "chains": [...], ...}
     add set ip svcops affinity-...
     add chain ip svcops service-...
-    add rule ip svcops service-... numgen random mod 2 0 goto endpoint-...
+    add rule ip svcops service-... numgen random mod 2 0 meta l4proto tcp dnat to 10.1.2.3:80
     add element ip svcops service-ips { 10.96.0.10 . tcp . 80 comment "..." : goto ... }
 
 The canary is the one element of the skeleton's set ``state``: ``127.0.0.1`` with the
-comment ``svcops-state FINGERPRINT``. Listing that set costs ~20 ms at 10,000
-services (a chain listing costs ~0.8 s there: nft fetches every set to print rules).
+comment ``svcops-state FINGERPRINT``. Listing that set costs ~10 ms at 10,000
+services (listing a chain fetches every chain and set first).
 Every apply that changes anything rewrites it last, in the same transaction as its
 last change; the boot script sets it last too, from the record's index, so it is
 there only when everything before it loaded. A table deleted or re-made, a ruleset
@@ -47,6 +47,8 @@ from svcops.render.nftables import (
     skeleton_payload,
 )
 from svcops.render.nftables_diff import plan_update
+from svcops.render.nftables_live import NftContent
+from svcops.render.nftables_normal import unit_chains
 from svcops.render.record import (
     BUCKETS,
     RecordIndex,
@@ -115,36 +117,40 @@ def unit_text(u: NftUnit) -> str:
     return text
 
 
-_DIGESTS: dict[int, tuple[NftRules, dict[str, str]]] = {}  # id(rules) -> (rules, its digests)
+_BUCKETS: dict[int, tuple[NftRules, dict[str, str], dict[str, list[NftUnit]]]] = {}  # id(rules) -> ...
+
+
+def _bucketed(rules: NftRules) -> tuple[dict[str, str], dict[str, list[NftUnit]]]:
+    """(bucket -> content digest, bucket -> its units) of `rules`, in one pass.
+
+    Remembered for the last few renders (by identity; the render is kept alive, so its
+    id stays its own): an apply asks for them several times per node (the operation's
+    `fast_buckets`, `fast_plan`, the new index), and a one-service change then costs
+    its own buckets, not a walk over every unit (0.05-0.1 s at 10,000 services)."""
+    hit = _BUCKETS.get(id(rules))
+    if hit is not None and hit[0] is rules:
+        return hit[1], hit[2]
+    by_bucket: dict[str, list[NftUnit]] = {}
+    for u in rules.units:
+        by_bucket.setdefault(bucket_of(u.id), []).append(u)
+    d = bucket_digests((u.id, u.digest) for u in rules.units)
+    d[SKELETON_BUCKET] = SKELETON_DIGEST
+    if len(_BUCKETS) >= 256:
+        _BUCKETS.pop(next(iter(_BUCKETS)))
+    _BUCKETS[id(rules)] = (rules, d, by_bucket)
+    return d, by_bucket
 
 
 def content_digests(rules: NftRules) -> dict[str, str]:
-    """bucket -> content digest for a table holding `rules` (the skeleton under "sk").
-
-    Remembered for the last few renders (by identity; the render is kept alive, so its
-    id stays its own): an apply asks it three times per node (the operation's
-    `fast_buckets`, `fast_plan`'s, the new index), 0.05 s each at 10,000 services."""
-    hit = _DIGESTS.get(id(rules))
-    if hit is not None and hit[0] is rules:
-        return dict(hit[1])
-    d = bucket_digests((u.id, u.digest) for u in rules.units)
-    d[SKELETON_BUCKET] = SKELETON_DIGEST
-    if len(_DIGESTS) >= 256:
-        _DIGESTS.pop(next(iter(_DIGESTS)))
-    _DIGESTS[id(rules)] = (rules, d)
-    return dict(d)
+    """bucket -> content digest for a table holding `rules` (the skeleton under "sk")."""
+    return dict(_bucketed(rules)[0])
 
 
 def bucket_texts(rules: NftRules, names: Iterable[str]) -> dict[str, str]:
     """The file text of the buckets `names` for `rules` (built only for those)."""
-    wanted = set(names)
-    parts: dict[str, list[str]] = {b: [] for b in wanted}
-    for u in rules.units:
-        b = bucket_of(u.id)
-        if b in wanted:
-            parts[b].append(unit_text(u))
-    out = {b: "".join(p) for b, p in parts.items()}
-    if SKELETON_BUCKET in wanted:
+    by_bucket = _bucketed(rules)[1]
+    out = {b: "".join(unit_text(u) for u in by_bucket.get(b, ())) for b in set(names)}
+    if SKELETON_BUCKET in out:
         out[SKELETON_BUCKET] = skeleton_payload(clean=True)
     return out
 
@@ -198,8 +204,10 @@ def parse_bucket(text: str) -> list[NftUnit] | None:
     return units
 
 
-def _live_of(units: Sequence[NftUnit]) -> NftLive:
-    """The digest-level view (no content) of a table holding the skeleton and `units`."""
+def _live_of(units: Sequence[NftUnit], with_rules: bool = False) -> NftLive:
+    """The digest-level view (no content) of a table holding the skeleton and `units`;
+    `with_rules`: with the units' chains' rules as content (what the UDP conntrack
+    cleanup reads its endpoints from)."""
     chains: dict[str, str | None] = {n: SKELETON_COMMENT for n in BASE_CHAINS}
     chains.update({n: None for n in TOP_RULES})
     sets: dict[str, int | None] = {STATE_SET: None}
@@ -209,7 +217,10 @@ def _live_of(units: Sequence[NftUnit]) -> NftLive:
         sets.update({n: t for n, t in u.sets})
         for m, key, verdict in u.elements:
             maps[m][key] = (verdict, u.comment)
-    return NftLive(True, chains, sets, maps, None)
+    content = None
+    if with_rules:
+        content = NftContent(rules={c: r for u in units for c, r in unit_chains(u).items()})
+    return NftLive(True, chains, sets, maps, content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +281,8 @@ def fast_plan(
             return None
         old_units.extend(parsed)
     wanted = set(names)
-    new_units = [u for u in rules.units if bucket_of(u.id) in wanted]
+    by_bucket = _bucketed(rules)[1]
+    new_units = [u for b in names for u in by_bucket.get(b, ())]
     texts = bucket_texts(rules, names)
     digests = content_digests(rules)
     file_digests = {b: d for b, d in have.files.items() if b not in wanted}
@@ -283,7 +295,7 @@ def fast_plan(
     files["index"] = index_text(new_index)
     return FastPlan(
         _with_canary(forward, new_index.fingerprint), _with_canary(back, have.fingerprint), tuple(names), files,
-        _live_of(old_units), ahead.added, ahead.changed, ahead.removed,
+        _live_of(old_units, with_rules=True), ahead.added, ahead.changed, ahead.removed,
     )  # fmt: skip
 
 

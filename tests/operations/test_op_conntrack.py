@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 
 import render_fixtures as F
-from render_fixtures import simulated_live  # noqa: E402
+from render_fixtures import simulated_full_live  # noqa: E402
 from udp_fixtures import CIP, SVC, nft_rules, resolved
 
 from svcops.operations.conntrack import cleanup_commands
@@ -51,7 +51,7 @@ def test_no_cleanup_when_nothing_changed_or_none_was_asked_for():
 def test_nft_an_endpoint_gone_gets_its_flows_deleted():
     before = resolved((SVC,), ("node1", "node2"))
     after = resolved((SVC,), ("node1",))
-    script = script_of(cleanup_commands(simulated_live(nft_rules(before)), udp_ports(after, "node3")))
+    script = script_of(cleanup_commands(simulated_full_live(nft_rules(before)), udp_ports(after, "node3")))
     assert f"svcops_ct -D -p udp --orig-dst {CIP} --dst-nat 10.244.2.5" in script
     assert "10.244.1.5" not in script
 

@@ -15,26 +15,26 @@ from dataclasses import replace
 import pytest
 from modes_fixtures import compiled
 from netns import netns, ns_run, requires
-from render_fixtures import simulated_live
+from render_fixtures import simulated_full_live
 
 from svcops.render.nftables import SKELETON_COMMENT, full_payload
 from svcops.render.nftables_diff import DRIFT_LINES, plan_update, rules_drift
 from svcops.render.nftables_live import LIST_COMMAND, NftHook, NftLive, parse_nft_list
-from svcops.render.nftables_normal import printed_listing
 
 RULES = compiled("nftables").outputs["node1"].nftables
 WEB = RULES.unit("default/web/tcp/http")
 STICKY = RULES.unit("default/sticky/tcp/http")
 SVC = next(c for c in WEB.chains if c.startswith("service-"))
-EP = next(c for c in WEB.chains if c.startswith("endpoint-"))
+# Endpoint chains: ClientIP affinity only (the others DNAT in their service chain).
+EP = next(c for c in STICKY.chains if c.startswith("endpoint-"))
 AFFINITY = STICKY.sets[0][0]
 KEY = next(k for m, k, _ in WEB.elements if m == "service-ips")
+HAIRPIN = next(k for u in RULES.units for m, k, _ in u.elements if m == "hairpin")
 
 
 def simulated(rules=RULES) -> NftLive:
     """A live table holding `rules`, content included (as a listing would parse)."""
-    live = simulated_live(rules)
-    return replace(live, content=parse_nft_list(printed_listing(rules), full=True).content)
+    return simulated_full_live(rules)
 
 
 def with_content(live: NftLive, **changes) -> NftLive:
@@ -162,9 +162,14 @@ DRILLS = {
         [f"chain {SVC} rules differ: 1 foreign rule"],
     ),
     "endpoint's dnat deleted": (
+        f"h=$(nft -a list chain ip svcops '{SVC}' | sed -n 's/.*dnat to.* # handle //p' | head -n 1); nft delete rule ip svcops '{SVC}' handle $h",
+        [f"chain {SVC} rules differ: 1 rule missing"],
+    ),
+    "affinity endpoint's dnat deleted": (
         f"h=$(nft -a list chain ip svcops '{EP}' | sed -n 's/.*dnat to.* # handle //p'); nft delete rule ip svcops '{EP}' handle $h",
         [f"chain {EP} rules differ: 1 rule missing"],
     ),
+
     "map element deleted": (f"nft delete element ip svcops service-ips '{{ {KEY} }}'", [f"map service-ips element {KEY} missing"]),
     "map element's verdict changed": (
         f"nft delete element ip svcops service-ips '{{ {KEY} }}' && "
@@ -242,3 +247,21 @@ def test_a_hand_edit_is_named_and_repaired(drill):
             ns_run(ns, "nft", "-f", "-", stdin=tx)
         assert read(ns) == want
         assert plan_update(RULES, read(ns)).transactions == ()
+
+
+@pytest.mark.root
+@requires("nft")
+def test_a_deleted_hairpin_element_is_put_back():
+    """A hairpin unit is one element: deleted by hand, nothing on the node says it was
+    there, so the plan counts it as new (and `svcops check` as missing) and adds it."""
+    with netns() as cold, netns() as ns:
+        ns_run(cold, "nft", "-f", "-", stdin=full_payload(RULES))
+        ns_run(ns, "nft", "-f", "-", stdin=full_payload(RULES))
+        want = read(cold)
+        ns_run(ns, "nft", "delete", "element", "ip", "svcops", "hairpin", f"{{ {HAIRPIN} }}")
+        drifted = read(ns)
+        assert HAIRPIN not in drifted.maps["hairpin"]
+        plan = plan_update(RULES, drifted)
+        assert plan.added == 1 and len(plan.transactions) == 1 and HAIRPIN in plan.transactions[0]
+        ns_run(ns, "nft", "-f", "-", stdin=plan.transactions[0])
+        assert read(ns) == want

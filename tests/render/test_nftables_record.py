@@ -92,8 +92,11 @@ def test_a_one_service_change_reads_and_rewrites_its_bucket_only_and_ends_with_t
     assert set(plan.files) == {bucket_of(WEB), "index"}
     assert plan.files["index"] == record_files(NEW)["index"]
     assert plan.files[bucket_of(WEB)] == record_files(NEW)[bucket_of(WEB)]
-    (back,) = plan.rollback
-    assert back.endswith(canary_command(fingerprint_of(OLD)))
+    # Back: web's unit as it was, then (alone, last) its endpoint chains deleted: only
+    # ClientIP affinity has a chain per endpoint.
+    *_, last = plan.rollback
+    assert last.endswith(canary_command(fingerprint_of(OLD)))
+    assert len(plan.rollback) == 2 and "delete chain ip svcops endpoint-" in last
 
 
 def test_the_fast_plan_sends_what_the_whole_comparison_would_for_those_service_ports():

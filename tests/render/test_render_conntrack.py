@@ -17,7 +17,7 @@ import uuid
 import pytest
 import render_fixtures as F
 from netns import netns, ns_run  # noqa: E402
-from render_fixtures import simulated_live  # noqa: E402
+from render_fixtures import simulated_full_live  # noqa: E402
 from udp_fixtures import CIP, DNS, DNS_TCP, SEL, SVC, UDP_LB, nft_rules, resolved, same
 
 from svcops.render import nftables as nft_render  # noqa: E402
@@ -31,7 +31,7 @@ from svcops.render.conntrack import (
     udp_ports_from_nft,  # noqa: E402
 )
 from svcops.render.iptables import parse_iptables_save, render_nodes, restore_payload
-from svcops.render.nftables_live import LIVE_COMMANDS, parse_nft_list  # noqa: E402
+from svcops.render.nftables_live import LIST_COMMAND, parse_nft_list  # noqa: E402
 from svcops.site.model import ServicePort
 
 
@@ -238,7 +238,9 @@ def test_kernel_flows_to_a_removed_endpoint_are_deleted_and_the_others_kept():
 
 def test_nft_table_reads_back_as_the_udp_ports_it_was_rendered_from():
     ports = resolved((UDP_LB,), ("node1", "node2"))
-    live = simulated_live(nft_rules(ports))
+    rules = nft_rules(ports)
+    # The whole listing (what the operation reads): endpoints are the DNAT targets.
+    live = simulated_full_live(rules)
     assert same(udp_ports_from_nft(live)) == same(udp_ports(ports, "node3"))
     assert udp_ports_from_nft(live)["default/dns:dns"].node_port == 30080
 
@@ -251,7 +253,5 @@ def test_nft_reader_on_a_real_kernels_listing():
     rules = nft_rules(ports)
     with netns() as ns:
         ns_run(ns, "nft", "-f", "-", stdin=nft_render.full_payload(rules))
-        text = "".join(
-            subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True).stdout for argv in LIVE_COMMANDS
-        )
-    assert same(udp_ports_from_nft(parse_nft_list(text))) == same(udp_ports(ports, "node3"))
+        text = subprocess.run(["ip", "netns", "exec", ns, *LIST_COMMAND], capture_output=True, text=True).stdout
+    assert same(udp_ports_from_nft(parse_nft_list(text, full=True))) == same(udp_ports(ports, "node3"))

@@ -68,14 +68,17 @@ def golden_text(name: str) -> str:
 
 
 def choices(rules: list[str]) -> list[tuple[int | None, str]]:
-    """The endpoint choice of a service chain: (m, target) for `numgen random mod m 0 goto
-    target`, (None, target) for the last, unconditional `goto target`."""
+    """The endpoint choice of a service chain: (m, target) for `numgen random mod m 0
+    <go>`, (None, target) for the last, unconditional one; <go> is `meta l4proto P dnat
+    to target` (target "ip:port"), or `goto target` (an endpoint chain: ClientIP
+    affinity)."""
     out = []
+    go = r"(?:goto (endpoint-\S+)|meta l4proto \w+ dnat to (\S+))"
     for r in rules:
-        if m := re.fullmatch(r"numgen random mod (\d+) 0 goto (\S+)", r):
-            out.append((int(m.group(1)), m.group(2)))
-        elif m := re.fullmatch(r"goto (endpoint-\S+)", r):
-            out.append((None, m.group(1)))
+        if m := re.fullmatch(r"numgen random mod (\d+) 0 " + go, r):
+            out.append((int(m.group(1)), m.group(2) or m.group(3)))
+        elif m := re.fullmatch(go, r):
+            out.append((None, m.group(1) or m.group(2)))
     return out
 
 
@@ -156,6 +159,7 @@ def test_base_chains_hook_before_and_around_nat():
         "nat-postrouting": "nat hook postrouting priority 100",
     }
     assert rules_of(payload, "masquerading") == [
+        "ct status dnat ip saddr . ip daddr vmap @hairpin",
         "mark and 0x4000 == 0 return",
         "mark set mark xor 0x4000",
         "masquerade fully-random",
@@ -168,15 +172,19 @@ def test_cluster_ip_dispatches_to_an_equal_random_choice_with_hairpin_and_dnat()
     rules, node = render_scenario("cluster-ip")
     payload = full_payload(rules[node])
     svc = chain_names(resolved(F.SCENARIOS["cluster-ip"][0])[0])["service"]
-    assert elements_of(payload) == {"service-ips": {"10.96.0.10 . tcp . 80": f"goto {svc}"}}
-    choice = choices(rules_of(payload, svc))
-    assert [m for m, _ in choice] == [2, None]  # 1/2, then the rest
-    ep = choice[1][1]
-    assert ep.endswith("__10.244.2.7/8080")
-    assert rules_of(payload, ep) == [
-        "ip saddr 10.244.2.7 jump mark-for-masquerade",
+    elements = elements_of(payload)
+    assert elements.pop("service-ips") == {"10.96.0.10 . tcp . 80": f"goto {svc}"}
+    # Each endpoint address reaching itself through the service is masqueraded.
+    assert elements == {"hairpin": {
+        "10.0.0.11 . 10.0.0.11": "jump mark-for-masquerade",
+        "10.244.2.7 . 10.244.2.7": "jump mark-for-masquerade",
+    }}  # fmt: skip
+    # Each choice DNATs in the service chain itself: no chain per endpoint.
+    assert rules_of(payload, svc) == [
+        "numgen random mod 2 0 meta l4proto tcp dnat to 10.0.0.11:80",
         "meta l4proto tcp dnat to 10.244.2.7:8080",
     ]
+    assert not [c for c in declared_chains(payload) if c.startswith("endpoint-")]
 
 
 def test_no_endpoints_rejects_on_every_address():
@@ -203,8 +211,7 @@ def test_external_traffic_policy_local():
         f"fib saddr type local goto {svc}",
         f"goto {local}",
     ]
-    (choice,) = rules_of(with_eps, local)
-    assert choice.startswith("goto endpoint-") and "__10.0.0.11/80" in choice
+    assert rules_of(with_eps, local) == ["meta l4proto tcp dnat to 10.0.0.11:80"]
     assert elements_of(with_eps)["service-nodeports"] == {"tcp . 30080": f"goto {ext}"}
     # Without local endpoints: no local chain, outside traffic dropped, local still served.
     assert local not in declared_chains(without)
@@ -217,12 +224,12 @@ def test_internal_traffic_policy_local():
     rules, _ = render_scenario("internal-local-with-endpoints")
     names = chain_names(resolved(F.SCENARIOS["internal-local-with-endpoints"][0])[0])
     on2, on3 = full_payload(rules["node2"]), full_payload(rules["node3"])
-    assert elements_of(on2) == {"service-ips": {"10.96.0.10 . tcp . 80": f"goto {names['local']}"}}
-    (choice,) = rules_of(on2, names["local"])
-    assert choice.startswith("goto endpoint-") and "__10.244.2.7/8080" in choice
+    assert elements_of(on2)["service-ips"] == {"10.96.0.10 . tcp . 80": f"goto {names['local']}"}
+    assert rules_of(on2, names["local"]) == ["meta l4proto tcp dnat to 10.244.2.7:8080"]
     assert names["service"] not in declared_chains(on2)  # the other node's endpoint is unreachable
-    assert not [c for c in declared_chains(on2) if "__10.0.0.11/" in c]
-    assert elements_of(on3) == {"no-endpoint-services": {"10.96.0.10 . tcp . 80": "drop"}}
+    assert "10.0.0.11:" not in on2.partition("add element")[0]
+    assert elements_of(on3)["no-endpoint-services"] == {"10.96.0.10 . tcp . 80": "drop"}
+    assert set(elements_of(on3)) == {"no-endpoint-services", "hairpin"}
     assert not [c for c in declared_chains(on3) if "/" in c]
 
 
@@ -261,7 +268,7 @@ def test_client_ip_affinity_checks_timed_sets_before_choosing():
     for aff, _ in sets:
         ep = "endpoint-" + aff.removeprefix("affinity-")
         assert f"ip saddr @{aff} goto {ep}" in chain
-        assert rules_of(payload, ep)[1] == f"update @{aff} {{ ip saddr }}"
+        assert rules_of(payload, ep) == [f"update @{aff} {{ ip saddr }}", f"meta l4proto tcp dnat to {ep.rsplit('__', 1)[1].replace('/', ':')}"]
 
 
 def test_udp_and_sctp_keep_their_protocol():
@@ -269,7 +276,7 @@ def test_udp_and_sctp_keep_their_protocol():
         rules, node = render_scenario(name)
         payload = full_payload(rules[node])
         assert f"10.96.0.10 . {proto} . {port}" in elements_of(payload)["service-ips"]
-        assert re.search(rf"^add rule ip svcops endpoint-\S+ meta l4proto {proto} dnat to [\d.]+:{port}$", payload, re.M)
+        assert re.search(rf"^add rule ip svcops service-\S+ (numgen random mod \d+ 0 )?meta l4proto {proto} dnat to [\d.]+:{port}$", payload, re.M)
 
 
 def test_chain_names_are_kube_proxy_style():
@@ -292,7 +299,8 @@ def test_nodes_share_units():
     rules, _ = render_scenario("external-local-with-endpoints", nodes=["node1", "node2", "node3", "node4"])
     n3, n4 = rules["node3"].units, rules["node4"].units  # neither runs a web workload
     assert all(a is b for a, b in zip(n3, n4, strict=True))
-    assert rules["node1"].units[0].digest != n3[0].digest
+    web = next(i for i, u in enumerate(n3) if u.id == WEB)
+    assert rules["node1"].units[web].digest != n3[web].digest
     shared, _ = render_scenario("multi-port")
     assert all(a is b for a, b in zip(shared["node1"].units, shared["node3"].units, strict=True))
 
@@ -333,7 +341,7 @@ def test_every_endpoint_gets_an_equal_share(n, affinity):
     payload = full_payload(render_nodes(F.CLUSTER, [rp], ["node1"])["node1"])
     got = shares(rules_of(payload, chain_names(rp)["service"]))
     assert len(got) == n and set(got.values()) == {Fraction(1, n)}
-    dnat = {rules_of(payload, c)[-1].rsplit(" ", 1)[1] for c in got}
+    dnat = {rules_of(payload, c)[-1].rsplit(" ", 1)[1] for c in got} if affinity else set(got)
     assert dnat == {f"{e.ip}:{e.port}" for e in rp.endpoints}
 
 
@@ -680,3 +688,58 @@ def test_real_traffic_reaches_the_endpoints_and_rejects_without_them():
             for s in servers:
                 s.terminate()
                 s.wait()
+
+
+_ECHO_CLIENT = (
+    "import http.server, sys\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    " def do_GET(self):\n"
+    "  self.send_response(200); self.end_headers(); self.wfile.write(self.client_address[0].encode())\n"
+    " def log_message(self, *a): pass\n"
+    "http.server.HTTPServer((sys.argv[1], 8080), H).serve_forever()\n"
+)
+
+
+@pytest.mark.root
+@root
+def test_an_endpoint_reaching_itself_through_its_service_is_masqueraded():
+    """Hairpin: a pod behind the node reaches its own service and is DNATed to itself.
+    The node must masquerade it (as kube-proxy does): the pod then sees the node as
+    its client and the reply goes back through the node. Without the `hairpin` map's
+    element the connection cannot complete (the pod answers itself directly)."""
+    pod_ip, node_ip = "10.78.0.2", "10.78.0.1"
+    svc = Service("default", "web", ports=(ServicePort("http", "TCP", 80, 8080),))
+    other = Service("default", "other", ports=(ServicePort("http", "TCP", 80, 8080),))
+    ports = [
+        ResolvedPort(svc, svc.ports[0], "10.96.0.10", None, None, (Endpoint(pod_ip, 8080, None),)),
+        ResolvedPort(other, other.ports[0], "10.96.0.11", None, None, (Endpoint("10.78.0.3", 8080, None),)),
+    ]
+    rules = render_nodes(F.CLUSTER, ports, ["node"])["node"]
+    with netns() as node, netns() as pod:
+        veth = f"svhp{os.getpid() % 100000}"
+        subprocess.run(["ip", "link", "add", veth, "netns", node, "type", "veth", "peer", "name", "p0",
+                        "netns", pod], check=True)  # fmt: skip
+        ns_run(node, "ip", "addr", "add", f"{node_ip}/24", "dev", veth)
+        ns_run(pod, "ip", "addr", "add", f"{pod_ip}/24", "dev", "p0")
+        for ns, dev in ((node, veth), (pod, "p0"), (node, "lo"), (pod, "lo")):
+            ns_run(ns, "ip", "link", "set", dev, "up")
+        ns_run(pod, "ip", "route", "add", "default", "via", node_ip)
+        ns_run(node, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
+               f"net.ipv4.conf.{veth}.send_redirects=0")  # fmt: skip
+        server = subprocess.Popen(["ip", "netns", "exec", pod, "python3", "-c", _ECHO_CLIENT, pod_ip],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            for _ in range(50):
+                if _http_get(pod, f"http://{pod_ip}:8080/") == pod_ip:
+                    break
+                time.sleep(0.1)
+            nft_apply(node, full_payload(rules))
+            assert _http_get(pod, "http://10.96.0.10/") == node_ip
+            # Only endpoint addresses are in the map: the hairpin rule matches nothing else.
+            hairpin = listing(node).split("map hairpin {", 1)[1].split("}", 1)[0]
+            assert f"{pod_ip} . {pod_ip}" in hairpin and "10.78.0.1 . " not in hairpin
+            ns_run(node, "nft", "delete", "element", "ip", "svcops", "hairpin", f"{{ {pod_ip} . {pod_ip} }}")
+            assert _http_get(pod, "http://10.96.0.10/").startswith("ERROR")
+        finally:
+            server.terminate()
+            server.wait()
