@@ -269,7 +269,7 @@ def _iptables_fast_diff(h, out, canary, timeout: int):
     from svcops.facts.iptables import SvcopsIptablesBuckets
     from svcops.render.iptables_record import canary_agrees, is_empty, partial_plan, record_of
     from svcops.render.iptables_sync import TablesDiff, diff_tables
-    from svcops.render.record import changed_buckets, verify_bucket_text
+    from svcops.render.record import changed_buckets
 
     rules = out.iptables
     if out.mode == "nftables" and is_empty(rules) and not canary.anything():
@@ -281,10 +281,8 @@ def _iptables_fast_diff(h, out, canary, timeout: int):
     if not changed:
         return TablesDiff()
     old = h.get_fact(SvcopsIptablesBuckets, buckets=tuple(changed), _timeout=timeout)
-    if old is None or not all(verify_bucket_text(canary.index, b, old.get(b, "")) for b in changed):
-        return None
-    p = partial_plan(rules, record, canary, old)
-    return diff_tables(p.rules, p.live)
+    p = partial_plan(rules, record, canary, old) if old is not None else None
+    return diff_tables(p.rules, p.live) if p is not None else None
 
 
 def _dry(opts: ApplyOptions, plan, names: list[str], out: TextIO) -> tuple[dict, list[str]]:

@@ -54,12 +54,17 @@ class SvcopsFacts(FactBase):
       services) rather than its canary (`SvcopsIptablesCanary`, milliseconds): for
       IPVS mode, whose operation reads its small iptables part whole, and ``svcops
       apply --dry``
+    + iptables_want: the iptables canary's ``want`` (the render's bucket digests: the
+      changed buckets come back in the same round trip)
     """
 
-    def command(self, full_iptables: bool = False) -> str:
+    def command(self, full_iptables: bool = False, iptables_want=()) -> str:
+        from svcops.facts.iptables import SvcopsIptablesCanary
+
         parts = []
         for cls in _fact_classes(full_iptables):
-            parts.append(f"echo '{_MARK} {cls.__name__}'\n( {cls().command()}\n)\necho \"{_MARK}-rc $?\"\n")
+            cmd = cls().command(want=iptables_want) if cls is SvcopsIptablesCanary else cls().command()
+            parts.append(f"echo '{_MARK} {cls.__name__}'\n( {cmd}\n)\necho \"{_MARK}-rc $?\"\n")
         return "".join(parts)
 
     @staticmethod
@@ -105,15 +110,19 @@ def _previous_op(host, current: str | None) -> str | None:
     return order[i - 1] if i > 0 else None
 
 
-def node_fact(via, cls: type[FactBase], keep: bool = False):
-    """``host.get_fact(cls)`` for svcops's facts, from the shared read when it is still
-    good (see the module's docstring). The value is dropped from the shared read once
-    taken (at 10,000 services a table's state is large) unless `keep`: a later
-    operation that asks again reads it afresh. `via`: the operation's ``host`` (outside
-    a pyinfra run, e.g. a test's stand-in, it is simply asked for the fact)."""
+def node_fact(via, cls: type[FactBase], keep: bool = False, **args):
+    """``host.get_fact(cls, **args)`` for svcops's facts, from the shared read when it
+    is still good (see the module's docstring). The value is dropped from the shared
+    read once taken (at 10,000 services a table's state is large) unless `keep`: a
+    later operation that asks again reads it afresh. `via`: the operation's ``host``
+    (outside a pyinfra run, e.g. a test's stand-in, it is simply asked for the fact).
+
+    `args` go to the shared read too when this is the first fact asked for (only
+    `SvcopsIptablesCanary` takes any: ``want``); a value the shared read made without
+    them is what it is (the caller reads what it lacks)."""
     state, host = ctx_state.get(), ctx_host.get()
     if state is None or host is None or getattr(via, "name", None) != host.name:
-        return via.get_fact(cls)
+        return via.get_fact(cls, **args)
     current = host.current_op_hash
     executing = bool(state.is_executing)
     m = _MEMO.get(host.name)
@@ -124,14 +133,15 @@ def node_fact(via, cls: type[FactBase], keep: bool = False):
         # The first fact asked for says which iptables read the run needs (IPVS mode's
         # operation comes first and reads its iptables part whole).
         full = cls is SvcopsIptables
-        m = _Memo(weakref.ref(state), executing, current, True, host.get_fact(SvcopsFacts, full_iptables=full) or {})
+        want = {"iptables_want": args["want"]} if "want" in args else {}
+        m = _Memo(weakref.ref(state), executing, current, True, host.get_fact(SvcopsFacts, full_iptables=full, **want) or {})
         _MEMO[host.name] = m
     elif not (m.clean and current is not None and m.op in (current, _previous_op(host, current))):
         m.facts = {}  # something may have changed since: nothing read before holds
     m.op, m.clean = current, True
     name = cls.__name__
     if name not in m.facts:
-        m.facts[name] = host.get_fact(cls)
+        m.facts[name] = host.get_fact(cls, **args)
     return m.facts[name] if keep else m.facts.pop(name)
 
 

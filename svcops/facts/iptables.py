@@ -6,7 +6,7 @@
     SvcopsIptablesCanary    the canary chain SVCOPS-STATE of both tables, the jumps of
                             the built-in chains and the record's index (milliseconds):
                             `svcops.render.iptables_record.Canary`
-    SvcopsIptablesBuckets   some of the record's bucket files, by name
+    SvcopsIptablesBuckets   some of the record's bucket files, by name, with their digests
     SvcopsIptablesRecord    the sha256 of every file in the record's folder
 """
 
@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from pyinfra.api import FactBase
 
-import shlex
-
+from svcops.facts.nftables import bucket_files_command, buckets_command, parse_nft_buckets
 from svcops.render.iptables import BUILTIN_CHAINS, LiveTables, parse_iptables_save
 from svcops.render.iptables_record import INDEX_FILE, MODE, RECORD_DIR, STATE, Canary, parse_canary
 from svcops.render.record import parse_index
@@ -74,17 +73,34 @@ class SvcopsIptablesCanary(FactBase):
     record svcops last applied), the svcops jumps of the built-in chains, and the
     record's index (`svcops.render.iptables_record`). A
     `svcops.render.iptables_record.Canary`; `NO_IPTABLES` without iptables.
+
+    + want: the render's buckets and their digests ((bucket, digest), as its index
+      names them): the bucket files whose index line differs are read in the same
+      round trip (``Canary.buckets``, as `SvcopsIptablesBuckets` reads them), the
+      difference taken on the node
+
+    .. code:: python
+
+        host.get_fact(SvcopsIptablesCanary, want=tuple(record.index().digests.items()))
     """
 
-    def command(self) -> str:
-        parts = [f"if ! command -v iptables >/dev/null; then echo '{_NO_IPTABLES_MARK}'; exit 0; fi"]
-        for table, builtin in _BUILTIN.items():
-            # One `iptables -S CHAIN` lists that chain alone (16 ms at 10,000 services);
-            # a chain that is not there prints nothing.
-            lists = "; ".join(f"iptables -w 5 -t {table} -S {c} 2>/dev/null" for c in (STATE, *builtin))
-            parts.append(f"echo '*{table}'; {lists}; echo COMMIT")
-        parts.append(f"echo '{_INDEX_MARK}'; cat {INDEX_FILE} 2>/dev/null; true")
-        return "; ".join(parts)
+    def command(self, want=()) -> str:
+        # One `iptables -S CHAIN` lists that chain alone (1-2 ms at any size: mostly the
+        # process starting); a chain that is not there prints nothing.
+        filter_, nat = (
+            f"echo '*{t}'; " + "; ".join(f"iptables -w 5 -t {t} -S {c} 2>/dev/null" for c in (STATE, *_BUILTIN[t])) + "; echo COMMIT"
+            for t in ("filter", "nat")
+        )
+        record = f"echo '{_INDEX_MARK}'; cat {INDEX_FILE} 2>/dev/null"
+        if want:
+            record += f"; echo '{_CHANGED_MARK}'; {bucket_files_command(RECORD_DIR, _changed_on_node(want))}"
+        # The three parts run at once, each writing into a pipe its reader copies out
+        # after its own output: nat, filter, then the record (whose bucket texts hold
+        # table sections too: last, after its mark).
+        return (
+            f"if ! command -v iptables >/dev/null; then echo '{_NO_IPTABLES_MARK}'; exit 0; fi; "
+            f"{{ {record}; }} | {{ {{ {filter_}; }} | {{ {nat}; cat; }}; cat; }}; true"
+        )
 
     @staticmethod
     def default() -> Canary | None:
@@ -94,40 +110,48 @@ class SvcopsIptablesCanary(FactBase):
         if output and output[0] == _NO_IPTABLES_MARK:
             return NO_IPTABLES
         i = output.index(_INDEX_MARK) if _INDEX_MARK in output else len(output)
-        return parse_canary("\n".join(output[:i]), parse_index(output[i + 1 :], MODE))
+        j = output.index(_CHANGED_MARK) if _CHANGED_MARK in output else None
+        index = parse_index(output[i + 1 : j], MODE)
+        return parse_canary("\n".join(output[:i]), index, parse_nft_buckets(output[j + 1 :]) if j is not None else None)
 
 
-_BUCKET_MARK = "@@svcops-bucket"
+_CHANGED_MARK = "@@svcops-changed"
+
+
+def _changed_on_node(want) -> str:
+    """Shell printing the buckets whose line in the node's index differs from `want`
+    ((bucket, content digest) pairs), or that only one of them names (one awk)."""
+    pairs = " ".join(f"{b}:{d}" for b, d in sorted(want) if len(b) == 2 and b.isalnum() and d.isalnum())
+    program = (
+        'BEGIN { n = split(w, a, " "); for (i = 1; i <= n; i++) { split(a[i], p, ":"); W[p[1]] = p[2] } } '
+        "NR > 1 && NF == 3 { H[$1] = $2 } "
+        "END { for (b in W) if (!(b in H) || H[b] != W[b]) print b; for (b in H) if (!(b in W)) print b }"
+    )
+    return f"$(awk -v w='{pairs}' '{program}' {INDEX_FILE} 2>/dev/null)"
 
 
 class SvcopsIptablesBuckets(FactBase):
     """
-    The texts of some of the record's bucket files: name -> text ("" for a bucket that
-    has no file).
+    Some of the record's bucket files: name -> (the sha256 of the file as the node
+    computed it, "" when there is no such file; its text), as the other modes read
+    theirs (`svcops.facts.nftables.buckets_command`): the digest is taken on the
+    node, so that what the transport does to whitespace cannot make a good file look
+    edited, nor an edited one look good.
 
     .. code:: python
 
         host.get_fact(SvcopsIptablesBuckets, buckets=("3f", "s1"))
     """
 
-    def command(self, buckets) -> str:
-        return "".join(
-            f"echo '{_BUCKET_MARK} {b}'; cat {shlex.quote(f'{RECORD_DIR}/{b}')} 2>/dev/null; " for b in buckets
-        ) + "true"
+    def command(self, buckets=()) -> str:
+        return buckets_command(RECORD_DIR, buckets)
 
     @staticmethod
     def default() -> dict | None:
         return None
 
-    def process(self, output: list[str]) -> dict[str, str]:
-        out: dict[str, list[str]] = {}
-        lines: list[str] = []
-        for line in output:
-            if line.startswith(_BUCKET_MARK + " "):
-                lines = out.setdefault(line.split(" ", 1)[1], [])
-            else:
-                lines.append(line + "\n")
-        return {b: "".join(ls) for b, ls in out.items()}
+    def process(self, output: list[str]) -> dict[str, tuple[str, str]]:
+        return parse_nft_buckets(output)
 
 
 class SvcopsIptablesRecord(FactBase):

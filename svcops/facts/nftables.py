@@ -29,6 +29,7 @@ __all__ = [
     "SvcopsNftBuckets",
     "parse_nft_buckets",
     "buckets_command",
+    "bucket_files_command",
 ]
 
 @dataclass(frozen=True, slots=True)
@@ -198,23 +199,29 @@ _BUCKET = "@@svcops-nft bucket "
 def buckets_command(folder: str, buckets) -> str:
     """Shell printing each bucket file of a record `folder` after a line naming it and
     its sha256 (computed on the node; no digest: no such file). Any mode's record."""
-    names = " ".join(b for b in buckets if len(b) == 2 and b.isalnum())
+    return bucket_files_command(folder, " ".join(b for b in buckets if len(b) == 2 and b.isalnum()))
+
+
+def bucket_files_command(folder: str, words: str) -> str:
+    """`buckets_command` for the buckets that the shell words `words` name (names, or
+    a command that prints them: each is checked to be a bucket's name first)."""
     return (
-        f"for b in {names}; do f={folder}/$b; "
-        f"if [ -f \"$f\" ]; then echo \"{_BUCKET}$b $(sha256sum < \"$f\" | cut -c1-32)\"; cat \"$f\"; "
+        f"for b in {words}; do case $b in [0-9a-z][0-9a-z]) ;; *) continue;; esac; f={folder}/$b; "
+        f"if [ -f \"$f\" ]; then echo \"{_BUCKET}$b $(sha256sum < \"$f\")\"; cat \"$f\"; "
         f"else echo \"{_BUCKET}$b\"; fi; done; true"
     )
 
 
 def parse_nft_buckets(lines: list[str]) -> dict[str, tuple[str, str]]:
-    """bucket -> (the sha256 the node computed of its file, "" if missing; its text)."""
+    """bucket -> (the sha256 the node computed of its file, its first 32 hex digits as
+    `svcops.render.record.digest_text`'s, "" if missing; its text)."""
     out: dict[str, tuple[str, list[str]]] = {}
     cur: list[str] | None = None
     for line in lines:
         if line.startswith(_BUCKET):
             parts = line[len(_BUCKET) :].split()
             cur = []
-            out[parts[0]] = (parts[1] if len(parts) > 1 else "", cur)
+            out[parts[0]] = (parts[1][:32] if len(parts) > 1 else "", cur)
         elif cur is not None:
             cur.append(line)
     return {b: (d, "".join(x + "\n" for x in t)) for b, (d, t) in out.items()}

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from pyinfra import host, logger
-from pyinfra.api import StringCommand, operation
+from pyinfra.api import operation
 
 from svcops.facts.cache import marks_changes, node_fact
 from svcops.facts.iptables import NO_IPTABLES, SvcopsIptables, SvcopsIptablesBuckets, SvcopsIptablesCanary, SvcopsIptablesRecord
@@ -32,7 +32,7 @@ from svcops.operations.txn import DEFAULT_ROLLBACK_AFTER
 from svcops.operations.util import error, fail
 from svcops.render import chains as C
 from svcops.render.conntrack import udp_ports_from_iptables
-from svcops.render.iptables import CHUNK_CHAINS, IptablesRules, LiveTables, restore_transactions
+from svcops.render.iptables import CHUNK_CHAINS, IptablesRules, LiveTables
 from svcops.render.iptables_record import (
     FIRST,
     LAST,
@@ -43,11 +43,11 @@ from svcops.render.iptables_record import (
     is_empty,
     partial_plan,
     record_files,
-    without_empty_tables,
     record_of,
 )
-from svcops.render.iptables_sync import in_sync, rollback_payload, simulate
-from svcops.render.record import bucket_of, changed_buckets, verify_bucket_text
+from svcops.render.iptables_step import RestorePlan, apply_script, restore_plan
+from svcops.render.iptables_sync import in_sync
+from svcops.render.record import bucket_of, changed_buckets
 
 __all__ = ["rules"]
 
@@ -83,11 +83,14 @@ def rules(
     How the live state is known: from the record svcops keeps on the node
     (``/etc/svcops/iptables.d``, `svcops.render.iptables_record`) when the canary
     chain ``SVCOPS-STATE`` of both tables carries the record's fingerprint and the
-    jumps are svcops's: then only the buckets whose digest changed are read, and only
-    their chains restored (a one-service change at 10,000 services reads and writes a
-    few kilobytes). Otherwise (flushed, wiped, rebooted without svcops's boot script,
+    jumps are svcops's: then only the buckets whose digest changed are read (with the
+    canary, in the same round trip: the node compares its index with the render's
+    digests), and only the chains of their changed units restored (a one-service
+    change at 10,000 services restores a few kilobytes). Otherwise (flushed, wiped, rebooted without svcops's boot script,
     record missing or edited, ``verify``) from ``iptables-save``, and the whole record
-    is written again. The record's files change in the same transaction as the rules.
+    is written again. The record's files change in the same step as the rules: one
+    round trip carries the restore, its rollback and the files
+    (`svcops.render.iptables_step`).
 
     The payload carries only ``SVCOPS-`` chains and svcops's jumps in the built-in
     chains: missing jumps are inserted, stale svcops chains flushed and deleted;
@@ -97,7 +100,8 @@ def rules(
 
     All or nothing, never cutting SSH: the restore is one step of the node's
     transaction (`svcops.operations.txn`), whose undo is a rollback payload computed on
-    the controller from the live state; `txn.commit` logs in afresh before it commits.
+    the controller from the live state (and the previous record files); `txn.commit`
+    logs in afresh before it commits.
     Used on its own (no ``txn.begin`` before it), the operation is its own transaction.
 
     **Example:**
@@ -110,7 +114,11 @@ def rules(
             rules=compiled_site("sites/prod").node(host.name).output.iptables,
         )
     """
-    canary = node_fact(host, SvcopsIptablesCanary)
+    record = record_of(rules)
+    want = record.index()
+    fast = not verify and not is_empty(rules)
+    # The render's digests go with the canary: the changed buckets come back with it.
+    canary = node_fact(host, SvcopsIptablesCanary, **({"want": tuple(want.digests.items())} if fast else {}))
     if canary is None:
         yield fail("the node's iptables (svcops's canary chain)")
         return
@@ -125,18 +133,19 @@ def rules(
         # jump, no record): nothing to remove.
         host.noop("svcops has no iptables rules here")
         return
-    record = record_of(rules)
-    if not verify and not is_empty(rules) and canary_agrees(canary, rules):
-        changed = changed_buckets(canary.index, record.index())
+    if fast and canary_agrees(canary, rules):
+        changed = changed_buckets(canary.index, want)
         if not changed:
             host.noop("svcops rules are in sync (the canary matches the record)")
             return
-        old = host.get_fact(SvcopsIptablesBuckets, buckets=tuple(changed))
-        if old is not None and all(verify_bucket_text(canary.index, b, old.get(b, "")) for b in changed):
-            plan = partial_plan(rules, record, canary, old)
+        old = canary.buckets
+        if old is None or not set(changed) <= set(old):
+            # The canary came from a read made without the render's digests.
+            old = host.get_fact(SvcopsIptablesBuckets, buckets=tuple(changed))
+        plan = partial_plan(rules, record, canary, old) if old is not None else None
+        if plan is not None:
             implicit = yield from txn.ensure(rollback_after=rollback_after)
-            yield from _restore(plan.rules, plan.live, chunk)
-            yield from txn.replace_files({f"{RECORD_DIR}/{n}": t for n, t in plan.files.items()}, what="iptables-record")
+            yield from _apply(restore_plan(plan.rules, plan.live, chunk), plan.files, previous=plan.previous)
             if udp_ports is not None:
                 yield from cleanup_commands(None, *_udp_scope(plan.live, udp_ports, set(changed)))
             if implicit:
@@ -158,13 +167,8 @@ def rules(
         host.noop("svcops rules are in sync")
         return
     implicit = yield from txn.ensure(rollback_after=rollback_after)
-    if not sync:
-        yield from _restore(full, live, chunk)
-    if files:
-        yield from txn.replace_files({f"{RECORD_DIR}/{n}": t for n, t in files.items()}, what="iptables-record")
-        if is_empty(rules):
-            # Another proxy mode: the record's folder goes with its files.
-            yield from txn.step("iptables-record-dir", f"rmdir {RECORD_DIR} 2>/dev/null || true", f"mkdir -p {RECORD_DIR}\n")
+    # Another proxy mode (no rules): the record's folder goes with its files.
+    yield from _apply(None if sync else restore_plan(full, live, chunk), files, remove_dir=is_empty(rules))
     if not sync:
         # After the new rules stand: flows deleted earlier would be re-made by the old rules.
         yield from cleanup_commands(live, udp_ports)
@@ -172,28 +176,12 @@ def rules(
         yield from txn.finish(verify_ssh)
 
 
-def _restore(rules: IptablesRules, live: LiveTables, chunk: int):
-    """The restore of `rules` over `live` as one step, its undo the rollback payload."""
+def _apply(restore: RestorePlan | None, files: dict[str, str | None], remove_dir: bool = False, previous=None):
+    """The restore and the record's files as one step (`svcops.render.iptables_step`),
+    in one round trip; its undo gives back the chains and every file."""
     d = txn.files_dir()
-    apply_path = f"{d}/iptables.apply"
-    # A table with nothing to do is left out: iptables-nft-restore reads the cache of
-    # every table it is given (a one-service change names nat alone).
-    txs = [t for t in (without_empty_tables(t) for t in restore_transactions(rules, live, chunk)) if t]
-    payload = "".join(txs)
-    yield StringCommand(f"{txn.dir_ready(d)} && cat > {apply_path}", _stdin=payload)
-    restore = f"iptables-restore -w 5 --noflush {apply_path}"
-    after = None  # the state after the apply, simulated once for both rollbacks
-    if len(txs) > 1:
-        # Many chains: several transactions in one restore (see restore_transactions). One
-        # that fails leaves the earlier ones committed: give the chains back at once.
-        after = simulate(live, payload)
-        partial = without_empty_tables(rollback_payload(live, rules, jumps=False, after=after))
-        yield StringCommand(f"cat > {d}/iptables.rollback-partial", _stdin=partial)
-        restore = f"{{ {restore} || {{ iptables-restore -w 5 --noflush {d}/iptables.rollback-partial; false; }}; }}"
-    # A restore that fails changed nothing (it is atomic, or was undone at once when cut
-    # into transactions); the undo gives back the previous svcops chains and jumps.
-    yield StringCommand(f"cat > {d}/iptables.rollback", _stdin=without_empty_tables(rollback_payload(live, rules, after=after)) or "\n")
-    yield from txn.step("iptables", restore, f"iptables-restore -w 5 --noflush {d}/iptables.rollback\n")
+    change, undo = apply_script(d, restore, files, RECORD_DIR, remove_dir=remove_dir and bool(files), previous=previous)
+    yield from txn.script_step("iptables", change, undo, scratch=d)
 
 
 def _udp_scope(partial: LiveTables, udp_ports, changed: set[str]):

@@ -54,6 +54,7 @@ from svcops.render.txn import (
     commit_command,
     guard_script,
     replace_files_script,
+    script_step as script_step_text,
     step_command,
     txn_dir,
     undo_path,
@@ -79,6 +80,7 @@ __all__ = [
     "replace_file",
     "replace_files",
     "remove_files",
+    "script_step",
 ]
 
 DEFAULT_LOCK_TIMEOUT = 30  # seconds a second apply waits for a node another one holds
@@ -401,6 +403,16 @@ def finish(verify_ssh: bool = True):
         yield error(f"svcops: {why}")
 
 
+def _take_step(g: NodeGuard):
+    """Count one more step of `g`'s transaction; or, once it has ended (rolled back,
+    unreachable, interrupted), the error to yield instead: nothing more is changed."""
+    if g.status != "open":
+        return error(f"svcops: this node's apply was stopped ({g.status}); nothing more is changed")
+    g.seq += 1
+    g.changed = True
+    return None
+
+
 def step(what: str, change: str, undo: str | None = None, stdin: str | None = None):
     """The commands of one change to the node (a generator, for ``yield from``).
 
@@ -415,12 +427,10 @@ def step(what: str, change: str, undo: str | None = None, stdin: str | None = No
     if g is None:
         yield StringCommand(change, _stdin=stdin) if stdin is not None else StringCommand(change)
         return
-    if g.status != "open":
-        # The transaction ended (rolled back, unreachable, interrupted): nothing more.
-        yield error(f"svcops: this node's apply was stopped ({g.status}); nothing more is changed")
+    stopped = _take_step(g)
+    if stopped is not None:
+        yield stopped
         return
-    g.seq += 1
-    g.changed = True
     command = step_command(g.token, change, g.deadline)
     if not undo:
         yield StringCommand(command, _stdin=stdin) if stdin is not None else StringCommand(command)
@@ -542,6 +552,29 @@ def replace_files(files, mode: str = "644", what: str = "files"):
         change += f"rm -rf {txn_dir(token)}\n"
     # pyinfra ends stdin with a newline: each text is cut out by its byte count.
     yield from step(what, change, undo, stdin or None)
+
+
+def script_step(what: str, change: str, undo: str | None = None, scratch: str | None = None):
+    """One step in one round trip: `change` and `undo` (shell, as for `step`) travel
+    together as the command's standard input (`svcops.render.txn.script_step`); the
+    undo is in place before any of the change runs, so a change that fails part-way
+    is given back whole by the transaction. `change` may write its files (the texts
+    it carries: `svcops.render.txn.literal_write`) into `files_dir`, passed as
+    `scratch`: outside a transaction that folder is made first and removed after.
+    A generator, for ``yield from``."""
+    g = guard_of(ctx_host.get())
+    if g is None:
+        # No undo; the change in a subshell, so that its exit still removes the scratch folder.
+        ready = f"{dir_ready(scratch)} && " if scratch else ""
+        done = f"rc=$?\nrm -rf {scratch}\nexit $rc\n" if scratch else ""
+        yield StringCommand(f"{ready}sh -s", _stdin="(\n" + change + ")\n" + done)
+        return
+    stopped = _take_step(g)
+    if stopped is not None:
+        yield stopped
+        return
+    command, script = script_step_text(g.token, g.seq, what, change, undo, g.deadline)
+    yield StringCommand(command, _stdin=script)
 
 
 def remove_files(paths):

@@ -48,12 +48,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from hashlib import sha256
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from svcops.render import chains as C
 from svcops.render.iptables import IptablesRules, LiveTable, Units, LiveTables, TableRules, parse_iptables_save
-from svcops.render.record import Record, RecordIndex, bucket_of, changed_buckets, digest_text, index_text
+from svcops.render.record import RecordIndex, bucket_of, changed_buckets, digest_text, index_text, make_index, verify_bucket
 
 __all__ = [
     "MODE",
@@ -115,14 +116,23 @@ def _text(name: str, units: Mapping[str, tuple[list[str], list[str]]]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class IptablesRecord(Record):
-    """A `Record` whose buckets' digests are known already (`known`): the buckets every
-    node shares are hashed once per render, not once per node."""
+class IptablesRecord:
+    """The record of a render: bucket name -> its text (``iptables-restore`` text, see
+    the module's docstring), `extra` (the digest of svcops's jumps, which live outside
+    the buckets) and every bucket's digest, `known` (the buckets every node shares are
+    hashed once per render, not once per node). A bucket's content digest is its
+    text's digest, and so is its file's."""
 
+    buckets: Mapping[str, str] = field(default_factory=dict)
+    extra: str = ""
     known: Mapping[str, str] = field(default_factory=dict)
 
     def digests(self) -> dict[str, str]:
         return dict(self.known)
+
+    def index(self) -> RecordIndex:
+        d = self.digests()
+        return make_index(MODE, self.extra, d, d)
 
 
 def _grouped(part: Mapping[str, tuple[str, str]], bucket) -> dict[str, dict[str, tuple[list[str], list[str]]]]:
@@ -137,12 +147,31 @@ def _own_bucket(unit: str) -> str:
     return OWN + bucket_of(unit)[0]
 
 
-def _shared(part: Units) -> tuple[dict[str, str], dict[str, str]]:
-    """The buckets of the part every node shares: (texts, digests), made once."""
+def _shared(part: Units) -> tuple[dict[str, str], dict[str, str], dict]:
+    """The buckets of the part every node shares: (texts, digests), made once; and
+    the memo of `_last_digest`."""
     if part.memo is None:
         texts = {b: _text("nat", u) for b, u in _grouped(part, bucket_of).items()}
-        part.memo = (texts, {b: digest_text(t) for b, t in texts.items()})
+        part.memo = (texts, {b: digest_text(t) for b, t in texts.items()}, {})
     return part.memo
+
+
+_LAST_HEAD = f"*nat\n# unit {LAST}\n"
+
+
+def _last_digest(memo: dict, last: tuple[str, ...]) -> str:
+    """The digest of bucket s1's text (`_LAST_HEAD`, `last`'s fragments, COMMIT). Its
+    first two fragments (the dispatch chains' declarations and every non-Local
+    port's dispatch rules, 1.6 MB at 10,000 services) are the same strings on every
+    node: they are hashed once per render, in `memo` (the shared part's)."""
+    if len(last) < 2:
+        return digest_text(_LAST_HEAD + "".join(last) + "COMMIT\n")
+    got = memo.get("last")
+    if got is None or got[0] is not last[0] or got[1] is not last[1]:
+        got = memo["last"] = (last[0], last[1], sha256((_LAST_HEAD + last[0] + last[1]).encode()))
+    h = got[2].copy()
+    h.update(("".join(last[2:]) + "COMMIT\n").encode())
+    return h.hexdigest()[:32]
 
 
 def record_of(rules: IptablesRules) -> IptablesRecord:
@@ -153,12 +182,13 @@ def record_of(rules: IptablesRules) -> IptablesRecord:
     of Local traffic policies that depend on the node) and the two shared-chain buckets."""
     extra = _extra(rules.jumps)
     if is_empty(rules):
-        return IptablesRecord(MODE, {}, extra)
+        return IptablesRecord({}, extra)
     parts = rules.parts
     if parts is None:
         raise ValueError("iptables rules without their record parts (not made by render_nodes)")
     shared, *own = parts.units
-    texts, digests = (dict(x) for x in _shared(shared))
+    shared_texts, shared_digests, memo = _shared(shared)
+    texts, digests = dict(shared_texts), dict(shared_digests)
     mine: dict[str, dict[str, tuple[list[str], list[str]]]] = {}
     for p in own:
         for b, units in _grouped(p, _own_bucket).items():
@@ -171,10 +201,11 @@ def record_of(rules: IptablesRules) -> IptablesRecord:
     texts[FIRST] = "".join(
         f"*{t}\n# unit {FIRST}\n" + "".join(parts.first[t]) + "COMMIT\n" for t in TABLES if parts.first.get(t)
     )
-    texts[LAST] = f"*nat\n# unit {LAST}\n" + "".join(parts.last) + "COMMIT\n"
-    for b in (*mine, FIRST, LAST):
+    texts[LAST] = _LAST_HEAD + "".join(parts.last) + "COMMIT\n"
+    for b in (*mine, FIRST):
         digests[b] = digest_text(texts[b])
-    return IptablesRecord(MODE, texts, extra, digests)
+    digests[LAST] = _last_digest(memo, parts.last)
+    return IptablesRecord(texts, extra, digests)
 
 
 def bucket_units(text: str) -> dict[str, LiveTables]:
@@ -227,7 +258,7 @@ def with_state(rules: IptablesRules, index: RecordIndex, tables: tuple[str, ...]
     return IptablesRules(rules.node, add("filter", rules.filter), add("nat", rules.nat), rules.jumps)
 
 
-def applied_rules(rules: IptablesRules, record: Record | None = None) -> IptablesRules:
+def applied_rules(rules: IptablesRules, record: IptablesRecord | None = None) -> IptablesRules:
     """What iptables mode leaves on a node: `rules` with the canary carrying their
     record's fingerprint (no canary for empty rules: another proxy mode)."""
     if is_empty(rules):
@@ -236,7 +267,7 @@ def applied_rules(rules: IptablesRules, record: Record | None = None) -> Iptable
     return with_state(rules, record.index())
 
 
-def record_files(record: Record, have: Mapping[str, str] | None) -> dict[str, str | None]:
+def record_files(record: IptablesRecord, have: Mapping[str, str] | None) -> dict[str, str | None]:
     """Record file name -> its new text (None: remove), for the files whose digest
     differs from `have` (name -> digest of the files in the record folder; None:
     nothing known, write everything). An empty record removes every file."""
@@ -256,11 +287,14 @@ def record_files(record: Record, have: Mapping[str, str] | None) -> dict[str, st
 class Canary:
     """What the cheap fact read: each table's SVCOPS-STATE rules (a table without the
     chain is absent), the svcops jumps of the built-in chains (per table, as
-    `LiveTable.jumps`), and the record's index (None: missing or not valid)."""
+    `LiveTable.jumps`), the record's index (None: missing or not valid), and, when
+    the read was given the render's digests, the bucket files whose index line differs
+    from them, as `partial_plan` takes them (None: not asked)."""
 
     states: Mapping[str, tuple[str, ...]]
     jumps: Mapping[str, tuple[str, ...]]
     index: RecordIndex | None
+    buckets: Mapping[str, tuple[str, str]] | None = None
 
     def fingerprints(self) -> dict[str, str | None]:
         """table -> the fingerprint its canary carries (None: no valid canary)."""
@@ -276,14 +310,14 @@ class Canary:
         return bool(self.states or any(self.jumps.values()) or self.index is not None)
 
 
-def parse_canary(text: str, index: RecordIndex | None) -> Canary:
+def parse_canary(text: str, index: RecordIndex | None, buckets: Mapping[str, tuple[str, str]] | None = None) -> Canary:
     """The canary from ``*TABLE`` sections of ``iptables -S`` output (SVCOPS-STATE,
-    then the built-in chains); `index` parsed by the caller."""
+    then the built-in chains); `index` and `buckets` parsed by the caller."""
     # `iptables -S` prints "-N CHAIN" for a chain it lists: as iptables-save's ":CHAIN".
     lines = [(":" + ln[3:].split(" ", 1)[0] + " - [0:0]") if ln.startswith("-N ") else ln for ln in text.splitlines()]
     live = parse_iptables_save("\n".join(lines))
     states = {n: live.table(n).chains[STATE] for n in TABLES if STATE in live.table(n).chains}
-    return Canary(states, {n: live.table(n).jumps for n in TABLES}, index)
+    return Canary(states, {n: live.table(n).jumps for n in TABLES}, index, buckets)
 
 
 def canary_agrees(canary: Canary, rules: IptablesRules) -> bool:
@@ -309,30 +343,70 @@ class PartialPlan:
     """The fast path's restore, on the changed buckets only: `rules` (their chains as
     rendered, and the canary with the new fingerprint) against `live` (their chains
     as the old bucket files hold them, the old canary and the live jumps); `files`: the
-    record files to write (None: remove)."""
+    record files to write (None: remove); `previous`: what those files hold now, as
+    read and checked (None: no such file), for the undo to write back; a file whose
+    text did not come back exactly is not in it (the step keeps a copy instead)."""
 
     rules: IptablesRules
     live: LiveTables
     files: dict[str, str | None]
     fingerprint: str
+    previous: dict[str, str | None] = field(default_factory=dict)
 
 
-def partial_plan(rules: IptablesRules, record: Record, canary: Canary, old: Mapping[str, str]) -> PartialPlan:
-    """The fast path's plan for `rules` (whose record is `record`). `old`: the changed
-    buckets' texts as read from the node (already checked with
-    `svcops.render.record.verify_bucket_text`; "" for a bucket that had no file); `canary`
-    agrees (`canary_agrees`)."""
+def _units(bucket: str, text: str) -> dict[tuple[str, str, str], str]:
+    """(table, bucket, unit) -> that unit's lines in a bucket's text (see the module's
+    docstring; a unit with a Local traffic policy has a part in a hex bucket and one
+    in an n* bucket)."""
+    out: dict[tuple[str, str, str], str] = {}
+    for block in text.split("\nCOMMIT\n"):
+        head, _, body = block.partition("\n")
+        if not head.startswith("*"):
+            continue
+        for part in body.split("# unit ")[1:]:
+            unit, _, lines = part.partition("\n")
+            out[(head[1:], bucket, unit)] = lines if lines.endswith("\n") or not lines else lines + "\n"
+    return out
+
+
+def _changed_units(old: Mapping[str, str], new: Mapping[str, str]) -> tuple[str, str]:
+    """The units of the buckets `old` and `new` (bucket -> text) whose lines differ,
+    as two ``iptables-restore`` texts (old, new)."""
+    a = {k: v for b, t in old.items() for k, v in _units(b, t).items()}
+    z = {k: v for b, t in new.items() for k, v in _units(b, t).items()}
+    keys = sorted(k for k in a.keys() | z.keys() if a.get(k) != z.get(k))
+
+    def text(units: Mapping[tuple[str, str, str], str]) -> str:
+        return "".join(f"*{t}\n" + "".join(units.get(k, "") for k in keys if k[0] == t) + "COMMIT\n" for t in TABLES)
+
+    return text(a), text(z)
+
+
+def partial_plan(
+    rules: IptablesRules, record: IptablesRecord, canary: Canary, old: Mapping[str, tuple[str, str]]
+) -> PartialPlan | None:
+    """The fast path's plan for `rules` (whose record is `record`), on a node whose
+    canary agrees (`canary_agrees`). `old`: the changed buckets as read from the node,
+    bucket -> (the digest the node computed of its file, "" when there is none; its
+    text) (`svcops.facts.iptables.SvcopsIptablesBuckets`). None when a bucket file is
+    not the one the index names (edited, truncated, removed, or one the index does
+    not name): read the whole live state instead."""
     assert canary.index is not None
     want = record.index()
     changed = changed_buckets(canary.index, want)
-    now = parse_iptables_save("".join(record.buckets.get(b, "") for b in changed))
-    was = parse_iptables_save("".join(old[b] for b in changed))
+    if not all(verify_bucket(canary.index, b, old.get(b, ("", ""))[0]) for b in changed):
+        return None
+    # Only the units whose text differs are parsed and named (a bucket holds ~40 at
+    # 10,000 services): the others are live as the record holds them.
+    was_text, now_text = _changed_units(
+        {b: old[b][1] for b in changed if old[b][0]}, {b: record.buckets[b] for b in changed if record.buckets.get(b)}
+    )
+    now, was = parse_iptables_save(now_text), parse_iptables_save(was_text)
 
     def table(n: str) -> TableRules:
         chains = now.table(n).chains
         return TableRules([f":{c} - [0:0]\n" for c in chains], [r + "\n" for rs in chains.values() for r in rs])
 
-    # The rendered jumps equal the live ones (the canary agrees): none is inserted.
     # The rendered jumps equal the live ones (the canary agrees): none is inserted. A
     # table whose canary value stays (filter, unless s0 changed) is not named at all.
     new, old_values = canary_values(want), canary_values(canary.index)
@@ -349,7 +423,14 @@ def partial_plan(rules: IptablesRules, record: Record, canary: Canary, old: Mapp
     )
     files: dict[str, str | None] = {b: (record.buckets.get(b) or None) for b in changed}
     files["index"] = index_text(want)
-    return PartialPlan(partial, live, files, want.fingerprint)
+    # The index as svcops wrote it (the canary vouches for its content); a bucket's
+    # text when it is the file to the byte (its digest is the node's).
+    previous: dict[str, str | None] = {"index": index_text(canary.index)}
+    for b in changed:
+        digest, text = old[b]
+        if not digest or digest_text(text) == digest:
+            previous[b] = text if digest else None
+    return PartialPlan(partial, live, files, want.fingerprint, previous)
 
 
 def without_empty_tables(payload: str) -> str:

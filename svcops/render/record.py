@@ -36,7 +36,6 @@ from typing import Iterable, Mapping
 __all__ = [
     "BUCKETS",
     "RECORD_VERSION",
-    "Record",
     "RecordIndex",
     "bucket_digests",
     "make_index",
@@ -46,7 +45,6 @@ __all__ = [
     "parse_index",
     "changed_buckets",
     "verify_bucket",
-    "verify_bucket_text",
     "digest_text",
     "canary_fingerprint",
 ]
@@ -139,35 +137,10 @@ def parse_index(lines: Iterable[str], mode: str) -> RecordIndex | None:
     return RecordIndex(mode, head[3], extra, digests, files)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A record with every bucket's text at hand (iptables mode builds them at render
-    time, `svcops.render.iptables_record`): each bucket's content digest is its text's
-    digest, and so is its file digest."""
-
-    mode: str
-    buckets: Mapping[str, str] = field(default_factory=dict)
-    extra: str = ""
-
-    def digests(self) -> dict[str, str]:
-        return {b: digest_text(t) for b, t in self.buckets.items() if t}
-
-    def index(self) -> RecordIndex:
-        d = self.digests()
-        return make_index(self.mode, self.extra, d, d)
-
-
 def changed_buckets(have: RecordIndex, want: RecordIndex) -> list[str]:
     """The buckets whose text differs between two indexes (added, removed or changed)."""
     names = set(have.digests) | set(want.digests)
     return sorted(b for b in names if have.digests.get(b) != want.digests.get(b))
-
-
-def verify_bucket_text(index: RecordIndex, bucket: str, text: str) -> bool:
-    """Whether a bucket file's `text`, read back whole, is the one the index names."""
-    if bucket not in index.files:
-        return text == ""
-    return digest_text(text) == index.files[bucket]
 
 
 def verify_bucket(index: RecordIndex, bucket: str, file_digest: str) -> bool:

@@ -33,6 +33,8 @@ Pure: text in, text out. The shell half is `svcops.operations.txn`.
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
+from typing import Mapping
 
 __all__ = [
     "RUN_DIR",
@@ -48,6 +50,10 @@ __all__ = [
     "backup_and_remove",
     "replace_files_script",
     "upload_script",
+    "script_step",
+    "literal_write",
+    "FilesScript",
+    "files_script",
 ]
 
 RUN_DIR = "/run/svcops"  # tmpfs: a pending transaction is gone at reboot, as it should be
@@ -148,16 +154,24 @@ done
 """
 
 
+def _armed_check(t: str) -> str:
+    return (
+        f'[ -e {t}/armed ] || {{ echo "svcops: this apply was stopped on the node (rolled back or committed); '
+        f'nothing more is changed" >&2; exit 1; }}'
+    )
+
+
+def _locked(t: str, deadline: int, shell: str) -> str:
+    # -o: the lock stays with flock itself, never with a daemon the change starts.
+    return f"flock -o {t}/step timeout -k 5 {int(deadline)} {shell}"
+
+
 def step_command(token: str, change: str, deadline: int, run_dir: str = RUN_DIR) -> str:
     """`change` (a shell command) as one step of the transaction: under the step lock,
     only while the transaction is armed, bounded by `deadline` seconds on the node."""
     t = txn_dir(token, run_dir)
-    body = (
-        f'[ -e {t}/armed ] || {{ echo "svcops: this apply was stopped on the node (rolled back or committed); '
-        f'nothing more is changed" >&2; exit 1; }}\n{change}'
-    )
-    # -o: the lock stays with flock itself, never with a daemon the change starts.
-    return f"flock -o {t}/step timeout -k 5 {int(deadline)} sh -c {shlex.quote(body)}"
+    body = _armed_check(t) + "\n" + change
+    return _locked(t, deadline, f"sh -c {shlex.quote(body)}")
 
 
 def commit_command(token: str, run_dir: str = RUN_DIR) -> str:
@@ -206,6 +220,14 @@ def upload_script(folder: str, files: list[tuple[str, int]]) -> str:
     return "\n".join(out) + "\n"
 
 
+# back KEY PATH: the file kept under $B/KEY put back at PATH (atomically), or PATH
+# removed when it was absent ($B/KEY.absent; its folder may be gone: not a failure).
+_BACK = (
+    'back() { if [ -e "$B/$1" ] || [ -L "$B/$1" ]; then cp -a "$B/$1" "$2.svcops-undo" && mv -f "$2.svcops-undo" "$2"; '
+    'elif [ -e "$B/$1.absent" ]; then rm -f "$2" 2>/dev/null || [ ! -e "$2" ]; fi; }'
+)
+
+
 def replace_files_script(
     token: str, key: str, files: list[tuple[str, int | None, str]], run_dir: str = RUN_DIR
 ) -> tuple[str, str]:
@@ -225,8 +247,7 @@ def replace_files_script(
     undo = [
         f"B={b} rc=0",
         # A file that was absent is absent again (its folder may be gone: not a failure).
-        'back() { if [ -e "$B/$1" ] || [ -L "$B/$1" ]; then cp -a "$B/$1" "$2.svcops-undo" && mv -f "$2.svcops-undo" "$2"; '
-        'elif [ -e "$B/$1.absent" ]; then rm -f "$2" 2>/dev/null || [ ! -e "$2" ]; fi; }',
+        _BACK,
     ]
     for i, (path, _, _) in enumerate(files):
         change.append(f"keep {i} {shlex.quote(path)} || exit 1")
@@ -248,3 +269,103 @@ def replace_files_script(
         p = shlex.quote(path)
         change.append(f"rm -f {p} || exit 1" if size is None else f"put {i} {p} || exit 1")
     return "\n".join(change) + "\n", "\n".join(undo) + '\nexit "$rc"\n'
+
+
+def script_step(token: str, seq: int, what: str, change: str, undo: str | None, deadline: int, run_dir: str = RUN_DIR) -> tuple[str, str]:
+    """(command, standard input) of a step sent whole in one round trip: its standard
+    input is a shell script holding the step's undo (`undo`, written to `undo_path`
+    first) and then `change`, which the command runs under the step lock
+    (`step_command`). Nothing of it runs before all of it has arrived: the script is
+    one ``{ ... }`` group, which the shell parses whole first (a cut upload is a
+    syntax error, not half a change). Once the undo is written, the transaction can
+    give everything back, whatever part of `change` fails; `change` exits non-zero
+    on its first failure."""
+    t = txn_dir(token, run_dir)
+    parts = ["{\n", _armed_check(t) + "\n"]
+    if undo:
+        parts.append(literal_write(undo_path(token, seq, what, run_dir), undo) + " || exit 1\n")
+    parts.append(change if change.endswith("\n") else change + "\n")
+    parts.append("}\n")
+    return _locked(t, deadline, "sh -s"), "".join(parts)
+
+
+def literal_write(path: str, text: str) -> str:
+    """Shell writing `text` to `path` (a shell word) with the shell's own ``printf``:
+    no process is started, and the text travels inside the script (single-quoted: any
+    byte but NUL stands for itself)."""
+    return f"printf %s {shlex.quote(text)} > {path}"
+
+
+@dataclass(frozen=True, slots=True)
+class FilesScript:
+    """One step's shell replacing files, in three parts: `prepare` checks that every
+    file can be written and keeps the previous ones (or the fact that there was none),
+    changing nothing yet; `put` writes the new texts and removes the files to remove;
+    `undo` gives every previous file back (it sets ``rc=1`` on a failure: the caller
+    starts with ``rc=0`` and exits with it). Each line of `prepare` and `put` exits
+    non-zero on failure."""
+
+    prepare: str
+    put: str
+    undo: str
+
+
+def files_script(
+    backup: str, files: list[tuple[str, str | None]], known: Mapping[str, str | None] | None = None
+) -> FilesScript:
+    """The `FilesScript` for `files`, (path, new text or None to remove it) in the
+    order they are written (the file that vouches for the others, an index, last),
+    new files with mode 644. `known`: path -> its previous text (None: there was no
+    such file), exactly as it is on the node, for the files whose previous text the
+    caller has read (and checked) already: the undo writes those back itself. The
+    others are kept with ``cp`` under the folder `backup` (of the transaction: the
+    undo reads them there).
+
+    Few processes: none for the texts (written by the shell itself, `literal_write`),
+    none for a file whose previous text is `known`; otherwise one ``mkdir`` and one
+    ``cp`` per folder; one ``rm`` for the files removed. What can make the change fail
+    is checked before anything is written: a folder that cannot be made, a folder
+    where a file goes.
+
+    Each file is written in place, not renamed into place: meant for files whose
+    readers check them (a record: each file's digest is in its index, the index's
+    fingerprint in the canary), which a write cut short cannot fool."""
+    known = known or {}
+    folders: dict[str, list[tuple[str, str | None]]] = {}
+    for path, text in files:
+        d, _, name = path.rpartition("/")
+        folders.setdefault(d or "/", []).append((name, text))
+    checks, keep, put, undo = ["umask 022"], [], [], [f"B={shlex.quote(backup)}", _BACK]
+    gone: list[str] = []
+    for i, (d, entries) in enumerate(folders.items()):
+        qd = shlex.quote(d)
+        if any(t is not None for _, t in entries):
+            checks.append(f"[ -d {qd} ] || mkdir -p {qd} || exit 1")
+        unknown = []
+        for name, text in entries:
+            path = shlex.quote(f"{d}/{name}")
+            if text is not None:
+                checks.append(f"[ ! -d {path} ] || {{ echo svcops: {path} is a folder >&2; exit 1; }}")
+                put.append(literal_write(path, text) + " || exit 1")
+            else:
+                gone.append(path)
+            full = f"{d}/{name}"
+            if full not in known:
+                unknown.append(name)
+                undo.append(f"back {shlex.quote(f'{i}/{name}')} {path} || rc=1")
+            elif known[full] is None:
+                undo.append(f"rm -f {path} || rc=1")
+            else:
+                undo.append(literal_write(path, known[full]) + " || rc=1")
+        if unknown:
+            # The files there now are kept in one cp; the others are marked absent.
+            names = " ".join(shlex.quote(n) for n in unknown)
+            keep.append(
+                f'mkdir -p "$B/{i}" || exit 1; set --; for f in {names}; do p={qd}/"$f"; '
+                f'if [ -e "$p" ] || [ -L "$p" ]; then set -- "$@" "$p"; else : > "$B/{i}/$f.absent" || exit 1; fi; done; '
+                f'[ $# -eq 0 ] || cp -a -- "$@" "$B/{i}/" || exit 1'
+            )
+    if gone:
+        put.append(f"rm -f {' '.join(gone)} || exit 1")
+    prepare = [f"B={shlex.quote(backup)}", *checks, *keep] if keep else checks
+    return FilesScript("\n".join(prepare) + "\n", "\n".join(put) + "\n" if put else "", "\n".join(undo) + "\n")

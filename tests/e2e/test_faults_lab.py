@@ -233,8 +233,9 @@ def test_04_a_node_held_by_someone_else_fails_naming_the_holder_and_is_left_as_i
 
 def test_05_a_step_that_fails_late_undoes_the_whole_node(on_a, proxy_mode):
     # The record (written by the rules operation after its load or restore) cannot be
-    # written on node3: its folder's name is taken by a file. The rules step has already
-    # run there when it fails.
+    # written on node3: its folder's name is taken by a file. In nftables mode the table
+    # is loaded when the step fails; iptables mode's one step checks its files before
+    # its restore (tests/operations/test_op_iptables_step.py fails it after).
     d = "/etc/svcops/nft.d" if proxy_mode == "nftables" else "/etc/svcops/iptables.d"
     late = "nftables table" if proxy_mode == "nftables" else "iptables rules"
     block, unblock = f"mv {d} {d}.saved && touch {d}", f"rm -f {d} && mv {d}.saved {d}"

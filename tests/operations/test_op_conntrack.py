@@ -62,7 +62,7 @@ def test_the_fast_path_cleans_up_from_the_changed_buckets_alone():
     # changed, and its addresses come from the new rules, which did not change them.
     from svcops.operations.iptables import _udp_scope
     from svcops.render.iptables_record import Canary, TABLES, partial_plan, record_of, state_rule
-    from svcops.render.record import changed_buckets
+    from svcops.render.record import changed_buckets, digest_text
 
     def rules_of(ports):
         return render_nodes(F.CLUSTER, ports, ["node1", "node2", "node3"])["node3"]
@@ -73,7 +73,8 @@ def test_the_fast_path_cleans_up_from_the_changed_buckets_alone():
     canary = Canary({t: (state_rule("x"),) for t in TABLES}, {}, index)
     changed = changed_buckets(index, new.index())
     assert "s1" not in changed
-    plan = partial_plan(rules_of(after), new, canary, {b: old.buckets.get(b, "") for b in changed})
+    read = {b: (digest_text(old.buckets[b]), old.buckets[b]) if old.buckets.get(b) else ("", "") for b in changed}
+    plan = partial_plan(rules_of(after), new, canary, read)
     commands = cleanup_commands(None, *_udp_scope(plan.live, udp_ports(after, "node3"), set(changed)))
     script = script_of(commands)
     assert f"svcops_ct -D -p udp --orig-dst {CIP} --dst-nat 10.244.2.5" in script

@@ -34,7 +34,7 @@ from svcops.render.iptables_record import (
 )
 from svcops.render.iptables_sync import TABLES, expected_tables, in_sync, rollback_payload, simulate
 from svcops.render.node_files import restore_script
-from svcops.render.record import changed_buckets, index_text, parse_index
+from svcops.render.record import changed_buckets, digest_text, index_text, parse_index
 
 ONE = (F.service("web", F.HTTP),)
 
@@ -73,6 +73,12 @@ def _canary_of(live, index) -> Canary:
     return parse_canary(text, index)
 
 
+def _read_back(record, buckets):
+    """The bucket files of `record` as the node's fact reads them: bucket -> (the
+    file's digest, "" when there is none; its text)."""
+    return {b: (digest_text(record.buckets[b]), record.buckets[b]) if record.buckets.get(b) else ("", "") for b in buckets}
+
+
 def footprint(live):
     return {t: (dict(live.table(t).chains), sorted(live.table(t).jumps)) for t in TABLES}
 
@@ -105,6 +111,16 @@ def test_the_buckets_hold_every_chain_once_and_load_on_their_own_in_order():
                     assert not C.is_svcops_chain(target) or target in declared, (b, r)
 
 
+def test_every_node_s_index_names_the_digest_of_each_bucket_s_text():
+    # The buckets every node shares are hashed once per render (and the shared head of
+    # s1): each node's digests must still be those of its own texts.
+    services = _services()
+    ports, _ = resolve(F.site(services), F.nodes(), F.allocations(services))
+    for node, rules in render_nodes(F.CLUSTER, ports, F.NODES).items():
+        record = record_of(rules)
+        assert record.digests() == {b: digest_text(t) for b, t in record.buckets.items()}, node
+
+
 def test_a_bucket_reads_back_into_its_units():
     rules = _rules(_services())
     record = record_of(rules)
@@ -135,17 +151,21 @@ def test_the_index_names_a_changed_service_bucket_only():
 
 
 @pytest.mark.parametrize(
-    "label,changes",
+    "label,local,changes",
     [
-        ("affinity on", dict(session_affinity="ClientIP", affinity_timeout=60)),
-        ("made a node port", dict(type="NodePort")),
-        ("endpoints gone", dict(selector={"app": "missing"})),
-        ("local traffic", dict(type="NodePort", external_traffic_policy="Local")),
+        ("affinity on", False, dict(session_affinity="ClientIP", affinity_timeout=60)),
+        ("made a node port", False, dict(type="NodePort")),
+        ("endpoints gone", False, dict(selector={"app": "missing"})),
+        ("local traffic", False, dict(type="NodePort", external_traffic_policy="Local")),
+        # A Local service's endpoints: its chains in a hex bucket and in an n* bucket change.
+        ("local endpoints gone", True, dict(selector={"app": "missing"})),
     ],
 )
-def test_the_partial_plan_ends_where_the_full_plan_ends_and_its_rollback_undoes_it(label, changes):
+def test_the_partial_plan_ends_where_the_full_plan_ends_and_its_rollback_undoes_it(label, local, changes):
+    # Service 1: a ClusterIP service; else the first with a Local traffic policy.
+    which = next(i for i, s in enumerate(_services()) if s.external_traffic_policy == "Local") if local else 1
     old_rules = _rules(_services())
-    new_rules = _rules(_services(change=1, **changes))  # service 1: a ClusterIP service
+    new_rules = _rules(_services(change=which, **changes))
     node = _applied(old_rules)
     old_record = record_of(old_rules)
     canary = _canary_of(node, old_record.index())
@@ -154,7 +174,8 @@ def test_the_partial_plan_ends_where_the_full_plan_ends_and_its_rollback_undoes_
     record = record_of(new_rules)
     changed = changed_buckets(old_record.index(), record.index())
     assert changed
-    plan = partial_plan(new_rules, record, canary, {b: old_record.buckets.get(b, "") for b in changed})
+    plan = partial_plan(new_rules, record, canary, _read_back(old_record, changed))
+    assert plan is not None
     partial = simulate(node, restore_payload(plan.rules, plan.live))
     full = with_state(new_rules, record.index())
     assert footprint(partial) == footprint(simulate(node, restore_payload(full, node)))
@@ -204,9 +225,41 @@ def test_the_canary_reads_iptables_minus_s_output():
     assert canary.jumps["filter"] == ('-A INPUT -m comment --comment "x" -j SVCOPS-FIREWALL',)
 
 
-def test_record_files_write_what_differs_and_remove_what_is_gone():
-    from svcops.render.record import digest_text
+def test_the_partial_plan_trusts_no_bucket_file_but_the_one_the_index_names():
+    old_rules, new_rules = _rules(_services()), _rules(_services(change=1, type="NodePort"))
+    old_record, record = record_of(old_rules), record_of(new_rules)
+    canary = _canary_of(_applied(old_rules), old_record.index())
+    changed = changed_buckets(old_record.index(), record.index())
+    named = [b for b in changed if old_record.buckets.get(b)]
+    assert named and partial_plan(new_rules, record, canary, _read_back(old_record, changed)) is not None
+    b = named[0]
+    text = old_record.buckets[b]
+    edited = text.replace("COMMIT\n", "-A SVCOPS-FORWARD -j ACCEPT\nCOMMIT\n", 1)
+    for what, got in [
+        ("edited by hand", (digest_text(edited), edited)),
+        ("truncated", (digest_text(text[:-7]), text[:-7])),
+        ("removed", ("", "")),
+        ("not read at all", None),
+    ]:
+        old = _read_back(old_record, changed)
+        if got is None:
+            del old[b]
+        else:
+            old[b] = got
+        assert partial_plan(new_rules, record, canary, old) is None, what
+    # One more service, in a bucket the old index does not name: a file there (a
+    # leftover) is not trusted either.
+    more = _rules(_services(41))
+    record = record_of(more)
+    changed = changed_buckets(old_record.index(), record.index())
+    unnamed = [b for b in changed if not old_record.buckets.get(b)]
+    assert unnamed and partial_plan(more, record, canary, _read_back(old_record, changed)) is not None
+    stray = "*nat\n:SVCOPS-X - [0:0]\nCOMMIT\n"
+    old = {**_read_back(old_record, changed), unnamed[0]: (digest_text(stray), stray)}
+    assert partial_plan(more, record, canary, old) is None
 
+
+def test_record_files_write_what_differs_and_remove_what_is_gone():
     record = record_of(_rules(_services(8)))
     everything = record_files(record, None)
     assert set(everything) == set(record.buckets) | {"index"}
@@ -243,3 +296,38 @@ def test_the_boot_script_loads_the_record_and_its_canary(tmp_path):
         subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", script], check=True)
         out = ns_run(ns, "iptables", "-t", "nat", "-S", STATE)
         assert UNVERIFIED in out
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not all(shutil.which(t) for t in (*_TOOLS, "awk")) or __import__("os").geteuid() != 0, reason="needs root and iptables")
+def test_the_canary_read_with_the_render_digests_brings_the_changed_buckets(tmp_path):
+    from svcops.facts.iptables import SvcopsIptablesBuckets, SvcopsIptablesCanary
+    from svcops.render.iptables_record import RECORD_DIR
+
+    old_rules, new_rules = _rules(_services()), _rules(_services(change=1, type="NodePort"))
+    old_record, record = record_of(old_rules), record_of(new_rules)
+    d = tmp_path / "iptables.d"
+    d.mkdir()
+    for n, t in record_files(old_record, None).items():
+        (d / n).write_text(t)
+    (d / "zz").write_text("a file the index does not name\n")
+
+    def read(fact, **kw):
+        script = fact().command(**kw).replace(RECORD_DIR, str(d))
+        out = subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", script], capture_output=True, text=True, check=True)
+        return fact().process(out.stdout.splitlines())
+
+    with netns() as ns:
+        want = record.index()
+        canary = read(SvcopsIptablesCanary, want=tuple(want.digests.items()))
+        assert canary.index == old_record.index() and read(SvcopsIptablesCanary).buckets is None
+        changed = changed_buckets(canary.index, want)
+        assert changed and sorted(canary.buckets) == changed  # the difference, taken on the node
+        assert canary.buckets == read(SvcopsIptablesBuckets, buckets=tuple(changed))
+        assert partial_plan(new_rules, record, canary, canary.buckets) is not None
+        # A bucket edited by hand: its digest (the node's) says so.
+        b = next(b for b in changed if old_record.buckets.get(b))
+        (d / b).write_text(old_record.buckets[b] + "# edited\n")
+        canary = read(SvcopsIptablesCanary, want=tuple(want.digests.items()))
+        assert canary.buckets[b][0] != digest_text(old_record.buckets[b])
+        assert partial_plan(new_rules, record, canary, canary.buckets) is None
