@@ -28,9 +28,9 @@ from svcops.render.nftables_sync import (
     chunked,
     live_fingerprint,
     nft_plan,
-    removal,
 )
 from svcops.render.nftables_record import BOOT_LOADER, fast_buckets, fast_plan, fingerprint_of, record_files
+from svcops.render.nftables_step import apply_script
 from svcops.render.node_files import NFT_FILE, NFT_RECORD_DIR
 
 __all__ = ["rules"]
@@ -136,46 +136,17 @@ def record_files_names() -> list[str]:
 
 
 def _apply(txs, rollback, files, previous, udp_ports, rollback_after, verify_ssh):
-    """Load `txs` as one step (undone by `rollback`: a chunked text, a shell command
-    of the loaders, or None: delete the table), then write the record `files`."""
+    """Load `txs` and write the record `files` as one step in one round trip
+    (`svcops.render.nftables_step`; undone by `rollback`: a chunked text, a shell
+    command of the loaders, or None: delete the table)."""
     implicit = yield from txn.ensure(rollback_after=rollback_after)
     d = txn.files_dir()
-    lib = f"{d}/nft.lib"
-    uploads = {"nft.apply": chunked(txs), "nft.lib": LOADER + BOOT_LOADER}
-    make_rollback = ""
-    if rollback is None:
-        undo = f"svcops_nft_load {d}/nft.rollback"
-        uploads["nft.rollback"] = removal()
-    elif rollback == ROLLBACK_FROM_LISTING:
-        # The rollback is the table as it is now, listed on the node in the step, just
-        # before the change (only a whole listing becomes the rollback: a failed one
-        # leaves none, and the step failed before it changed anything).
-        undo = f"if [ -f {d}/nft.rollback ]; then svcops_nft_load {d}/nft.rollback; fi"
-        make_rollback = f"{{ {ROLLBACK_FROM_LISTING}; }} > {d}/nft.rollback.new && mv {d}/nft.rollback.new {d}/nft.rollback || exit 1\n"
-    elif rollback.startswith("svcops_nft_"):
-        undo = rollback
-    else:
-        undo = f"svcops_nft_load {d}/nft.rollback"
-        uploads["nft.rollback"] = rollback
-    uploads["nft.run"] = (
-        f". {lib}\n"
-        + make_rollback
-        + f"svcops_nft_load {d}/nft.apply; rc=$?\n"
-        '[ "$rc" = 0 ] && exit 0\n'
-        'echo "svcops: nft transaction $rc failed" >&2\n'
-        # Transaction 1 failing changed nothing; a later one leaves earlier ones applied.
-        f'if [ "$rc" -gt 1 ]; then {undo} || echo "svcops: the rollback failed too" >&2; fi\n'
-        "exit 1\n"
-    )
-    # One round trip for every file the step needs (each is a command's latency, times
-    # the nodes sharing the controller).
-    yield from txn.upload(d, uploads)
-    yield from txn.step("nftables", f"sh {d}/nft.run", f". {lib}\n{undo}\n")
-    # The record after the table: undone first, so a rollback from it finds the old one.
-    yield from txn.replace_files({f"{NFT_RECORD_DIR}/{b}": t for b, t in files.items()}, what="nft-record")
-    if files and all(t is None for t in files.values()):
-        # Another proxy mode: the record's folder goes with its files.
-        yield from txn.step("nft-record-dir", f"rmdir {NFT_RECORD_DIR} 2>/dev/null || true", f"mkdir -p {NFT_RECORD_DIR}\n")
+    paths = {f"{NFT_RECORD_DIR}/{b}": t for b, t in files.items()}
+    change, undo = apply_script(
+        d, chunked(txs), LOADER + BOOT_LOADER, rollback, paths,
+        remove_dir=NFT_RECORD_DIR if files and all(t is None for t in files.values()) else None,
+    )  # fmt: skip
+    yield from txn.script_step("nftables", change, undo, scratch=d)
     yield from cleanup_commands(previous, udp_ports)
     if implicit:
         yield from txn.finish(verify_ssh)

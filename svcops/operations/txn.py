@@ -58,7 +58,6 @@ from svcops.render.txn import (
     step_command,
     txn_dir,
     undo_path,
-    upload_script,
 )
 
 __all__ = [
@@ -523,15 +522,6 @@ def replace_file(path: str, text: str, mode: str = "644", dir_mode: str | None =
         return
     change, undo = backup_and_write(g.token, f"{g.seq + 1:04d}", path, command)
     yield from step(path, change, undo, stdin)
-
-
-def upload(folder: str, files: dict[str, str]):
-    """One command writing the operation's own files (name -> text) into `folder` (from
-    `files_dir`): what its step then runs. Not a change of the node: no undo. A
-    generator, for ``yield from``."""
-    items = [(name, text) for name, text in files.items()]
-    script = upload_script(folder, [(name, len(text.encode())) for name, text in items])
-    yield StringCommand(f"{dir_ready(folder)} && sh -c {shlex.quote(script)}", _stdin="".join(t for _, t in items))
 
 
 def replace_files(files, mode: str = "644", what: str = "files"):

@@ -27,7 +27,7 @@ from typing import Mapping
 from svcops.render.iptables import IptablesRules, LiveTables, restore_transactions
 from svcops.render.iptables_record import without_empty_tables
 from svcops.render.iptables_sync import rollback_payload, simulate
-from svcops.render.txn import files_script, literal_write
+from svcops.render.txn import files_script, literal_write, record_step_end
 
 __all__ = ["RestorePlan", "restore_plan", "apply_script", "INDEX_LAST"]
 
@@ -107,9 +107,4 @@ def apply_script(
             # chains back at once, so that a failed restore changed nothing.
             run = f"{{ {run} || {{ iptables-restore -w 5 --noflush {scratch}/iptables.rollback-partial; false; }}; }}"
         change.append(f"{run} || exit 1")
-    if script is not None and script.put:
-        change.append(script.put.rstrip("\n"))
-    if remove_dir:
-        change.append(f"rmdir {record_dir} 2>/dev/null || true")
-    undo.append('exit "$rc"')
-    return "\n".join(change) + "\n", "\n".join(undo) + "\n"
+    return record_step_end(change, undo, script, record_dir if remove_dir else None)

@@ -49,11 +49,11 @@ __all__ = [
     "backup_and_write",
     "backup_and_remove",
     "replace_files_script",
-    "upload_script",
     "script_step",
     "literal_write",
     "FilesScript",
     "files_script",
+    "record_step_end",
 ]
 
 RUN_DIR = "/run/svcops"  # tmpfs: a pending transaction is gone at reboot, as it should be
@@ -207,19 +207,6 @@ def backup_and_remove(token: str, key: str, paths: list[str]) -> tuple[str, str]
     return " && ".join(changes), "".join(undos)
 
 
-def upload_script(folder: str, files: list[tuple[str, int]]) -> str:
-    """Shell writing several files into `folder` from one standard input: `files` holds,
-    in the order of the input, (name, bytes of its text). The input is kept first,
-    then each text cut out of it (as `replace_files_script` does)."""
-    out = [f"cat > {folder}/.upload || exit 1"]
-    offset = 0
-    for name, size in files:
-        out.append(f"tail -c +{offset + 1} {folder}/.upload | head -c {size} > {folder}/{name} || exit 1")
-        offset += size
-    out.append(f"rm -f {folder}/.upload")
-    return "\n".join(out) + "\n"
-
-
 # back KEY PATH: the file kept under $B/KEY put back at PATH (atomically), or PATH
 # removed when it was absent ($B/KEY.absent; its folder may be gone: not a failure).
 _BACK = (
@@ -369,3 +356,17 @@ def files_script(
         put.append(f"rm -f {' '.join(gone)} || exit 1")
     prepare = [f"B={shlex.quote(backup)}", *checks, *keep] if keep else checks
     return FilesScript("\n".join(prepare) + "\n", "\n".join(put) + "\n" if put else "", "\n".join(undo) + "\n")
+
+
+def record_step_end(
+    change: list[str], undo: list[str], files: FilesScript | None, remove_dir: str | None
+) -> tuple[str, str]:
+    """The end of a rules step that writes its record (`svcops.render.iptables_step`,
+    `svcops.render.nftables_step`): the record's new files put last (after the rules),
+    the folder removed when asked (another proxy mode), then (change, undo) as text."""
+    if files is not None and files.put:
+        change.append(files.put.rstrip("\n"))
+    if remove_dir:
+        change.append(f"rmdir {shlex.quote(remove_dir)} 2>/dev/null || true")
+    undo.append('exit "$rc"')
+    return "\n".join(change) + "\n", "\n".join(undo) + "\n"

@@ -7,12 +7,12 @@ undo leaves the rules and every file as they were; a cut upload runs nothing.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from step_kit import files, logged, stand_in_node, undone
 from test_op_guard import Guard, run  # noqa: F401 (run: the guard's folder, a fixture)
 
 from svcops.render.iptables_step import RestorePlan, apply_script
@@ -30,20 +30,9 @@ OLD = {"3f": "old 3f\n", "gone": "old gone\n", "index": "svcops-record 1 old\n",
 def node(tmp_path, monkeypatch):
     """A record folder holding OLD, and PATH leading to a stand-in iptables-restore
     that logs each payload it loads (and fails while `fail` exists)."""
-    bin_ = tmp_path / "bin"
-    bin_.mkdir()
     log, fail = tmp_path / "restores", tmp_path / "fail"
-    (bin_ / "iptables-restore").write_text(f'#!/bin/sh\nfor f; do :; done\ncat "$f" >> {log}\n[ ! -e {fail} ]\n')
-    (bin_ / "iptables-restore").chmod(0o755)
-    # rm fails while `fail-rm` exists (the last thing the change does: remove a file).
-    (bin_ / "rm").write_text(f'#!/bin/sh\n[ ! -e {tmp_path / "fail-rm"} ] || exit 1\nexec {shutil.which("rm")} "$@"\n')
-    (bin_ / "rm").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_}:{os.environ['PATH']}")
-    record = tmp_path / "etc" / "iptables.d"
-    record.mkdir(parents=True)
-    for n, t in OLD.items():
-        (record / n).write_text(t)
-    return record, log, fail
+    script = f'for f; do :; done\ncat "$f" >> {log}\n[ ! -e {fail} ]\n'
+    return stand_in_node(tmp_path, monkeypatch, "iptables-restore", script, "iptables.d", OLD), log, fail
 
 
 @pytest.fixture
@@ -57,19 +46,8 @@ def g(run, node):
     guard.end()
 
 
-def undone(g: Guard) -> None:
-    """The controller aborts: the guard runs every undo."""
-    g.say("abort")
-    assert g.word() == "rolled-back"
-
-
-def files(d: Path) -> dict[str, str]:
-    """name -> text of what the folder holds ("<folder>" for a folder)."""
-    return {p.name: "<folder>" if p.is_dir() else p.read_text() for p in sorted(d.iterdir())}
-
-
 def restores(log: Path) -> str:
-    return log.read_text() if log.exists() else ""
+    return logged(log)
 
 
 def send(g: Guard, record: Path, cut: float | None = None, previous=None, new=NEW) -> subprocess.CompletedProcess:

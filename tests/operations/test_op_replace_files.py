@@ -32,12 +32,3 @@ def test_one_upload_writes_every_file_and_the_undo_puts_the_old_ones_back(tmp_pa
     assert (d / "a").read_text() == "old a\n" and (d / "gone").read_text() == "removed by the step\n"
     assert not (d / "b").exists() and not (d / "sub" / "c").exists()
 
-
-def test_one_upload_writes_an_operations_own_files(tmp_path):
-    """`upload_script` (behind `txn.upload`): the texts of several files, in one input."""
-    from svcops.render.txn import upload_script
-
-    files = {"nft.apply": "add table ip svcops\n", "empty": "", "nft.run": "é\nno newline"}
-    script = upload_script(str(tmp_path), [(n, len(t.encode())) for n, t in files.items()])
-    _run(script, "".join(files.values()) + "\n")  # pyinfra's newline at the end again
-    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == files
