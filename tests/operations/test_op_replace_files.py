@@ -28,6 +28,10 @@ def test_one_upload_writes_every_file_and_the_undo_puts_the_old_ones_back(tmp_pa
     assert (d / "b").read_text() == "" and (d / "sub" / "c").read_text() == "c without newline"
     assert not (d / "gone").exists()
     assert oct((d / "a").stat().st_mode & 0o777) == "0o600"
+    # The upload is cut into the files, not kept beside them (a 10,000-service record is
+    # 20 MB; a node's /run may hold little more than one copy).
+    kept = sorted(p.name for p in (tmp_path / "run").rglob("*") if p.is_file())
+    assert kept == ["0", "1.absent", "2.absent", "3"], kept  # the previous a and gone; b and c were absent
     _run(undo)
     assert (d / "a").read_text() == "old a\n" and (d / "gone").read_text() == "removed by the step\n"
     assert not (d / "b").exists() and not (d / "sub" / "c").exists()
