@@ -314,7 +314,7 @@ def server(zone: Zone | None, listen: str = DEFAULT_LISTEN):
         yield from txn.step("dns-install", "bash -s", None, _install_script(state.systemd))
     # Registered first, so that it runs last when the apply is undone: once the old files
     # are back, the server is given them again (or stopped, if it was not running).
-    yield from txn.step("dns-server", ":", _server_back(state, plan, listen, _served_domain(state, zone.domain)))
+    yield from txn.undo_first("dns-server", _server_back(state, plan, listen, _served_domain(state, zone.domain)))
     for path, text in plan.write.items():
         yield from txn.replace_file(path, text, dir_mode="755")
     if plan.daemon_reload:

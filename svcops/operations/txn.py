@@ -57,6 +57,7 @@ from svcops.render.txn import (
     step_command,
     txn_dir,
     undo_path,
+    undo_then,
 )
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "begin",
     "commit",
     "step",
+    "undo_first",
     "current",
     "ensure",
     "finish",
@@ -183,6 +185,7 @@ class NodeGuard:
     seq: int = 0
     last_heard: float = field(default_factory=time.monotonic)
     quiet: bool = False  # the guard is busy undoing: it does not answer pings meanwhile
+    pending: list = field(default_factory=list)  # undo scripts of `undo_first`, written with the next step
     _link: _Link | None = None
     _words: Queue = field(default_factory=Queue)
     _greenlets: list = field(default_factory=list)
@@ -420,10 +423,28 @@ def step(what: str, change: str, undo: str | None = None, stdin: str | None = No
         return
     g.seq += 1
     g.changed = True
-    if undo:
-        yield StringCommand(f"cat > {undo_path(g.token, g.seq, what)}", _stdin=undo)
+    undos = [*g.pending, *([(undo_path(g.token, g.seq, what), undo)] if undo else [])]
+    g.pending = []
     command = step_command(g.token, change, g.deadline)
+    with_undo = undo_then(undos, command) if undos else command
+    if with_undo is None:  # long undo scripts: uploaded first, each on its own
+        for path, text in undos:
+            yield StringCommand(f"cat > {path}", _stdin=text)
+    else:
+        command = with_undo
     yield StringCommand(command, _stdin=stdin) if stdin is not None else StringCommand(command)
+
+
+def undo_first(what: str, undo: str):
+    """Register `undo` as if a step had run here (it runs after the undo of every later
+    step), without a change of its own and without a command: it travels with the next
+    step's, and is not needed unless one follows. A generator, for ``yield from``."""
+    g = guard_of(ctx_host.get())
+    if g is None or g.status != "open":
+        return
+    g.seq += 1
+    g.pending.append((undo_path(g.token, g.seq, what), undo))
+    yield from ()
 
 
 @operation()

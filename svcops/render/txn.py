@@ -44,6 +44,8 @@ __all__ = [
     "step_command",
     "commit_command",
     "undo_path",
+    "undo_then",
+    "MAX_INLINE_UNDO",
     "backup_and_write",
     "backup_and_remove",
     "replace_files_script",
@@ -157,6 +159,29 @@ def step_command(token: str, change: str, deadline: int, run_dir: str = RUN_DIR)
     )
     # -o: the lock stays with flock itself, never with a daemon the change starts.
     return f"flock -o {t}/step timeout -k 5 {int(deadline)} sh -c {shlex.quote(body)}"
+
+
+# An undo script travels in its step's own command when it is at most this long (a
+# command line's argument is at most 128 KiB on Linux); a longer one is uploaded first.
+MAX_INLINE_UNDO = 32 * 1024
+
+
+def undo_then(undos: list[tuple[str, str]], command: str) -> str | None:
+    """`command` preceded by writing each (path, script) of `undos`, in one shell
+    command: a step and its undo in one round trip instead of two, the undo still
+    written before the change runs (and the change not run when it cannot be). Each
+    script is a quoted here-document (nothing in it is expanded). None when the
+    scripts are too long for a command line: upload them on their own."""
+    if sum(len(u) for _, u in undos) > MAX_INLINE_UNDO:
+        return None
+    out = []
+    for path, undo in undos:
+        end = "SVCOPS_UNDO"
+        while end in undo:
+            end += "_"
+        body = undo if undo.endswith("\n") else undo + "\n"
+        out.append(f"cat > {shlex.quote(path)} <<'{end}' || exit 1\n{body}{end}\n")
+    return "".join(out) + command
 
 
 def commit_command(token: str, run_dir: str = RUN_DIR) -> str:
