@@ -62,6 +62,7 @@ class DnsState:
     resolv_link: where /etc/resolv.conf points when it is a symlink ("" otherwise)
     domain:      the host name's domain (what follows the first dot of the kernel's
                  host name): glibc's search list when resolv.conf has none
+    indexes:     path -> text of each zone's index (`svcops.render.textpatch`)
     """
 
     installed: bool = False
@@ -73,6 +74,7 @@ class DnsState:
     domain: str = ""
     pid: int = 0
     supervised: bool = False
+    indexes: Mapping[str, str] = field(default_factory=dict)  # path -> text of each zone's index
 
     @property
     def hung(self) -> bool:
@@ -115,8 +117,10 @@ def _state_command() -> str:
         f'    p=; {{ read -r p < {PID_FILE}; }} 2>/dev/null; if ours "$p" --config-name={INSTANCE}; then echo "pid $p"; fi\n'
         f'    s=; {{ read -r s < {SUPERVISOR_PID}; }} 2>/dev/null; if ours "$s" {SUPERVISOR}; then echo "supervised yes"; fi\n'
         "fi\n"
-        + digests_command(f"{CONFIG_FILE} {FORWARD_FILE} {SUPERVISOR} {DROPIN} {DATA_DIR}/*.zone")
+        + digests_command(f"{CONFIG_FILE} {FORWARD_FILE} {SUPERVISOR} {DROPIN} {DATA_DIR}/*.zone {DATA_DIR}/*.zone.index")
         + "\n"
+        # The zones' indexes (svcops.render.textpatch), a few kilobytes: what a patch starts from.
+        + f'for f in {DATA_DIR}/*.zone.index; do [ -f "$f" ] && sed "s|^|zindex $f |" "$f"; done\n'
         # glibc's fallback search domain: the kernel's host name after its first dot. The
         # line is always there: pyinfra takes a fact that prints nothing for its default.
         'h=$(uname -n); case "$h" in *.*) echo "domain ${h#*.}";; *) echo "domain ";; esac\n'
@@ -133,8 +137,13 @@ def parse_dns_state(lines: list[str]) -> DnsState:
     files: dict[str, str] = {}
     resolv = link = domain = ""
     pid = 0
+    indexes: dict[str, list[str]] = {}
     for line in lines:
         key, _, rest = line.partition(" ")
+        if key == "zindex":
+            path, _, text = rest.partition(" ")
+            indexes.setdefault(path, []).append(text + "\n")
+            continue
         if key == "installed":
             installed = True
         elif key == "systemd":
@@ -163,7 +172,7 @@ def parse_dns_state(lines: list[str]) -> DnsState:
                 resolv = base64.b64decode(rest.strip()).decode("utf-8", "replace")
             except (binascii.Error, ValueError):
                 resolv = ""
-    return DnsState(installed, systemd, running, files, resolv, link, domain, pid, supervised)
+    return DnsState(installed, systemd, running, files, resolv, link, domain, pid, supervised, {p: "".join(t) for p, t in indexes.items()})
 
 
 class SvcopsDns(FactBase):

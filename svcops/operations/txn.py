@@ -524,19 +524,23 @@ def replace_file(path: str, text: str, mode: str = "644", dir_mode: str | None =
     yield from step(path, change, undo, stdin)
 
 
-def replace_files(files, mode: str = "644", what: str = "files"):
+def replace_files(files, mode: str = "644", what: str = "files", edits=None):
     """One step writing many files: `files` maps each path to its new text (None:
     remove it). One upload carries every text; the undo puts every previous file back
-    (or removes the new ones). A generator, for ``yield from``."""
+    (or removes the new ones). `edits`: path -> a `svcops.render.textpatch.TextEdit`
+    from the node's file to its new text: only the lines it adds are sent. A
+    generator, for ``yield from``."""
+    edits = edits or {}
     items = list(files.items())
     if not items:
         return
-    texts = [t for _, t in items if t is not None]
-    stdin = "".join(texts)
-    entries = [(p, None if t is None else len(t.encode()), mode) for p, t in items]
+    sent = [(p, edits[p].added if p in edits and t is not None else t) for p, t in items]
+    stdin = "".join(t for _, t in sent if t is not None)
+    entries = [(p, None if t is None else len(t.encode()), mode) for p, t in sent]
+    at = {i: edits[p] for i, (p, t) in enumerate(items) if p in edits and t is not None}
     g = current()
     token, key = (g.token, f"{g.seq + 1:04d}") if g is not None else (secrets.token_hex(6), "once")
-    change, undo = replace_files_script(token, key, entries)
+    change, undo = replace_files_script(token, key, entries, edits=at)
     if g is None:
         # Outside a transaction: no undo, and the files' folder is this step's own.
         change += f"rm -rf {txn_dir(token)}\n"

@@ -33,6 +33,9 @@ Pure: text in, text out. The shell half is `svcops.operations.txn`.
 from __future__ import annotations
 
 import shlex
+from typing import Mapping
+
+from svcops.render.textpatch import TextEdit, edit_script
 
 __all__ = [
     "RUN_DIR",
@@ -218,14 +221,21 @@ def backup_and_remove(token: str, key: str, paths: list[str]) -> tuple[str, str]
 
 
 def replace_files_script(
-    token: str, key: str, files: list[tuple[str, int | None, str]], run_dir: str = RUN_DIR
+    token: str,
+    key: str,
+    files: list[tuple[str, int | None, str]],
+    run_dir: str = RUN_DIR,
+    edits: Mapping[int, TextEdit] | None = None,
 ) -> tuple[str, str]:
     """(change, undo) for one step replacing many files at once: `files` holds, in the
     order of the change's standard input, (path, bytes of its new text or None to
     remove it, mode). The change keeps every previous file (or the fact that there was
     none) in the transaction's folder, keeps its standard input and cuts it into the new
-    texts (``tail -c`` and ``truncate`` of that file, from its end), then moves each into place; the undo
-    puts every previous file back."""
+    texts (``tail -c`` and ``truncate`` of that file, from its end), then moves each
+    into place; the undo puts every previous file back. `edits`: file (its position in
+    `files`) -> a `svcops.render.textpatch.TextEdit`: what was sent for it is the
+    edit's new lines, and its text is made from the previous file and them (its digest
+    checked)."""
     b = f"{txn_dir(token, run_dir)}/files/{key}"
     change = [
         f"B={b}; mkdir -p $B || exit 1",
@@ -245,18 +255,21 @@ def replace_files_script(
     # The standard input kept first, then each text cut off its end, last text first (a
     # `head -c` straight from a pipe may read past its count: busybox's does). Cut off,
     # not copied: the folder never holds the upload twice (a 10,000-service record is
-    # 20 MB, a lab node's /run 64 MB), and each byte is read once.
+    # 20 MB, a lab node's /run 64 MB), and each byte is read once. What is left at the
+    # end is the first text.
     sized = [(i, size) for i, (_, size, _) in enumerate(files) if size is not None]
     total = sum(size for _, size in sized)
     change.append(f"cat > $B/stdin && truncate -s {total} $B/stdin || exit 1")
     offset = total
-    for i, size in reversed(sized):
+    for i, size in reversed(sized[1:]):
         offset -= size
         if size:
             change.append(f"tail -c {size} $B/stdin > $B/{i}.new && truncate -s {offset} $B/stdin || exit 1")
         else:
             change.append(f": > $B/{i}.new || exit 1")
-    change.append("rm -f $B/stdin")
+    change.append(f"mv -f $B/stdin $B/{sized[0][0]}.new || exit 1" if sized else "rm -f $B/stdin")
+    for i, edit in (edits or {}).items():
+        change.append(f"{edit_script(edit, f'$B/{i}', f'$B/{i}.new', f'$B/{i}.edit')} && mv -f $B/{i}.edit $B/{i}.new || exit 1")
     modes: dict[str, list[str]] = {}
     for i, (_, size, mode) in enumerate(files):
         if size is not None:
