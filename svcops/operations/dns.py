@@ -325,14 +325,17 @@ def server(zone: Zone | None, listen: str = DEFAULT_LISTEN):
     # Registered first, so that it runs last when the apply is undone: once the old files
     # are back, the server is given them again (or stopped, if it was not running).
     yield from txn.undo_first("dns-server", _server_back(state, plan, listen, _served_domain(state, zone.domain)))
-    # Every file in one step (the zone patched when the node's index allows it).
-    yield from txn.replace_files(dict(plan.write), what="dns-files", edits=plan.edits)
+    # Every file in one step (the zone patched when the node's index allows it), and a
+    # records change's reload in that same step: one round trip a node.
+    reload_with_files = plan.action == "reload" and bool(plan.write) and not plan.daemon_reload
+    then = f"bash -c {shlex.quote(_reload_script())}" if reload_with_files else None
+    yield from txn.replace_files(dict(plan.write), what="dns-files", edits=plan.edits, then=then)
     if plan.daemon_reload:
         reload = f"{deadline(30, 5)} systemctl daemon-reload"
         yield from txn.step("dns-daemon-reload", reload, reload + "\n")
     if plan.action == "start":
         yield from txn.step("dns-start", "bash -s", None, _start_script(state.systemd, listen, zone.domain))
-    elif plan.action == "reload":
+    elif plan.action == "reload" and not reload_with_files:
         yield from txn.step("dns-reload", "bash -s", None, _reload_script())
     if plan.remove:
         yield from txn.remove_files(plan.remove)

@@ -524,12 +524,13 @@ def replace_file(path: str, text: str, mode: str = "644", dir_mode: str | None =
     yield from step(path, change, undo, stdin)
 
 
-def replace_files(files, mode: str = "644", what: str = "files", edits=None):
+def replace_files(files, mode: str = "644", what: str = "files", edits=None, then: str | None = None):
     """One step writing many files: `files` maps each path to its new text (None:
     remove it). One upload carries every text; the undo puts every previous file back
     (or removes the new ones). `edits`: path -> a `svcops.render.textpatch.TextEdit`
-    from the node's file to its new text: only the lines it adds are sent. A
-    generator, for ``yield from``."""
+    from the node's file to its new text: only the lines it adds are sent. `then`: a
+    command run in the same step once the files are in place (the step fails with it;
+    its own undo, if any, registered before). A generator, for ``yield from``."""
     edits = edits or {}
     items = list(files.items())
     if not items:
@@ -541,6 +542,8 @@ def replace_files(files, mode: str = "644", what: str = "files", edits=None):
     g = current()
     token, key = (g.token, f"{g.seq + 1:04d}") if g is not None else (secrets.token_hex(6), "once")
     change, undo = replace_files_script(token, key, entries, edits=at)
+    if then:
+        change += f"{then} || exit 1\n"
     if g is None:
         # Outside a transaction: no undo, and the files' folder is this step's own.
         change += f"rm -rf {txn_dir(token)}\n"
