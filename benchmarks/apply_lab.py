@@ -80,6 +80,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -178,10 +179,49 @@ def run(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([SVCOPS, *argv], capture_output=True, text=True, timeout=timeout)
 
 
+def lab_cpu() -> float:
+    """CPU seconds spent so far in the lab's node namespaces: every live process's own
+    and what it reaped (a command's shell is reaped by its sshd, each sshd session by
+    the node's sshd), so a difference taken once an apply ended is what it cost the
+    nodes (their commands, sshd, the DNS server's reloads). Read inside the lab's
+    namespaces (`svcops lab` keeps them under /run/netns)."""
+    import glob
+
+    nodes = set()
+    for path in glob.glob("/run/netns/svl-node*"):
+        try:
+            nodes.add(os.stat(path).st_ino)
+        except OSError:
+            pass
+    hz, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino not in nodes:
+                continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / hz
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+CPU: dict[str, float] = {}  # the last timed_run's "controller cpu" and "nodes cpu"
+
+
 def timed_run(argv: list[str], timeout: float) -> tuple[float, int, list[tuple[float, str]]]:
     """Run svcops; (wall seconds, exit status, [(seconds since start, line)]): every line
-    of its output stamped as it arrives (unbuffered), to split the wall time into parts."""
+    of its output stamped as it arrives (unbuffered), to split the wall time into parts.
+    The CPU it took, on the controller (svcops itself) and on the nodes, goes to `CPU`."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    own, nodes = _children_cpu(), lab_cpu()
     t0 = time.perf_counter()
     p = subprocess.Popen([SVCOPS, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: list[tuple[float, str]] = []
@@ -196,7 +236,10 @@ def timed_run(argv: list[str], timeout: float) -> tuple[float, int, list[tuple[f
         p.kill()
         p.wait()
         raise
-    return time.perf_counter() - t0, rc, lines
+    took = time.perf_counter() - t0
+    time.sleep(0.2)  # the last sshd sessions reaped
+    CPU.update({"ctl cpu": _children_cpu() - own, "nodes cpu": lab_cpu() - nodes})
+    return took, rc, lines
 
 
 def parts(lines: list[tuple[float, str]], took: float) -> dict[str, float]:
@@ -237,6 +280,25 @@ def parts(lines: list[tuple[float, str]], took: float) -> dict[str, float]:
     }
 
 
+OP_LINE = re.compile(r"\[(node\d+)\]\s*svcops \| ([^:]+):")
+
+
+def operations(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Each svcops operation's median time over the nodes: from the line of the one
+    before it on that node to its own (the fact reads it starts with included)."""
+    last: dict[str, float] = {}
+    took: dict[str, list[float]] = {}
+    for t, line in lines:
+        m = OP_LINE.search(line)
+        if not m:
+            continue
+        node, op = m.groups()
+        if node in last:
+            took.setdefault(op.strip(), []).append(t - last[node])
+        last[node] = t
+    return {op: statistics.median(v) for op, v in took.items()}
+
+
 def timed_apply(site: Path, expect: str | None, timeout: float = 600) -> float:
     return timed_apply_parts(site, expect, timeout)[0]
 
@@ -248,7 +310,10 @@ def timed_apply_parts(site: Path, expect: str | None, timeout: float = 600) -> t
         raise SystemExit(f"svcops apply failed:\n{text[-4000:]}")
     if expect and expect not in text:
         raise SystemExit(f"expected {expect!r} in the apply's results:\n{text[-2000:]}")
-    return took, parts(lines, took)
+    got = parts(lines, took)
+    got.update(CPU)
+    got.update({f"op {k}": v for k, v in operations(lines).items()})
+    return took, got
 
 
 def timed_plan(site: Path, timeout: float = 600) -> float:
@@ -313,13 +378,17 @@ def big_row(services: int, nodes: int, mode: str, runs: int, timeout: float) -> 
 
 
 def print_big(results: dict[tuple[int, str], dict]) -> None:
-    cols = ("controller", "prepare", "node max", "node median", "tail")
+    cols = ("controller", "prepare", "node max", "node median", "tail", "ctl cpu", "nodes cpu")
     print("\n  services mode      apply         wall    " + "".join(f"{c:>12}" for c in cols))
     for (n, mode), row in results.items():
         for what in ("cold", "no-op", "one-service", "affinity only"):
             t, p = row[what]
             print(f"  {n:>8} {mode:<9} {what:<12} {t:6.2f} s" + "".join(f"{p.get(c, float('nan')):10.2f} s" for c in cols))
         print(f"  {n:>8} {mode:<9} {'plan':<12} {row['plan']:6.2f} s   (svcops plan: load, validate, compile, render; no SSH)")
+    print("\n  per operation, one-service change (median node; from the operation before it):")
+    for (n, mode), row in results.items():
+        ops = {k[3:]: v for k, v in row["one-service"][1].items() if k.startswith("op ")}
+        print(f"  {n:>8} {mode:<9} " + ", ".join(f"{k} {v:.2f}" for k, v in ops.items() if v >= 0.005))
     print("\nratios:")
     for (n, mode), row in results.items():
         one, p = row["one-service"]
