@@ -38,12 +38,18 @@ from functools import cache
 from importlib.resources import files
 from typing import Any, Callable, Iterable
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
+from typing import TYPE_CHECKING
 
 from svcops.schemas.fastcheck import compile_check
 from svcops.site.diagnostics import Diagnostic, error
 from svcops.site.yamlsrc import format_path
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
+
+# jsonschema itself is imported only when a document is not proven valid by the fast
+# check (`accepts`): most runs never need it, and importing it costs 0.1 s.
 
 NAMES = ("service", "endpoints", "endpointslice", "svcops", "hostdata", "lock")
 
@@ -67,7 +73,15 @@ def validator(name: str) -> Draft202012Validator:
     Local references (``#/$defs/...``) are inlined first: the schemas have no
     recursion, and following a $ref is most of jsonschema's time on a Service.
     """
-    return Draft202012Validator(_inline(schema(name)))
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(_inlined(name))
+
+
+@cache
+def _inlined(name: str) -> dict:
+    """Schema `name` with its local references inlined (what `validator` validates with)."""
+    return _inline(schema(name))
 
 
 @cache
@@ -78,8 +92,9 @@ def accepts(name: str) -> Callable[[Any], bool]:
     (`svcops.schemas.fastcheck`); False only means "not proven", and the caller asks
     jsonschema then. About twenty times faster than jsonschema on a valid Service.
     """
-    full = validator(name)
-    return compile_check(full.schema, fallback=lambda sub: full.evolve(schema=sub).is_valid, name=name)
+    # The fallback asks jsonschema only when a value reaches a part the check could not
+    # compile (so that jsonschema is imported only then).
+    return compile_check(_inlined(name), fallback=lambda sub: lambda value: validator(name).evolve(schema=sub).is_valid(value), name=name)
 
 
 def iter_errors(name: str, value: Any) -> Iterable[ValidationError]:
@@ -197,6 +212,8 @@ def _message(e: ValidationError) -> str:
     if kw == "not":
         return "is not allowed here"
     if kw in ("anyOf", "oneOf") and e.context:
+        from jsonschema.exceptions import best_match
+
         return _message(best_match(e.context))
     return e.message  # pragma: no cover - every keyword the schemas use is handled above
 

@@ -4,3 +4,21 @@ kernel). Helpers shared by several folders live here at the top (golden.py, netn
 paths.py, render_fixtures.py, ...): pytest puts this folder on sys.path for every test,
 because this conftest.py is here.
 """
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_parse_cache(tmp_path_factory):
+    """svcops remembers what it parsed (`svcops.site.cache`, ~/.cache/svcops): the
+    tests, and every svcops they start, use a cache of their own, fresh each session,
+    never the user's."""
+    old = os.environ.get("SVCOPS_CACHE_DIR")
+    os.environ["SVCOPS_CACHE_DIR"] = str(tmp_path_factory.mktemp("svcops-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SVCOPS_CACHE_DIR", None)
+    else:
+        os.environ["SVCOPS_CACHE_DIR"] = old

@@ -5,17 +5,22 @@ operations on a node ask for five facts (`svcops.facts`, `svcops.facts.dns.Svcop
 some of them several times: eight SSH round trips a node when nothing changes (2.5 s
 for 20 lab nodes, most of a no-op apply). Here the first svcops operation on a host
 reads all of them with one command (`SvcopsFacts`), and the next operation uses those
-values again as long as nothing can have changed the node since:
+values again as long as nothing can have changed what they say since:
 
 * the operation that read (or last used) them is the one that ran right before on
   this host (pyinfra's operation order: no other operation ran in between), and
-* it changed nothing: it yielded no command (`marks_changes` wraps svcops's
-  operations to notice the first one).
+* the operations since changed nothing the fact reads: each fact reads one *area* of
+  the node (`READS`: iptables, nftables, ipvs, node, dns) and each svcops operation
+  says which areas its commands may change (`WRITES`); `marks_changes` wraps svcops's
+  operations to notice the first command. So in nftables mode a one-service change
+  (the table's operation changes the table) still takes the iptables, IPVS, node
+  and DNS facts from the one read: four round trips a node fewer.
 
-Anything else (a command ran, a foreign operation came in between) reads the fact
-afresh on its own, as pyinfra would (only the first svcops operation of a run reads
-everything at once). A fact whose part of the combined command failed is read on its
-own too, so that pyinfra reports the failure as it always has.
+Anything else (an area written, a foreign operation in between, an operation that
+says nothing of what it writes) reads the fact afresh on its own, as pyinfra would
+(only the first svcops operation of a run reads everything at once). A fact whose
+part of the combined command failed is read on its own too, so that pyinfra reports
+the failure as it always has.
 """
 
 from __future__ import annotations
@@ -88,12 +93,43 @@ class SvcopsFacts(FactBase):
         return out
 
 
+# The area of the node each fact reads.
+READS = {
+    "SvcopsIptables": "iptables",
+    "SvcopsIptablesCanary": "iptables",
+    "SvcopsNftables": "nftables",
+    "SvcopsNftCanary": "nftables",
+    "SvcopsIpvs": "ipvs",
+    "SvcopsIpvsCanary": "ipvs",
+    "SvcopsNodeState": "node",
+    "SvcopsDns": "dns",
+}
+EVERYTHING = frozenset(READS.values())
+# The areas each of svcops's operations may change (an operation not named here: all).
+# The rule tables are separate: `table ip svcops` is not iptables-nft's `ip nat` and
+# `ip filter`, and each mode's record folder is its own operation's. IPVS mode's
+# operation has iptables chains of its own and addresses on its dummy interface (which
+# the node state lists); the boot files are read by the rule facts (old modes' files).
+WRITES: dict[str, frozenset[str]] = {
+    "svcops.operations.iptables.rules": frozenset({"iptables"}),
+    "svcops.operations.nftables.rules": frozenset({"nftables"}),
+    "svcops.operations.ipvs.rules": frozenset({"ipvs", "iptables", "node"}),
+    "svcops.operations.ipvs.absent": frozenset({"ipvs", "node"}),
+    "svcops.operations.node.lb_addresses": frozenset({"node"}),
+    "svcops.operations.node.static_address": frozenset({"node"}),
+    "svcops.operations.node.ip_forward": frozenset({"node"}),
+    "svcops.operations.node.files": EVERYTHING - {"dns"},
+    "svcops.operations.dns.server": frozenset({"dns"}),
+    "svcops.operations.dns.absent": frozenset({"dns"}),
+}
+
+
 @dataclass
 class _Memo:
     state: weakref.ref  # the pyinfra state the facts were read in (not kept alive by this)
     executing: bool  # read while executing (not in the change check before it)
     op: str | None  # the operation that used them last
-    clean: bool  # ...and changed nothing
+    dirty: set = field(default_factory=set)  # ...and the areas it (or this one) may have changed since
     facts: dict = field(default_factory=dict)
 
 
@@ -134,28 +170,38 @@ def node_fact(via, cls: type[FactBase], keep: bool = False, **args):
         # operation comes first and reads its iptables part whole).
         full = cls is SvcopsIptables
         want = {"iptables_want": args["want"]} if "want" in args else {}
-        m = _Memo(weakref.ref(state), executing, current, True, host.get_fact(SvcopsFacts, full_iptables=full, **want) or {})
+        m = _Memo(weakref.ref(state), executing, current, set(), host.get_fact(SvcopsFacts, full_iptables=full, **want) or {})
         _MEMO[host.name] = m
-    elif not (m.clean and current is not None and m.op in (current, _previous_op(host, current))):
-        m.facts = {}  # something may have changed since: nothing read before holds
-    m.op, m.clean = current, True
+    elif current is None or m.op not in (current, _previous_op(host, current)):
+        m.facts = {}  # another operation came in between: nothing read before holds
+    elif m.dirty:
+        m.facts = {k: v for k, v in m.facts.items() if READS.get(k, "?") not in m.dirty}
+    m.op, m.dirty = current, set()
     name = cls.__name__
     if name not in m.facts:
         m.facts[name] = host.get_fact(cls, **args)
     return m.facts[name] if keep else m.facts.pop(name)
 
 
-def marks_changes(func):
-    """Wrap an operation's generator so that its first command marks the node's shared
-    facts as no longer current (put it under ``@operation()``)."""
+def marks_changes(func=None, *, writes: frozenset[str] | None = None):
+    """Wrap an operation's generator so that its first command marks the areas it may
+    change (`writes`; default: its entry in `WRITES`, else every area) as no longer
+    current in the node's shared facts (put it under ``@operation()``). Either
+    ``@marks_changes`` or ``@marks_changes(writes=frozenset({"dns"}))``."""
+    if func is None:
+        return lambda f: marks_changes(f, writes=writes)
+    areas = writes if writes is not None else WRITES.get(f"{func.__module__}.{func.__qualname__}", EVERYTHING)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        marked = False
         for command in func(*args, **kwargs):
-            h = ctx_host.get()
-            m = _MEMO.get(h.name) if h is not None else None
-            if m is not None:
-                m.clean = False
+            if not marked:
+                h = ctx_host.get()
+                m = _MEMO.get(h.name) if h is not None else None
+                if m is not None:
+                    m.dirty |= areas
+                marked = True
             yield command
 
     return wrapper

@@ -36,6 +36,7 @@ from svcops.render.dns import (
     deadline,
     rec_control,
 )
+from svcops.facts.node import digests_command
 from svcops.render.plain import plain
 
 __all__ = ["SvcopsDns", "DnsState", "parse_dns_state", "OURS_SH"]
@@ -61,6 +62,7 @@ class DnsState:
     resolv_link: where /etc/resolv.conf points when it is a symlink ("" otherwise)
     domain:      the host name's domain (what follows the first dot of the kernel's
                  host name): glibc's search list when resolv.conf has none
+    indexes:     path -> text of each zone's index (`svcops.render.textpatch`)
     """
 
     installed: bool = False
@@ -72,6 +74,7 @@ class DnsState:
     domain: str = ""
     pid: int = 0
     supervised: bool = False
+    indexes: Mapping[str, str] = field(default_factory=dict)  # path -> text of each zone's index
 
     @property
     def hung(self) -> bool:
@@ -93,7 +96,8 @@ class DnsState:
 # or the package's own instance, which lacks --config-name=svcops). A zombie has no
 # command line: not ours.
 OURS_SH = (
-    'ours() { [ -n "$1" ] && [ "$(readlink /proc/"$1"/ns/net 2>/dev/null)" = "$(readlink /proc/self/ns/net)" ] '
+    # -ef: the same namespace (device and inode), compared without a process.
+    'ours() { [ -n "$1" ] && [ /proc/"$1"/ns/net -ef /proc/self/ns/net ] '
     '&& tr "\\0" "\\n" < /proc/"$1"/cmdline 2>/dev/null | grep -qxF -- "$2"; }\n'
 )
 
@@ -108,12 +112,15 @@ def _state_command() -> str:
         "    echo 'systemd yes'\n"
         f"    {deadline(5)} systemctl show -p MainPID -p ActiveState {SERVICE_UNIT} 2>/dev/null | sed 's/^/unit /'\n"
         "else\n"
-        f'    p=$(cat {PID_FILE} 2>/dev/null); if ours "$p" --config-name={INSTANCE}; then echo "pid $p"; fi\n'
-        f'    s=$(cat {SUPERVISOR_PID} 2>/dev/null); if ours "$s" {SUPERVISOR}; then echo "supervised yes"; fi\n'
+        # read, not cat: a builtin (a fact's time on a node is mostly its processes). Not
+        # for /proc/sys: dash's read gets the first byte of such a file only.
+        f'    p=; {{ read -r p < {PID_FILE}; }} 2>/dev/null; if ours "$p" --config-name={INSTANCE}; then echo "pid $p"; fi\n'
+        f'    s=; {{ read -r s < {SUPERVISOR_PID}; }} 2>/dev/null; if ours "$s" {SUPERVISOR}; then echo "supervised yes"; fi\n'
         "fi\n"
-        f"for f in {CONFIG_FILE} {FORWARD_FILE} {SUPERVISOR} {DROPIN} {DATA_DIR}/*.zone; do\n"
-        '    [ -f "$f" ] && echo "file $(sha256sum < "$f" | cut -d" " -f1) $f"\n'
-        "done\n"
+        + digests_command(f"{CONFIG_FILE} {FORWARD_FILE} {SUPERVISOR} {DROPIN} {DATA_DIR}/*.zone {DATA_DIR}/*.zone.index")
+        + "\n"
+        # The zones' indexes (svcops.render.textpatch), a few kilobytes: what a patch starts from.
+        + f'for f in {DATA_DIR}/*.zone.index; do [ -f "$f" ] && sed "s|^|zindex $f |" "$f"; done\n'
         # glibc's fallback search domain: the kernel's host name after its first dot. The
         # line is always there: pyinfra takes a fact that prints nothing for its default.
         'h=$(uname -n); case "$h" in *.*) echo "domain ${h#*.}";; *) echo "domain ";; esac\n'
@@ -130,8 +137,13 @@ def parse_dns_state(lines: list[str]) -> DnsState:
     files: dict[str, str] = {}
     resolv = link = domain = ""
     pid = 0
+    indexes: dict[str, list[str]] = {}
     for line in lines:
         key, _, rest = line.partition(" ")
+        if key == "zindex":
+            path, _, text = rest.partition(" ")
+            indexes.setdefault(path, []).append(text + "\n")
+            continue
         if key == "installed":
             installed = True
         elif key == "systemd":
@@ -160,7 +172,7 @@ def parse_dns_state(lines: list[str]) -> DnsState:
                 resolv = base64.b64decode(rest.strip()).decode("utf-8", "replace")
             except (binascii.Error, ValueError):
                 resolv = ""
-    return DnsState(installed, systemd, running, files, resolv, link, domain, pid, supervised)
+    return DnsState(installed, systemd, running, files, resolv, link, domain, pid, supervised, {p: "".join(t) for p, t in indexes.items()})
 
 
 class SvcopsDns(FactBase):

@@ -59,9 +59,23 @@ def _ipvs_command() -> str:
     )
 
 
+def _proc_sys(key: str) -> str:
+    """The /proc/sys file of a sysctl key ("net.ipv4.vs.conntrack")."""
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+def _sysctl_line(rest: str) -> tuple[str, str]:
+    """A sysctl as the command prints it: "/proc/sys/net/ipv4/ip_forward:1" (or, from
+    earlier versions, "net.ipv4.ip_forward 1") -> ("net.ipv4.ip_forward", "1")."""
+    if rest.startswith("/proc/sys/"):
+        path, _, value = rest.partition(":")
+        return path[len("/proc/sys/"):].replace("/", "."), value.strip()
+    k, _, v = rest.partition(" ")
+    return k, v.strip()
+
+
 def _cheap_command() -> str:
     """What the node lacks, its modules, sysctls and kept values: milliseconds."""
-    keys = " ".join(SYSCTLS)
     # A module counts when loaded or built in (/sys/module) or when modprobe would find
     # it (-n: dry run; a fact never loads a module).
     return (
@@ -73,7 +87,9 @@ def _cheap_command() -> str:
         'c ipset || echo "missing ipset (Debian package ipset)"; '
         'c modprobe || echo "missing modprobe (Debian package kmod)"; '
         f'for k in {" ".join(_IPVS_MODULES)}; do [ -d "/sys/module/$k" ] && echo "module $k"; done; '
-        f'for k in {keys}; do v=$(sysctl -n "$k" 2>/dev/null) && echo "sysctl $k $v"; done; '
+        # Every value in one grep ("sysctl -n" forked a process a key), as "PATH:VALUE"
+        # (`_sysctl_line`); a key the kernel lacks (no ip_vs) is left out.
+        + "grep -H . " + " ".join(_proc_sys(k) for k in SYSCTLS) + " 2>/dev/null | sed 's/^/sysctl /'; "
         f"[ -r {shlex.quote(SYSCTLS_BEFORE)} ] && sed 's/^/before /' {shlex.quote(SYSCTLS_BEFORE)}; "
     )
 
@@ -99,8 +115,8 @@ def parse_ipvs_state(lines: list[str]) -> IpvsState:
         elif key == "module":
             modules.add(rest.strip())
         elif key == "sysctl":
-            k, _, v = rest.partition(" ")
-            sysctls[k] = v.strip()
+            k, v = _sysctl_line(rest)
+            sysctls[k] = v
         elif key == "link":
             link = True
         elif key == "addr":

@@ -70,7 +70,7 @@ from svcops.facts.cache import marks_changes, node_fact
 from svcops.facts.dns import OURS_SH, DnsState, SvcopsDns
 from svcops.operations import txn
 from svcops.operations.util import error, fail
-from svcops.render import dns
+from svcops.render import dns, textpatch
 from svcops.render.dns import (
     DEFAULT_LISTEN,
     DROPIN,
@@ -85,6 +85,7 @@ from svcops.render.dns import (
     deadline,
     rec_control,
 )
+from svcops.render.textpatch import TextEdit
 from svcops.render.node_files import sha256_text
 
 __all__ = ["server", "absent", "DnsPlan", "dns_plan", "ready_script"]
@@ -105,6 +106,9 @@ class DnsPlan:
               "none"
     hung:     the PID of svcops's server when it is there but does not answer (the
               start kills it), else 0
+    edits:    path -> how to make the new text of `write`'s file from the node's
+              (`svcops.render.textpatch`: a records change sends the zone's changed
+              lines only, when the node's index names its zone file)
     remove:   svcops's files the node no longer needs (a previous cluster domain's
               zone; removed after the restart)
     resolv:   the new /etc/resolv.conf, or None when it is already right
@@ -119,6 +123,7 @@ class DnsPlan:
     error: str = ""
     daemon_reload: bool = False
     hung: int = 0
+    edits: Mapping[str, TextEdit] = field(default_factory=dict)  # path -> a patch of the node's file (the zone)
 
     @property
     def empty(self) -> bool:
@@ -129,7 +134,7 @@ class DnsPlan:
         if self.error:
             return [f"dns: {self.error} (apply fails)"]
         out = [f"dns: install {PACKAGE}"] if self.install else []
-        out += [f"dns: file {p}" for p in sorted(self.write)]
+        out += [f"dns: file {p}" + (f" (a patch: {len(self.edits[p].added.splitlines())} lines sent)" if p in self.edits else "") for p in sorted(self.write)]
         if self.hung:
             out.append(f"dns: the server (pid {self.hung}) does not answer: kill it and start it again")
         else:
@@ -170,7 +175,12 @@ def dns_plan(state: DnsState, zone: Zone, listen: str = DEFAULT_LISTEN) -> DnsPl
     if not state.resolv_link and resolv == state.resolv:
         resolv = None
     daemon_reload = DROPIN in write or DROPIN in remove
-    return DnsPlan(not state.installed, write, action, remove, resolv, "", daemon_reload, state.pid if state.hung else 0)
+    edits = {}
+    if zone_file in write:
+        edit = textpatch.plan_edit(state.indexes.get(dns.zone_index_path(zone.domain), ""), state.files.get(zone_file), zone.text, zone.digest)
+        if edit is not None:
+            edits[zone_file] = edit
+    return DnsPlan(not state.installed, write, action, remove, resolv, "", daemon_reload, state.pid if state.hung else 0, edits)
 
 
 # --- node-side scripts -------------------------------------------------------------------------
@@ -314,15 +324,18 @@ def server(zone: Zone | None, listen: str = DEFAULT_LISTEN):
         yield from txn.step("dns-install", "bash -s", None, _install_script(state.systemd))
     # Registered first, so that it runs last when the apply is undone: once the old files
     # are back, the server is given them again (or stopped, if it was not running).
-    yield from txn.step("dns-server", ":", _server_back(state, plan, listen, _served_domain(state, zone.domain)))
-    for path, text in plan.write.items():
-        yield from txn.replace_file(path, text, dir_mode="755")
+    yield from txn.undo_first("dns-server", _server_back(state, plan, listen, _served_domain(state, zone.domain)))
+    # Every file in one step (the zone patched when the node's index allows it), and a
+    # records change's reload in that same step: one round trip a node.
+    reload_with_files = plan.action == "reload" and bool(plan.write) and not plan.daemon_reload
+    then = f"bash -c {shlex.quote(_reload_script())}" if reload_with_files else None
+    yield from txn.replace_files(dict(plan.write), what="dns-files", edits=plan.edits, then=then)
     if plan.daemon_reload:
         reload = f"{deadline(30, 5)} systemctl daemon-reload"
         yield from txn.step("dns-daemon-reload", reload, reload + "\n")
     if plan.action == "start":
         yield from txn.step("dns-start", "bash -s", None, _start_script(state.systemd, listen, zone.domain))
-    elif plan.action == "reload":
+    elif plan.action == "reload" and not reload_with_files:
         yield from txn.step("dns-reload", "bash -s", None, _reload_script())
     if plan.remove:
         yield from txn.remove_files(plan.remove)

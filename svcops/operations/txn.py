@@ -48,6 +48,7 @@ from pyinfra.context import ctx_host
 from svcops.operations.guard import run_on_fresh_connection
 from svcops.operations.util import error, write_file_command
 from svcops.render.txn import (
+    literal_write,
     RUN_DIR,
     backup_and_remove,
     backup_and_write,
@@ -58,6 +59,7 @@ from svcops.render.txn import (
     step_command,
     txn_dir,
     undo_path,
+    undo_then,
 )
 
 __all__ = [
@@ -70,6 +72,7 @@ __all__ = [
     "begin",
     "commit",
     "step",
+    "undo_first",
     "current",
     "ensure",
     "finish",
@@ -185,6 +188,7 @@ class NodeGuard:
     seq: int = 0
     last_heard: float = field(default_factory=time.monotonic)
     quiet: bool = False  # the guard is busy undoing: it does not answer pings meanwhile
+    pending: list = field(default_factory=list)  # undo scripts of `undo_first`, written with the next step
     _link: _Link | None = None
     _words: Queue = field(default_factory=Queue)
     _greenlets: list = field(default_factory=list)
@@ -430,21 +434,28 @@ def step(what: str, change: str, undo: str | None = None, stdin: str | None = No
     if stopped is not None:
         yield stopped
         return
+    undos = [*g.pending, *([(undo_path(g.token, g.seq, what), undo)] if undo else [])]
+    g.pending = []
     command = step_command(g.token, change, g.deadline)
-    if not undo:
-        yield StringCommand(command, _stdin=stdin) if stdin is not None else StringCommand(command)
+    with_undo = undo_then(undos, command) if undos else command
+    if with_undo is None:  # long undo scripts: uploaded first, each on its own
+        for path, text in undos:
+            yield StringCommand(f"cat > {path}", _stdin=text)
+    else:
+        command = with_undo
+    yield StringCommand(command, _stdin=stdin) if stdin is not None else StringCommand(command)
+
+
+def undo_first(what: str, undo: str):
+    """Register `undo` as if a step had run here (it runs after the undo of every later
+    step), without a change of its own and without a command: it travels with the next
+    step's, and is not needed unless one follows. A generator, for ``yield from``."""
+    g = guard_of(ctx_host.get())
+    if g is None or g.status != "open":
         return
-    # The undo is on the node before the change starts, in the same round trip (one
-    # command, not two: at 20 nodes on a busy controller each round trip counts).
-    u = undo_path(g.token, g.seq, what)
-    if stdin is None:
-        yield StringCommand(f"cat > {u} && {command}", _stdin=undo)
-        return
-    n = len(undo.encode())
-    yield StringCommand(
-        f"cat > {u}.in && head -c {n} {u}.in > {u} && {{ tail -c +{n + 1} {u}.in | {command}; }}; rc=$?; rm -f {u}.in; exit $rc",
-        _stdin=undo + stdin,
-    )
+    g.seq += 1
+    g.pending.append((undo_path(g.token, g.seq, what), undo))
+    yield from ()
 
 
 @operation()
@@ -524,19 +535,26 @@ def replace_file(path: str, text: str, mode: str = "644", dir_mode: str | None =
     yield from step(path, change, undo, stdin)
 
 
-def replace_files(files, mode: str = "644", what: str = "files"):
+def replace_files(files, mode: str = "644", what: str = "files", edits=None, then: str | None = None):
     """One step writing many files: `files` maps each path to its new text (None:
     remove it). One upload carries every text; the undo puts every previous file back
-    (or removes the new ones). A generator, for ``yield from``."""
+    (or removes the new ones). `edits`: path -> a `svcops.render.textpatch.TextEdit`
+    from the node's file to its new text: only the lines it adds are sent. `then`: a
+    command run in the same step once the files are in place (the step fails with it;
+    its own undo, if any, registered before). A generator, for ``yield from``."""
+    edits = edits or {}
     items = list(files.items())
     if not items:
         return
-    texts = [t for _, t in items if t is not None]
-    stdin = "".join(texts)
-    entries = [(p, None if t is None else len(t.encode()), mode) for p, t in items]
+    sent = [(p, edits[p].added if p in edits and t is not None else t) for p, t in items]
+    stdin = "".join(t for _, t in sent if t is not None)
+    entries = [(p, None if t is None else len(t.encode()), mode) for p, t in sent]
+    at = {i: edits[p] for i, (p, t) in enumerate(items) if p in edits and t is not None}
     g = current()
     token, key = (g.token, f"{g.seq + 1:04d}") if g is not None else (secrets.token_hex(6), "once")
-    change, undo = replace_files_script(token, key, entries)
+    change, undo = replace_files_script(token, key, entries, edits=at)
+    if then:
+        change += f"{then} || exit 1\n"
     if g is None:
         # Outside a transaction: no undo, and the files' folder is this step's own.
         change += f"rm -rf {txn_dir(token)}\n"
@@ -563,7 +581,10 @@ def script_step(what: str, change: str, undo: str | None = None, scratch: str | 
     if stopped is not None:
         yield stopped
         return
-    command, script = script_step_text(g.token, g.seq, what, change, undo, g.deadline)
+    # Undo scripts registered by `undo_first` go up first, in the same script.
+    pending = "".join(literal_write(path, text) + " || exit 1\n" for path, text in g.pending)
+    g.pending = []
+    command, script = script_step_text(g.token, g.seq, what, pending + change, undo, g.deadline)
     yield StringCommand(command, _stdin=script)
 
 

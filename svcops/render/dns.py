@@ -57,6 +57,8 @@ Files (all pure text from here; the operations write them, temp file + rename):
 
     /etc/powerdns/recursor-svcops.conf       the instance's settings: restart when changed
     /etc/powerdns/svcops/<domain>.zone       the records:               reload when changed
+    /etc/powerdns/svcops/<domain>.zone.index its chunks' digests (`svcops.render.textpatch`):
+                                             a records change sends the lines that changed
     /etc/powerdns/svcops/forward-zones       the previous nameservers:  reload when changed
     /etc/systemd/system/pdns-recursor@svcops.service.d/svcops.conf
                                              under systemd: its supervision (`dropin_text`)
@@ -116,6 +118,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping, Sequence
 
+from svcops.render import textpatch
 from svcops.render.node_files import sha256_text
 from svcops.site.model import Allocations, Cluster, HeadlessEndpoints, Service, has_srv_record
 
@@ -142,6 +145,7 @@ __all__ = [
     "DnsFiles",
     "render_zone",
     "zone_path",
+    "zone_index_path",
     "dns_files",
     "render_dns",
     "dns_action",
@@ -191,16 +195,24 @@ def zone_path(domain: str) -> str:
     return f"{DATA_DIR}/{domain.strip('.')}.zone"
 
 
+def zone_index_path(domain: str) -> str:
+    """The zone's index (`svcops.render.textpatch`), beside it; pdns-recursor never reads it."""
+    return zone_path(domain) + ".index"
+
+
 # --- the zone: the same on every node ------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Zone:
-    """The cluster domain's records as a zone file, with its sha256."""
+    """The cluster domain's records as a zone file, with its sha256 and its index
+    (`svcops.render.textpatch`: what lets a node's zone be patched rather than sent
+    whole; kept beside it on the node, `zone_index_path`)."""
 
     domain: str
     text: str
     digest: str
+    index: str = ""
 
 
 def record_counts(zone: Zone) -> dict[str, int]:
@@ -288,7 +300,8 @@ def render_zone(
                 if has_srv_record(p.name):
                     out.append(f"_{p.name}._{p.protocol.lower()}.{name} IN SRV 0 100 {p.port} {fqdn}\n")
     text = "".join(out)
-    return Zone(domain, text, sha256_text(text))
+    digest = sha256_text(text)
+    return Zone(domain, text, digest, textpatch.index_text(text, digest))
 
 
 # --- the node's files -----------------------------------------------------------------
@@ -426,6 +439,8 @@ def dns_files(zone: Zone, upstreams: Sequence[str], listen: str = DEFAULT_LISTEN
         zone_path(zone.domain): zone.text,
         FORWARD_FILE: forward,
     }
+    if zone.index:
+        files[zone_index_path(zone.domain)] = zone.index
     if systemd:
         files[DROPIN] = dropin_text()
     else:

@@ -36,6 +36,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Mapping
 
+from svcops.render.textpatch import TextEdit, edit_script
+
 __all__ = [
     "RUN_DIR",
     "LOCK_FILE",
@@ -46,6 +48,8 @@ __all__ = [
     "step_command",
     "commit_command",
     "undo_path",
+    "undo_then",
+    "MAX_INLINE_UNDO",
     "backup_and_write",
     "backup_and_remove",
     "replace_files_script",
@@ -174,6 +178,29 @@ def step_command(token: str, change: str, deadline: int, run_dir: str = RUN_DIR)
     return _locked(t, deadline, f"sh -c {shlex.quote(body)}")
 
 
+# An undo script travels in its step's own command when it is at most this long (a
+# command line's argument is at most 128 KiB on Linux); a longer one is uploaded first.
+MAX_INLINE_UNDO = 32 * 1024
+
+
+def undo_then(undos: list[tuple[str, str]], command: str) -> str | None:
+    """`command` preceded by writing each (path, script) of `undos`, in one shell
+    command: a step and its undo in one round trip instead of two, the undo still
+    written before the change runs (and the change not run when it cannot be). Each
+    script is a quoted here-document (nothing in it is expanded). None when the
+    scripts are too long for a command line: upload them on their own."""
+    if sum(len(u) for _, u in undos) > MAX_INLINE_UNDO:
+        return None
+    out = []
+    for path, undo in undos:
+        end = "SVCOPS_UNDO"
+        while end in undo:
+            end += "_"
+        body = undo if undo.endswith("\n") else undo + "\n"
+        out.append(f"cat > {shlex.quote(path)} <<'{end}' || exit 1\n{body}{end}\n")
+    return "".join(out) + command
+
+
 def commit_command(token: str, run_dir: str = RUN_DIR) -> str:
     """Run through a *fresh* SSH connection: commit (the rename fails when the guard
     already undid the apply)."""
@@ -216,14 +243,21 @@ _BACK = (
 
 
 def replace_files_script(
-    token: str, key: str, files: list[tuple[str, int | None, str]], run_dir: str = RUN_DIR
+    token: str,
+    key: str,
+    files: list[tuple[str, int | None, str]],
+    run_dir: str = RUN_DIR,
+    edits: Mapping[int, TextEdit] | None = None,
 ) -> tuple[str, str]:
     """(change, undo) for one step replacing many files at once: `files` holds, in the
     order of the change's standard input, (path, bytes of its new text or None to
     remove it, mode). The change keeps every previous file (or the fact that there was
     none) in the transaction's folder, keeps its standard input and cuts it into the new
-    texts (``tail -c | head -c`` of that file), then moves each into place; the undo
-    puts every previous file back."""
+    texts (``tail -c`` and ``truncate`` of that file, from its end), then moves each
+    into place; the undo puts every previous file back. `edits`: file (its position in
+    `files`) -> a `svcops.render.textpatch.TextEdit`: what was sent for it is the
+    edit's new lines, and its text is made from the previous file and them (its digest
+    checked)."""
     b = f"{txn_dir(token, run_dir)}/files/{key}"
     change = [
         f"B={b}; mkdir -p $B || exit 1",
@@ -239,14 +273,24 @@ def replace_files_script(
     for i, (path, _, _) in enumerate(files):
         change.append(f"keep {i} {shlex.quote(path)} || exit 1")
         undo.append(f"back {i} {shlex.quote(path)} || rc=1")
-    # The standard input kept first, then each text cut out of that file: a `head -c`
-    # straight from a pipe may read past its count (busybox's does).
-    change.append("cat > $B/stdin || exit 1")
-    offset = 0
-    for i, (_, size, _) in enumerate(files):
-        if size is not None:
-            change.append(f"tail -c +{offset + 1} $B/stdin | head -c {size} > $B/{i}.new || exit 1" if size else f": > $B/{i}.new || exit 1")
-            offset += size
+    # The standard input kept first, then each text cut off its end, last text first (a
+    # `head -c` straight from a pipe may read past its count: busybox's does). Cut off,
+    # not copied: the folder never holds the upload twice (a 10,000-service record is
+    # 20 MB, a lab node's /run 64 MB), and each byte is read once. What is left at the
+    # end is the first text.
+    sized = [(i, size) for i, (_, size, _) in enumerate(files) if size is not None]
+    total = sum(size for _, size in sized)
+    change.append(f"cat > $B/stdin && truncate -s {total} $B/stdin || exit 1")
+    offset = total
+    for i, size in reversed(sized[1:]):
+        offset -= size
+        if size:
+            change.append(f"tail -c {size} $B/stdin > $B/{i}.new && truncate -s {offset} $B/stdin || exit 1")
+        else:
+            change.append(f": > $B/{i}.new || exit 1")
+    change.append(f"mv -f $B/stdin $B/{sized[0][0]}.new || exit 1" if sized else "rm -f $B/stdin")
+    for i, edit in (edits or {}).items():
+        change.append(f"{edit_script(edit, f'$B/{i}', f'$B/{i}.new', f'$B/{i}.edit')} && mv -f $B/{i}.edit $B/{i}.new || exit 1")
     modes: dict[str, list[str]] = {}
     for i, (_, size, mode) in enumerate(files):
         if size is not None:

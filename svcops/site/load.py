@@ -23,18 +23,31 @@ manifest is an error, not skipped.
 
 `load_site` is the shell (it reads the files); `parse_site` is the pure core that
 takes their bytes, so tests and benchmarks can feed it without touching a disk.
+
+Stages 1-3 of one file depend only on that file (its name and bytes) and on the
+cluster settings (svcops.yaml): `parse_manifest` does them for one file, and what it
+gives for a file without errors can be remembered, under `manifest_key`, in a *memo*
+that `parse_site` takes (a dict; `load_site` gives it the one kept on disk between
+runs, `svcops.site.cache`). A one-service change to a 10,000-service site then reads
+one file anew, not 20,000 documents. Errors are never remembered: a file with any is
+read and checked again each time, so its messages are always this code's. A
+remembered object keeps where it is (its document and path), not its lines: a
+site-wide check that names it (a service defined twice...) reads its file again
+(`_Refound`), so the message is the same as if nothing had been remembered.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 from svcops import schemas
 from svcops.gcpause import gc_paused
 from svcops.site.diagnostics import Diagnostic, error, has_errors, sort_key
 from svcops.site.files import folder_problem, list_folder, read_file
-from svcops.site.model import Cluster, Site
+from svcops.site.model import Cluster, ManualEndpoints, Service, Site
 from svcops.site.validate import (
     ClusterView,
     Entry,
@@ -65,12 +78,16 @@ _KIND_LIST = "Service, Endpoints and EndpointSlice (or a List of them)"
 # --- the shell ---------------------------------------------------------------------
 
 
-def load_site(root: str | Path) -> tuple[Site | None, list[Diagnostic]]:
+def load_site(root: str | Path, cache: bool = True) -> tuple[Site | None, list[Diagnostic]]:
     """Read and check a site folder; the Site is None when there is any error.
 
     Warnings may come with a Site. Diagnostics are sorted by file and line; their
-    paths are relative to `root` ("services/web.yaml").
+    paths are relative to `root` ("services/web.yaml"). `cache`: remember what each
+    file without errors gave, between runs (`svcops.site.cache`; off with
+    ``SVCOPS_NO_CACHE=1``); the result is the same either way.
     """
+    from svcops.site.cache import disk_memo
+
     root = Path(root)
     diags: list[Diagnostic] = []
     why = folder_problem(root)
@@ -95,7 +112,7 @@ def load_site(root: str | Path) -> tuple[Site | None, list[Diagnostic]]:
             manifests.append((rel, data))
     if config_diags:  # checked against defaults it does not hold, the manifests would show false errors
         return None, sorted(diags, key=sort_key)
-    site, more = parse_site(str(root), config, manifests)
+    site, more = parse_site(str(root), config, manifests, disk_memo("manifests") if cache else None)
     diags += more
     if has_errors(diags):
         site = None
@@ -105,45 +122,138 @@ def load_site(root: str | Path) -> tuple[Site | None, list[Diagnostic]]:
 # --- the pure core ------------------------------------------------------------------
 
 
+class Memo(Protocol):
+    """Where `parse_site` remembers files: a dict will do (`svcops.site.cache.DiskMemo`
+    keeps them on disk)."""
+
+    def get(self, key: str) -> "Parsed | None": ...
+
+    def __setitem__(self, key: str, value: "Parsed") -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """What one manifest file gives on its own (stages 1-3), in a form that can be
+    remembered: its diagnostics, and each object it holds as (kind, model value,
+    document's position among the file's documents, path of the object inside it,
+    metadata.name)."""
+
+    diagnostics: tuple[Diagnostic, ...]
+    objects: tuple[tuple[str, Service | ManualEndpoints, int, tuple, str], ...]
+
+
+def manifest_key(cluster: Cluster, name: str, data: bytes | str) -> str:
+    """The memo's key of a manifest file: the sha256 of all `parse_manifest` reads (the
+    cluster settings, the file's name as diagnostics give it, its contents)."""
+    h = hashlib.sha256()
+    h.update(repr(cluster).encode("utf-8", "surrogatepass"))
+    h.update(b"\0" + name.encode("utf-8", "surrogatepass") + b"\0")
+    # Bytes are decoded (a BOM dropped, UTF-8 checked); text is taken as it is.
+    h.update(b"b" + data if isinstance(data, bytes) else b"s" + data.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def parse_manifest(name: str, data: bytes | str, view: ClusterView | None) -> tuple[Parsed, list[Located]]:
+    """One manifest file through stages 1-3: what it gives, and each object's place
+    (`Parsed.objects`' order) for the site-wide checks."""
+    diags: list[Diagnostic] = []
+    objs: list[tuple[str, Service | ManualEndpoints, int, tuple, str]] = []
+    places: list[Located] = []
+    docs, yaml_diags = load_documents(data, name)
+    diags += yaml_diags
+    for pos, doc in enumerate(docs):
+        for obj, schema_name, obj_diags in objects(doc):
+            diags += obj_diags
+            if schema_name is None:
+                continue
+            problems = schemas.check_located(schema_name, obj.value, file=doc.file, line_of=doc.line, prefix=obj.prefix)
+            diags += [d for _, d in problems]
+            # Values the schema refused are not checked again; the rest are.
+            trust = Trust(p for p, _ in problems)
+            value: Any
+            if schema_name == "service":
+                value, more = service_from(obj, view, trust)
+                kind = "Service"
+            elif schema_name == "endpoints":
+                value, more = endpoints_from(obj, trust)
+                kind = "Endpoints"
+            else:
+                value, more = endpointslice_from(obj, trust)
+                kind = "EndpointSlice"
+            diags += more
+            if value is not None:
+                objs.append((kind, value, pos, obj.prefix, obj.value["metadata"]["name"]))
+                places.append(obj)
+    return Parsed(tuple(diags), tuple(objs)), places
+
+
+class _File:
+    """A remembered file's documents, composed again only if a message needs a line."""
+
+    __slots__ = ("name", "data", "_docs")
+
+    def __init__(self, name: str, data: bytes | str) -> None:
+        self.name, self.data, self._docs = name, data, None
+
+    def located(self, pos: int, prefix: tuple) -> Located:
+        if self._docs is None:
+            self._docs = load_documents(self.data, self.name)[0]
+        doc = self._docs[pos]
+        value = doc.value
+        for part in prefix:
+            value = value[part]
+        return Located(doc, prefix, value)
+
+
+class _Refound:
+    """The place of a remembered object, for `check_site`'s messages: the same as its
+    `Located` would give, found by reading its file again (only when asked)."""
+
+    __slots__ = ("file", "_src", "_pos", "_prefix")
+
+    def __init__(self, src: _File, pos: int, prefix: tuple) -> None:
+        self.file, self._src, self._pos, self._prefix = src.name, src, pos, prefix
+
+    def error(self, path: tuple, message: str) -> Diagnostic:
+        return self._src.located(self._pos, self._prefix).error(path, message)
+
+    def warning(self, path: tuple, message: str) -> Diagnostic:
+        return self._src.located(self._pos, self._prefix).warning(path, message)
+
+    def where(self, *path: Any) -> str:
+        return self._src.located(self._pos, self._prefix).where(*path)
+
+
 # A site of 10,000 services is some 200,000 YAML nodes, then values, lines and
 # Services, none in a cycle: the collector would walk them all, again and again, for
 # nothing (a fifth of the load).
 @gc_paused()
 def parse_site(
-    root: str, config: bytes | str | None, manifests: Sequence[tuple[str, bytes | str]]
+    root: str, config: bytes | str | None, manifests: Sequence[tuple[str, bytes | str]], memo: Memo | None = None
 ) -> tuple[Site | None, list[Diagnostic]]:
-    """A site from its files' contents: svcops.yaml (None: absent) and (name, bytes) manifests."""
+    """A site from its files' contents: svcops.yaml (None: absent) and (name, bytes)
+    manifests. `memo`: what earlier runs gave for files without errors (see the
+    module's docstring); files read now are added to it."""
     diags: list[Diagnostic] = []
     cluster, cluster_diags = parse_config(config)
     diags += cluster_diags
     view = ClusterView(cluster) if cluster is not None else None
+    if cluster is None:
+        memo = None  # the checks ran without the cluster's settings: nothing to remember
 
     entries: list[Entry] = []
     for name, data in manifests:
-        docs, yaml_diags = load_documents(data, name)
-        diags += yaml_diags
-        for doc in docs:
-            for obj, schema_name, obj_diags in objects(doc):
-                diags += obj_diags
-                if schema_name is None:
-                    continue
-                problems = schemas.check_located(schema_name, obj.value, file=doc.file, line_of=doc.line, prefix=obj.prefix)
-                diags += [d for _, d in problems]
-                # Values the schema refused are not checked again; the rest are.
-                trust = Trust(p for p, _ in problems)
-                value: Any
-                if schema_name == "service":
-                    value, more = service_from(obj, view, trust)
-                    kind = "Service"
-                elif schema_name == "endpoints":
-                    value, more = endpoints_from(obj, trust)
-                    kind = "Endpoints"
-                else:
-                    value, more = endpointslice_from(obj, trust)
-                    kind = "EndpointSlice"
-                diags += more
-                if value is not None:
-                    entries.append(Entry(kind, obj, value))
+        key = manifest_key(cluster, name, data) if memo is not None else ""
+        parsed = memo.get(key) if memo is not None else None
+        if parsed is not None:
+            src = _File(name, data)
+            entries += [Entry(kind, _Refound(src, pos, prefix), value, oname) for kind, value, pos, prefix, oname in parsed.objects]
+        else:
+            parsed, places = parse_manifest(name, data, view)
+            entries += [Entry(kind, place, value, oname) for (kind, value, _, _, oname), place in zip(parsed.objects, places)]
+            if memo is not None and not has_errors(parsed.diagnostics):
+                memo[key] = parsed
+        diags += parsed.diagnostics
 
     services, endpoints, site_diags = check_site(entries, view)
     diags += site_diags

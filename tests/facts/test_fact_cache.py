@@ -45,20 +45,22 @@ class FakeHost:
         return f"{cls.__name__}-alone"
 
 
-def run_ops(state: FakeState, host: FakeHost, ops: list[tuple[str, list, bool]]) -> list:
-    """Run each (op hash, facts it asks for, whether it yields a command) in order."""
+def run_ops(state: FakeState, host: FakeHost, ops: list[tuple], writes: dict | None = None) -> list:
+    """Run each (op hash, facts it asks for, whether it yields a command) in order;
+    `writes`: op hash -> the areas that operation says it changes (else: all)."""
     got = []
 
-    @marks_changes
-    def op(facts, changes):
+    def body(facts, changes):
         for cls, keep in facts:
             got.append(node_fact(host, cls, keep=keep))
         if changes:
             yield "a command"
 
+    anything = marks_changes(body)
     with ctx_state.use(state), ctx_host.use(host):
         for op_hash, facts, changes in ops:
             host.current_op_hash = op_hash
+            op = marks_changes(body, writes=frozenset(writes[op_hash])) if writes and op_hash in writes else anything
             list(op(facts, changes))
     return got
 
@@ -103,6 +105,40 @@ def test_after_a_change_the_next_operations_read_afresh_and_share_again():
     ])  # fmt: skip
     assert host.reads == ["SvcopsFacts(full)", "SvcopsNftCanary", "SvcopsNodeState", "SvcopsNodeState"]
     assert got == ["SvcopsIptables-combined", "SvcopsNftCanary-alone", "SvcopsNodeState-alone", "SvcopsNodeState-alone"]
+
+
+def test_a_change_drops_only_the_facts_of_the_areas_it_may_have_changed():
+    """nftables mode's one-service change: the table changes, and the operations after
+    it still take the iptables, IPVS, node and DNS facts from the one read; the node's
+    addresses change, and the node state is read again for the operation after."""
+    host = FakeHost()
+    order = ["nft", "ipt", "ipvs", "lb", "addr", "dns", "nft-again"]
+    got = run_ops(FakeState(order, host), host, [
+        ("nft", [(SvcopsNftCanary, True)], True),
+        ("ipt", [(SvcopsIptablesCanary, False)], False),
+        ("ipvs", [(SvcopsIpvsCanary, False)], False),
+        ("lb", [NODE], True),
+        ("addr", [NODE], False),
+        ("dns", [(SvcopsDns, False)], False),
+        ("nft-again", [(SvcopsNftCanary, False)], False),
+    ], writes={"nft": {"nftables"}, "lb": {"node"}})  # fmt: skip
+    assert host.reads == ["SvcopsFacts", "SvcopsNodeState", "SvcopsNftCanary"]
+    assert got == [
+        "SvcopsNftCanary-combined", "SvcopsIptablesCanary-combined", "SvcopsIpvsCanary-combined",
+        "SvcopsNodeState-combined", "SvcopsNodeState-alone", "SvcopsDns-combined", "SvcopsNftCanary-alone",
+    ]  # fmt: skip
+
+
+def test_every_operation_named_in_writes_is_one_of_svcops_and_reads_only_known_areas():
+    import importlib
+
+    from svcops.facts.cache import EVERYTHING, READS, WRITES
+
+    for name, areas in WRITES.items():
+        module, _, func = name.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), func)), name
+        assert areas <= EVERYTHING, name
+    assert {c.__name__ for c in _fact_classes(False) + _fact_classes(True)} <= set(READS)
 
 
 def test_a_fact_already_taken_or_an_operation_in_between_means_a_fresh_read():

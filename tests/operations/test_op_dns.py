@@ -47,7 +47,8 @@ def done_state(z: dns.Zone, resolv: str = PREVIOUS, systemd: bool = False, **kw)
     files = dns.dns_files(z, dns.parse_upstreams(resolv, LISTEN), LISTEN, systemd=systemd)
     digests = {p: hashlib.sha256(t.encode()).hexdigest() for p, t in files.files.items()}
     rendered = dns.render_resolv_conf(resolv, LISTEN, z.domain)
-    base = dict(installed=True, systemd=systemd, running=True, pid=4242, supervised=True, files=digests, resolv=rendered)
+    indexes = {dns.zone_index_path(z.domain): z.index}
+    base = dict(installed=True, systemd=systemd, running=True, pid=4242, supervised=True, files=digests, resolv=rendered, indexes=indexes)
     base.update(kw)
     return DnsState(**base)
 
@@ -55,8 +56,8 @@ def done_state(z: dns.Zone, resolv: str = PREVIOUS, systemd: bool = False, **kw)
 def test_fresh_node_gets_every_file_a_start_and_then_resolv_conf():
     z = zone()
     plan = dns_plan(DnsState(installed=True, resolv=PREVIOUS), z)
-    assert set(plan.write) == {dns.CONFIG_FILE, dns.FORWARD_FILE, dns.zone_path("cluster.local"), dns.SUPERVISOR}
-    assert plan.write[dns.zone_path("cluster.local")] == z.text
+    assert set(plan.write) == {dns.CONFIG_FILE, dns.FORWARD_FILE, dns.zone_path("cluster.local"), dns.zone_index_path("cluster.local"), dns.SUPERVISOR}
+    assert plan.write[dns.zone_path("cluster.local")] == z.text and not plan.edits  # nothing to patch: sent whole
     assert "+.=127.0.0.2\n" in plan.write[dns.FORWARD_FILE]
     assert plan.action == "start" and not plan.install
     assert plan.resolv == dns.render_resolv_conf(PREVIOUS, LISTEN, "cluster.local")
@@ -75,9 +76,28 @@ def test_a_node_in_sync_gets_nothing():
 def test_changed_records_are_a_reload_and_leave_resolv_conf_alone():
     old, new = zone(), zone((F.service("web", HTTP), F.service("api", HTTP)))
     plan = dns_plan(done_state(old), new)
-    assert plan.write == {dns.zone_path("cluster.local"): new.text}
+    assert plan.write == {dns.zone_path("cluster.local"): new.text, dns.zone_index_path("cluster.local"): new.index}
     assert plan.action == "reload"
     assert plan.resolv is None
+
+
+def test_a_big_zone_is_patched_when_the_nodes_index_names_its_zone_file():
+    """10,000 services: one port changed sends its chunk of lines, not the 1 MB zone;
+    a node whose zone is not the one its index describes (edited by hand, or an
+    older svcops's without an index) gets the zone whole."""
+    many = tuple(F.service(f"s{i}", HTTP) for i in range(2000))
+    old = zone(many)
+    changed = zone(many[:700] + (F.service("s700", ServicePort("http", "TCP", 81, "http")),) + many[701:])
+    assert changed.text != old.text
+    plan = dns_plan(done_state(old), changed)
+    edit = plan.edits[dns.zone_path("cluster.local")]
+    assert 0 < len(edit.added) < len(changed.text) / 20 and edit.digest == changed.digest
+    assert any(line.endswith("(a patch: %d lines sent)" % len(edit.added.splitlines())) for line in plan.summary())
+    state = done_state(old)
+    hand_edited = replace(state, files={**state.files, dns.zone_path("cluster.local"): "0" * 64})
+    assert not dns_plan(hand_edited, changed).edits
+    no_index = replace(state, indexes={})
+    assert not dns_plan(no_index, changed).edits and dns.zone_index_path("cluster.local") in dns_plan(no_index, changed).write
 
 
 def test_a_stopped_server_is_started_even_when_its_files_are_right():
@@ -115,7 +135,7 @@ def test_a_new_cluster_domain_is_a_reload_and_removes_the_old_zone():
     plan = dns_plan(done_state(old), new)
     # Only the settings' auth-zones line differs: reload-zones re-reads it, no restart.
     assert plan.action == "reload"
-    assert plan.remove == (dns.zone_path("cluster.local"),)
+    assert plan.remove == (dns.zone_path("cluster.local"), dns.zone_index_path("cluster.local"))
     assert dns.zone_path("corp.example") in plan.write and dns.CONFIG_FILE in plan.write
     assert "search svc.corp.example corp.example example.test\n" in plan.resolv
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from svcops.render.txn import BUSY_EXIT, commit_command, guard_script, step_command, txn_dir, undo_path
+from svcops.render.txn import BUSY_EXIT, MAX_INLINE_UNDO, commit_command, guard_script, step_command, txn_dir, undo_path, undo_then
 
 pytestmark = pytest.mark.skipif(not shutil.which("flock") or not shutil.which("bash"), reason="needs bash and flock")
 
@@ -196,3 +196,22 @@ def test_a_step_outside_an_armed_transaction_runs_nothing(run, tmp_path):
     r = subprocess.run(["sh", "-c", step_command("gone", f"touch {tmp_path}/ran", 20, str(run))], capture_output=True, text=True)
     assert r.returncode != 0
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_step_carries_its_undo_and_the_guard_runs_it(run, tmp_path):
+    """`undo_then`: the undo scripts written by the step's own command (here-documents,
+    nothing in them expanded, a line that looks like the delimiter included), before
+    the change; an undo that cannot be written stops the change."""
+    log = tmp_path / "log"
+    g = Guard(run, "t9")
+    assert g.word() == "locked"
+    tricky = f"echo 'first $HOME' >> {log}\necho SVCOPS_UNDO >> {log}"  # no final newline
+    undos = [(undo_path("t9", 1, "a", str(run)), tricky), (undo_path("t9", 2, "b", str(run)), f"echo second >> {log}\n")]
+    command = undo_then(undos, step_command("t9", f"echo change >> {log}", 20, str(run)))
+    assert subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30).returncode == 0
+    assert log.read_text() == "change\n"
+    blocked = undo_then([(str(tmp_path / "no" / "such" / "folder"), "true\n")], step_command("t9", f"echo never >> {log}", 20, str(run)))
+    assert subprocess.run(["sh", "-c", blocked], capture_output=True, text=True, timeout=30).returncode != 0
+    assert g.end() == 0  # end of input: undone, newest first
+    assert log.read_text() == "change\nsecond\nfirst $HOME\nSVCOPS_UNDO\n"
+    assert undo_then([("/x", "y" * (MAX_INLINE_UNDO + 1))], "true") is None
