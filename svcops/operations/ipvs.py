@@ -133,25 +133,24 @@ def _apply(plan, fp, files, exact_undo):
     input, ip -batch input, the old fingerprint) that give the old state back exactly
     (the fast path), or None (the undo gives back the chains and servers, no canary)."""
     d = txn.files_dir()
-    yield StringCommand(txn.dir_ready(d))
     run = ["set -e\n", canary_clear_command()]
     undo = [canary_clear_command(), "ok=1\n"]
     if plan.prepare:
         run.append(plan.prepare + "\n")
     if plan.addresses:
-        yield StringCommand(f"cat > {d}/ipvs.addresses", _stdin=plan.addresses)
+        yield txn.upload(d, "ipvs.addresses", plan.addresses)
         run.append(f"ip -batch {d}/ipvs.addresses\n")
     if plan.ipset:
-        yield StringCommand(f"cat > {d}/ipvs.ipset", _stdin=plan.ipset)
+        yield txn.upload(d, "ipvs.ipset", plan.ipset)
         run.append(f"ipset restore < {d}/ipvs.ipset\n")
     if plan.iptables:
-        yield StringCommand(f"cat > {d}/ipvs.iptables", _stdin=plan.iptables)
-        yield StringCommand(f"cat > {d}/ipvs.iptables-rollback", _stdin=plan.undo_iptables)
+        yield txn.upload(d, "ipvs.iptables", plan.iptables)
+        yield txn.upload(d, "ipvs.iptables-rollback", plan.undo_iptables)
         run.append(f"iptables-restore -w 5 --noflush {d}/ipvs.iptables\n")
         undo.append(f"iptables-restore -w 5 --noflush {d}/ipvs.iptables-rollback || ok=\n")
     if plan.ipvsadm:
-        yield StringCommand(f"cat > {d}/ipvs.ipvsadm", _stdin=plan.ipvsadm)
-        yield StringCommand(f"cat > {d}/ipvs.ipvsadm-undo", _stdin=plan.undo_ipvsadm)
+        yield txn.upload(d, "ipvs.ipvsadm", plan.ipvsadm)
+        yield txn.upload(d, "ipvs.ipvsadm-undo", plan.undo_ipvsadm)
         if plan.iptables:
             # The virtual servers failed after the chains changed: put the chains back.
             run.append(f"ipvsadm -R < {d}/ipvs.ipvsadm || {{ iptables-restore -w 5 --noflush {d}/ipvs.iptables-rollback; exit 1; }}\n")
@@ -159,20 +158,20 @@ def _apply(plan, fp, files, exact_undo):
             run.append(f"ipvsadm -R < {d}/ipvs.ipvsadm\n")
         undo.insert(2, f"ipvsadm -R < {d}/ipvs.ipvsadm-undo || ok=\n")
     if plan.finish:
-        yield StringCommand(f"cat > {d}/ipvs.stale-addresses", _stdin=plan.finish)
+        yield txn.upload(d, "ipvs.stale-addresses", plan.finish)
         run.append(f"ip -batch {d}/ipvs.stale-addresses\n")
     run.append(canary_set_commands(fp))
     if exact_undo is not None:
         undo_ipset, undo_addresses, old_fp = exact_undo
         if undo_ipset:
-            yield StringCommand(f"cat > {d}/ipvs.ipset-undo", _stdin=undo_ipset)
+            yield txn.upload(d, "ipvs.ipset-undo", undo_ipset)
             undo.append(f"ipset restore < {d}/ipvs.ipset-undo || ok=\n")
         if undo_addresses:
-            yield StringCommand(f"cat > {d}/ipvs.addresses-undo", _stdin=undo_addresses)
+            yield txn.upload(d, "ipvs.addresses-undo", undo_addresses)
             undo.append(f"ip -force -batch {d}/ipvs.addresses-undo || ok=\n")
         # Everything back as the record said: its canary too (only if all of it went back).
         undo.append('if [ -n "$ok" ]; then\n' + canary_set_commands(old_fp) + "fi\n")
-    yield StringCommand(f"cat > {d}/ipvs.run", _stdin="".join(run))
+    yield txn.upload(d, "ipvs.run", "".join(run))
     yield from txn.step("ipvs", f"sh {d}/ipvs.run", "".join(undo))
     # The record after the kernel state: undone first, so the undo finds the old one.
     yield from txn.replace_files({f"{IPVS_RECORD_DIR}/{b}": t for b, t in files.items()}, what="ipvs-record")
@@ -217,10 +216,10 @@ def absent(node_addresses: Sequence[str] = ()):
     d = txn.files_dir()
     run = []
     if removal.ipset:
-        yield StringCommand(f"{txn.dir_ready(d)} && cat > {d}/ipvs-off.ipset", _stdin=removal.ipset)
+        yield txn.upload(d, "ipvs-off.ipset", removal.ipset)
         run.append(f"ipset restore < {d}/ipvs-off.ipset")
     if removal.ipvsadm:
-        yield StringCommand(f"{txn.dir_ready(d)} && cat > {d}/ipvs-off.ipvsadm", _stdin=removal.ipvsadm)
+        yield txn.upload(d, "ipvs-off.ipvsadm", removal.ipvsadm)
         run.append(f"ipvsadm -R < {d}/ipvs-off.ipvsadm")
     if removal.link:
         run.append(f"ip link del {shlex.quote(DUMMY)}")

@@ -60,6 +60,7 @@ from svcops.render.txn import (
     txn_dir,
     undo_path,
     undo_then,
+    MAX_INLINE_UNDO,
 )
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "guard_of",
     "STOPPING",
     "files_dir",
+    "upload",
     "replace_file",
     "replace_files",
     "remove_files",
@@ -436,13 +438,16 @@ def step(what: str, change: str, undo: str | None = None, stdin: str | None = No
         return
     undos = [*g.pending, *([(undo_path(g.token, g.seq, what), undo)] if undo else [])]
     g.pending = []
-    command = step_command(g.token, change, g.deadline)
-    with_undo = undo_then(undos, command) if undos else command
-    if with_undo is None:  # long undo scripts: uploaded first, each on its own
+    # The undo written under the step lock, after the armed check: never into the
+    # folder of a transaction its guard is undoing or removing.
+    body = undo_then(undos, change) if undos else change
+    if body is not None and len(shlex.quote(step_command(g.token, body, g.deadline))) > 2 * MAX_INLINE_UNDO:
+        body = None  # quoted twice (here and by pyinfra), quotes and all: too long a line
+    if body is None:  # long undo scripts: uploaded first, each on its own
         for path, text in undos:
-            yield StringCommand(f"cat > {path}", _stdin=text)
-    else:
-        command = with_undo
+            yield StringCommand(step_command(g.token, f"cat > {path}", g.deadline), _stdin=text)
+        body = change
+    command = step_command(g.token, body, g.deadline)
     yield StringCommand(command, _stdin=stdin) if stdin is not None else StringCommand(command)
 
 
@@ -602,6 +607,17 @@ def remove_files(paths):
 # Set by `svcops apply` on Ctrl-C: no transaction may begin any more (one that gets its
 # lock afterwards gives it back at once).
 STOPPING = gevent.event.Event()
+
+
+def upload(d: str, name: str, text: str) -> StringCommand:
+    """The command writing `text` to `d`/`name` (`d` from `files_dir`): inside a
+    transaction under its step lock and only while it is armed, so that no file lands
+    in the folder of a transaction its guard is removing."""
+    g = current()
+    write = f"cat > {d}/{name}"
+    if g is not None and d == txn_dir(g.token):
+        return StringCommand(step_command(g.token, write, g.deadline), _stdin=text)
+    return StringCommand(f"{dir_ready(d)} && {write}", _stdin=text)
 
 
 def dir_ready(d: str) -> str:

@@ -102,7 +102,7 @@ printf '%s\\n' "$holder" > "$D/holder"
 # undo, 2 an undo script failed). The step lock first: a step in progress ends before.
 undo_txn() {{
     t=$1 rc=1
-    exec 8>>"$t/step" && flock 8
+    exec 8<"$t" && flock 8
     if mv "$t/armed" "$t/fired" 2>/dev/null; then
         rc=0
         for f in $(ls -r "$t/undo" 2>/dev/null); do
@@ -166,8 +166,11 @@ def _armed_check(t: str) -> str:
 
 
 def _locked(t: str, deadline: int, shell: str) -> str:
-    # -o: the lock stays with flock itself, never with a daemon the change starts.
-    return f"flock -o {t}/step timeout -k 5 {int(deadline)} {shell}"
+    # The step lock is the folder itself: a step that starts after the guard removed
+    # the folder (or while it does) finds nothing to open, never re-creates anything
+    # in it (a lock file would: flock makes it). -o: the lock stays with flock itself,
+    # never with a daemon the change starts.
+    return f"flock -o {t}/. timeout -k 5 {int(deadline)} {shell}"
 
 
 def step_command(token: str, change: str, deadline: int, run_dir: str = RUN_DIR) -> str:

@@ -198,6 +198,23 @@ def test_a_step_outside_an_armed_transaction_runs_nothing(run, tmp_path):
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_step_that_comes_while_the_guard_removes_the_folder_leaves_nothing_in_it(run, tmp_path):
+    """The guard undid the apply and is removing its folder (``rm -rf``: the files
+    gone, the folder not yet) when a step sent before the Ctrl-C arrives: the step
+    runs nothing and creates nothing there (a lock file made by flock would keep the
+    folder, and the next apply would find it), nor does it re-make a folder gone."""
+    run.mkdir(parents=True)
+    t = Path(txn_dir("late", str(run)))
+    t.mkdir()  # no armed, no undo folder, no lock file: the guard's rm -rf half done
+    undos = [(undo_path("late", 1, "a", str(run)), "true\n")]
+    r = subprocess.run(["sh", "-c", step_command("late", undo_then(undos, f"touch {tmp_path}/ran"), 20, str(run))], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "stopped" in r.stderr
+    assert list(t.iterdir()) == [] and not (tmp_path / "ran").exists()
+    t.rmdir()
+    r = subprocess.run(["sh", "-c", step_command("late", "true", 20, str(run))], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and sorted(p.name for p in run.iterdir()) == []
+
+
 def test_a_step_carries_its_undo_and_the_guard_runs_it(run, tmp_path):
     """`undo_then`: the undo scripts written by the step's own command (here-documents,
     nothing in them expanded, a line that looks like the delimiter included), before
@@ -207,10 +224,10 @@ def test_a_step_carries_its_undo_and_the_guard_runs_it(run, tmp_path):
     assert g.word() == "locked"
     tricky = f"echo 'first $HOME' >> {log}\necho SVCOPS_UNDO >> {log}"  # no final newline
     undos = [(undo_path("t9", 1, "a", str(run)), tricky), (undo_path("t9", 2, "b", str(run)), f"echo second >> {log}\n")]
-    command = undo_then(undos, step_command("t9", f"echo change >> {log}", 20, str(run)))
+    command = step_command("t9", undo_then(undos, f"echo change >> {log}"), 20, str(run))
     assert subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30).returncode == 0
     assert log.read_text() == "change\n"
-    blocked = undo_then([(str(tmp_path / "no" / "such" / "folder"), "true\n")], step_command("t9", f"echo never >> {log}", 20, str(run)))
+    blocked = step_command("t9", undo_then([(str(tmp_path / "no" / "such" / "folder"), "true\n")], f"echo never >> {log}"), 20, str(run))
     assert subprocess.run(["sh", "-c", blocked], capture_output=True, text=True, timeout=30).returncode != 0
     assert g.end() == 0  # end of input: undone, newest first
     assert log.read_text() == "change\nsecond\nfirst $HOME\nSVCOPS_UNDO\n"
