@@ -105,6 +105,21 @@ it is alone), then the pdns reload of 20,000 records (66 ms a node, in pdns itse
 facts' one read (about 50 ms), the commit's fresh SSH login, the record's files. The
 controller's 1.44 s before the first connection: Python, pyinfra and svcops imported
 0.45 s, the site loaded from the cache 0.21 s, allocate + resolve + render 0.5 s.
+
+The same on main after the nftables table's change and record went into one step in
+one round trip (no endpoint chains without affinity, the hairpin map), 2026-12-04, one
+run each, `--nodes 20 --services 10000 --modes nftables --runs 1 --node-timeout 120`:
+
+    services apply          wall    controller  node max  ctl cpu  nodes cpu
+    10,000  cold           34.26 s    2.52 s    31.13 s   10.36 s  43.83 s
+    10,000  no-op           2.47 s    1.25 s     0.76 s    1.66 s   1.44 s
+    10,000  one-service     4.13 s    0.98 s     2.64 s    1.76 s   4.78 s
+    10,000  affinity only   3.48 s    0.99 s     1.94 s    1.62 s   3.65 s
+    10,000  plan            1.02 s
+
+Per node, one-service change, median: nftables table 1.56 s, service dns 0.74 s, commit
+0.20 s. Still CPU-bound (20 nodes x the table's ~0.19 s, nft's own 0.14 s of it, on 2
+cores is ~1.9 s of wall before anything else): the 3 s target is not met (4.13 s).
 """
 
 from __future__ import annotations
