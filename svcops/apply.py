@@ -29,7 +29,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, TextIO
+from typing import Callable, Mapping, Sequence, TextIO
 
 import click
 
@@ -156,7 +156,9 @@ def _make_state(inventory_path: str, names: Sequence[str]):
     return state, inventory
 
 
-def _connect(state) -> None:
+def _connect(state, links: Mapping | None = None) -> None:
+    """Connect every host of `state`; `links` (name -> a connected paramiko client, the
+    watch's) are used as they are: their hosts are not connected again."""
     from pyinfra.api.connect import connect_all
     from pyinfra.api.exceptions import PyinfraError
     from pyinfra.api.state import StateStage
@@ -165,13 +167,19 @@ def _connect(state) -> None:
     from svcops.operations.guard import set_nodelay
 
     state.set_stage(StateStage.Connect)
+    if links:
+        for h in list(state.inventory):
+            client = links.get(h.name)
+            if client is not None and state.is_host_in_limit(h):
+                h.connector.client = client
+                h.connected = True  # pyinfra's connect_all only activates a connected host
     with ctx_state.use(state), ctx_inventory.use(state.inventory), ctx_config.use(state.config):
         try:
             connect_all(state)
         except PyinfraError:
             pass  # every host failed to connect: reported per node
     for h in state.activated_hosts:
-        if h.connected:
+        if h.connected and not (links and h.name in links):
             set_nodelay(h)
 
 
@@ -434,7 +442,11 @@ def _run_each_node(state) -> None:
         pass  # "No hosts remaining!": every node failed; each is reported on its own
 
 
-def _run_batch(opts: ApplyOptions, plan, names: list[str], interrupt: "_Interrupt | None" = None) -> dict[str, NodeResult]:
+def _run_batch(
+    opts: ApplyOptions, plan, names: list[str], interrupt: "_Interrupt | None" = None, links: Mapping | None = None
+) -> dict[str, NodeResult]:
+    """One pyinfra run over `names`: connect (or take `links`' connections: the watch's),
+    prepare each node's operations, run them, report each node."""
     from pyinfra.api.exceptions import PyinfraError
     from pyinfra.api.state import StateStage
     from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
@@ -451,7 +463,7 @@ def _run_batch(opts: ApplyOptions, plan, names: list[str], interrupt: "_Interrup
     try:
         if txn.STOPPING.is_set():
             raise PyinfraError("interrupted")
-        _connect(state)
+        _connect(state, links)
         state.set_stage(StateStage.Prepare)
         with ctx_state.use(state), ctx_inventory.use(inventory), ctx_config.use(state.config):
             for h in inventory:
@@ -482,14 +494,43 @@ def _run_batch(opts: ApplyOptions, plan, names: list[str], interrupt: "_Interrup
     return results
 
 
-def run(opts: ApplyOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr, ask: Callable[[str], str] = input) -> int:
-    """The `svcops apply` command; returns the exit status (0 ok, 1 any failure)."""
+def inventory_hosts(inventory_path: str) -> list[tuple[str, dict]]:
+    """(name, data) of every host of the inventory, as pyinfra loads it (raises what
+    the inventory's own code raises)."""
     from pyinfra.api.state import State
     from pyinfra.context import ctx_state
     from pyinfra_cli.inventory import make_inventory
 
+    with ctx_state.use(State()):
+        inventory = make_inventory(inventory_path, cwd=os.getcwd())
+    return [(h.name, h.data.dict()) for h in inventory]
+
+
+def hosts_and_site(inventory_path: str, site: str | None, err: TextIO) -> tuple[list[tuple[str, dict]], str] | None:
+    """The inventory's hosts and the site folder (`site`, else svcops_site from the
+    inventory's data, else "."); None when either is wrong (said on `err`)."""
+    from svcops.site.files import folder_problem
     from svcops.site.hostdata import common_data
 
+    try:
+        hosts = inventory_hosts(inventory_path)
+    except Exception as e:
+        cause = getattr(e, "exception", None) or e
+        print(f"{inventory_path}: cannot load the inventory: {type(cause).__name__}: {cause}", file=err)
+        return None
+    if not hosts:
+        print(f"{inventory_path}: the inventory has no hosts", file=err)
+        return None
+    site_root = site or common_data(hosts).get("svcops_site") or "."
+    why = folder_problem(site_root)
+    if why is not None:
+        print(f"{site_root}: site folder {why}", file=err)
+        return None
+    return hosts, site_root
+
+
+def run(opts: ApplyOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr, ask: Callable[[str], str] = input) -> int:
+    """The `svcops apply` command; returns the exit status (0 ok, 1 any failure)."""
     interactive = sys.stdin.isatty()
     if not opts.dry and not opts.yes and not interactive:
         print(
@@ -502,25 +543,12 @@ def run(opts: ApplyOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr, 
         return 1
     _setup_output()
     start = time.monotonic()
-    try:
-        with ctx_state.use(State()):
-            inventory = make_inventory(opts.inventory, cwd=os.getcwd())
-    except Exception as e:
-        cause = getattr(e, "exception", None) or e
-        print(f"{opts.inventory}: cannot load the inventory: {type(cause).__name__}: {cause}", file=err)
+    found = hosts_and_site(opts.inventory, opts.site, err)
+    if found is None:
         return 1
-    hosts = [(h.name, h.data.dict()) for h in inventory]
-    if not hosts:
-        print(f"{opts.inventory}: the inventory has no hosts", file=err)
-        return 1
-    site_root = opts.site or common_data(hosts).get("svcops_site") or "."
-    from svcops.site.files import folder_problem
+    hosts, site_root = found
     from svcops.site.sitelock import SiteLockError, site_lock
 
-    why = folder_problem(site_root)
-    if why is not None:
-        print(f"{site_root}: site folder {why}", file=err)
-        return 1
     # One writer per site: held for the whole run (the lock file and every node's push).
     wait = opts.lock_timeout if opts.lock_timeout is not None else 30.0
     try:
@@ -543,6 +571,7 @@ def _run_site(opts: ApplyOptions, site_root: str, hosts, out: TextIO, err: TextI
         return 1
     for d in plan.diagnostics:
         print(d, file=err)
+    _say_readiness(site_root, plan, err)
     if plan.lock_written:
         print(f"svcops: allocations recorded in {os.path.join(site_root, 'svcops.lock')}", file=err)
     names, unmatched = select_hosts([n for n, _ in hosts], opts.limit)
@@ -590,6 +619,26 @@ def _run_site(opts: ApplyOptions, site_root: str, hosts, out: TextIO, err: TextI
         handler.cancel()
     elapsed = time.monotonic() - start
     return _report(names, results, interrupt.hit > 0, elapsed, out, err)
+
+
+def _say_readiness(site_root: str, plan, err: TextIO) -> None:
+    """Whose readiness the apply pushes: the running watch's, or none (a stopped watch's
+    is not used: say so, its endpoints come back)."""
+    from svcops.site.watchstate import running_watch, stale_watch
+
+    r = plan.compiled.readiness
+    if r is not None:
+        w = running_watch(site_root)
+        says = w.summary() if w is not None else "the watch's readiness"
+        print(f"svcops: {says}: not-ready endpoints stay out of this apply", file=err)
+        return
+    old = stale_watch(site_root)
+    if old is not None and old.readiness:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(old.updated))
+        print(
+            f"svcops: no watch runs for this site (the last stopped at {when}); every endpoint is pushed as ready",
+            file=err,
+        )
 
 
 def _batches(opts, plan, groups, results, interrupt, err) -> None:

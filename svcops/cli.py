@@ -322,6 +322,59 @@ def build_parser() -> argparse.ArgumentParser:
     _add_site(p)
 
     p = sub.add_parser(
+        "watch",
+        help="keep the endpoints to what is ready: node-side readiness probes, pushes of what changes",
+        description=(
+            "The long-running controller (run it under systemd: --unit prints a unit). It keeps one\n"
+            "SSH connection to every node; each node probes its own workloads (their readinessProbe,\n"
+            "Kubernetes' fields and defaults) and reports transitions; a workload that is not ready\n"
+            "leaves its services' rules (and headless DNS) on every node, unless the service has\n"
+            "publishNotReadyAddresses. A workload without a probe is ready while its node answers;\n"
+            "a node silent for --grace seconds has all its workloads taken out everywhere else, and\n"
+            "comes back once it answers and its probes have run.\n\n"
+            "Each push is `svcops apply` of the site with that readiness, over the same connections:\n"
+            "each node one transaction, only the changed services' rules sent. Events that come\n"
+            "together go in one push. A file of the site or the inventory changing, or SIGHUP,\n"
+            "applies them. While it runs, `svcops apply`, `plan`, `check` and `status` on this\n"
+            "controller use its readiness: a plain apply never puts back an endpoint that is down.\n\n"
+            "Fail static: when the watch stops (SIGTERM, a crash) or loses every node, the rules\n"
+            "stay on the nodes as last pushed. One line per transition and per push on stdout."
+        ),
+        epilog=(
+            "examples:\n"
+            "  svcops watch -i inventory/lab.py                        # the site named by svcops_site\n"
+            "  svcops watch -i inventory/prod.py sites/prod --grace 3 --metrics 127.0.0.1:9753\n"
+            "  svcops watch -i inventory/prod.py sites/prod --unit > /etc/systemd/system/svcops-watch.service\n\n"
+            "host data (a workload's probe, as a container's):\n"
+            "  svcops_workloads:\n"
+            "    - name: web-1\n"
+            "      labels: {app: web}\n"
+            "      ports: [{name: http, port: 80}]\n"
+            "      readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 2, failureThreshold: 2}\n\n"
+            "The nodes need python3 (the probe agent is a Python script sent over SSH; it changes\n"
+            "nothing and leaves when the watch goes).\n\n"
+            "exit status: 0 stopped by a signal, 1 could not start (site, inventory, another watch)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_inventory(p, required=True)
+    p.add_argument(
+        "--grace",
+        type=_float_between(0.5, 600, " seconds"),
+        default=2.0,
+        metavar="SECONDS",
+        help="a node silent this long is lost: its workloads leave every other node's rules (default 2)",
+    )
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there (e.g. 127.0.0.1:9753)")
+    p.add_argument("--unit", action="store_true", help="print a systemd unit that runs this watch, and exit")
+    p.add_argument("--once", action="store_true", help="leave after the first push (a one-shot apply with the probes' readiness)")
+    p.add_argument("--max-seconds", type=_float_between(0.1, 10**9, " seconds"), metavar="SECONDS", help=argparse.SUPPRESS)
+    p.add_argument("-v", "--verbose", action="store_true", help="pyinfra's own lines too, per operation")
+    _add_lock_timeout(p, "the site (held by an apply)")
+    _add_timeouts(p, "the longest any one remote command or step of a push may run")
+    _add_site(p)
+
+    p = sub.add_parser(
         "explain",
         help="say where a packet to IP:PORT goes on a node, and why",
         description=(
@@ -424,7 +477,12 @@ def _compile(args: argparse.Namespace, mode: str | None = None, hold: ExitStack 
     site, nodes, lock, lock_path, site_root, diags = _load(args, need_inventory=True, hold=hold)
     if site is None or lock is None or has_errors(diags):
         return None, lock, lock_path, diags
-    compiled, more = compile_site(site, nodes, lock, LOCK_NAME, mode=mode)
+    from svcops.site.watchstate import running_watch
+
+    watch = running_watch(site_root)  # a running watch's readiness holds here too
+    if watch is not None:
+        print(f"svcops: {watch.summary()}", file=sys.stderr)
+    compiled, more = compile_site(site, nodes, lock, LOCK_NAME, mode=mode, readiness=watch.readiness if watch else None)
     return compiled, lock, lock_path, diags + more
 
 
@@ -705,7 +763,38 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "render": cmd_render, "apply": cmd_apply, "check": cmd_check, "explain": cmd_explain}
+def cmd_watch(args: argparse.Namespace) -> int:
+    from svcops.watch.controller import WatchOptions, unit_text
+
+    if args.unit:
+        argv = [a for a in (sys.argv[2:] if len(sys.argv) > 2 and sys.argv[1] == "watch" else []) if a != "--unit"]
+        inv = os.path.abspath(args.inventory)
+        if not argv:
+            argv = ["-i", inv] + ([os.path.abspath(args.site)] if args.site else [])
+        sys.stdout.write(unit_text(argv, os.getcwd()))
+        return EXIT_OK
+    _patch_gevent()
+    from svcops.watch.controller import run
+
+    opts = WatchOptions(
+        inventory=args.inventory,
+        site=args.site,
+        grace=args.grace,
+        metrics=args.metrics,
+        lock_timeout=args.lock_timeout if args.lock_timeout is not None else 30.0,
+        node_timeout=args.node_timeout,
+        command_timeout=args.command_timeout,
+        verbose=args.verbose,
+        once=args.once,
+        max_seconds=args.max_seconds,
+    )
+    return run(opts)
+
+
+COMMANDS = {
+    "validate": cmd_validate, "plan": cmd_plan, "render": cmd_render, "apply": cmd_apply,
+    "check": cmd_check, "explain": cmd_explain, "watch": cmd_watch,
+}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,7 +64,7 @@ from svcops.site.load import load_site
 from svcops.site.lockfile import LockWriteError, read_lock, write_lock
 from svcops.site.sitelock import DEFAULT_TIMEOUT, SiteLockError, site_lock
 
-__all__ = ["SiteError", "TxnOptions", "compile_from_hosts", "compiled_site", "node_operations", "services", "LOCK_NAME"]
+__all__ = ["SiteError", "TxnOptions", "WATCH", "watch_readiness", "compile_from_hosts", "compiled_site", "node_operations", "services", "LOCK_NAME"]
 
 LOCK_NAME = "svcops.lock"
 
@@ -77,13 +77,26 @@ def _format(diags) -> str:
     return "\n".join(str(d) for d in sorted(diags, key=sort_key))
 
 
+# compile_from_hosts's default readiness: the running watch's (svcops.site.watchstate).
+WATCH = object()
+
+
 def compile_from_hosts(
-    site_root: str, hosts: list[tuple[str, Mapping]], source: str, write: bool = True, lock_timeout: float = DEFAULT_TIMEOUT
+    site_root: str,
+    hosts: list[tuple[str, Mapping]],
+    source: str,
+    write: bool = True,
+    lock_timeout: float = DEFAULT_TIMEOUT,
+    readiness=WATCH,
 ) -> SitePlan:
     """Load the site and its lock, compile it for `hosts` (name, data), and record
     new allocations in the lock (when `write`: the site is locked meanwhile, see
     svcops.site.sitelock, waiting at most `lock_timeout` s). Raises SiteError with
-    every problem."""
+    every problem.
+
+    readiness: which workloads are not ready (`Readiness`), None for all ready; by
+    default the readiness of the watch running for this site, if one runs (so that a
+    plain apply never puts back an endpoint the watch took out)."""
     diags: list[Diagnostic] = []
     nodes, node_diags = nodes_from_hosts(hosts, source)
     diags += node_diags
@@ -92,12 +105,22 @@ def compile_from_hosts(
         raise SiteError(f"{site_root}: site folder {why}")
     try:
         with site_lock(site_root, lock_timeout) if write else nullcontext():
-            return _compile_locked(site_root, nodes, diags, write)
+            if readiness is WATCH:
+                readiness = watch_readiness(site_root)
+            return _compile_locked(site_root, nodes, diags, write, readiness)
     except SiteLockError as e:
         raise SiteError(f"svcops: {e} (nothing was pushed)") from None
 
 
-def _compile_locked(site_root: str, nodes, diags: list[Diagnostic], write: bool) -> SitePlan:
+def watch_readiness(site_root: str):
+    """The readiness of the watch running for `site_root`, or None (none runs)."""
+    from svcops.site.watchstate import running_watch
+
+    w = running_watch(site_root)
+    return w.readiness if w is not None else None
+
+
+def _compile_locked(site_root: str, nodes, diags: list[Diagnostic], write: bool, readiness=None) -> SitePlan:
     site, site_diags = load_site(site_root)
     diags += site_diags
     lock_path = Path(site_root) / LOCK_NAME
@@ -105,7 +128,7 @@ def _compile_locked(site_root: str, nodes, diags: list[Diagnostic], write: bool)
     diags += lock_diags
     if site is None or lock is None or has_errors(diags):
         raise SiteError("svcops: the site has errors; nothing was pushed\n" + _format(diags))
-    compiled, more = compile_site(site, nodes, lock, LOCK_NAME)
+    compiled, more = compile_site(site, nodes, lock, LOCK_NAME, readiness=readiness)
     diags += more
     if compiled is None:
         raise SiteError("svcops: the site has errors; nothing was pushed\n" + _format(diags))

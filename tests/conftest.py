@@ -14,11 +14,14 @@ import pytest
 def _private_parse_cache(tmp_path_factory):
     """svcops remembers what it parsed (`svcops.site.cache`, ~/.cache/svcops): the
     tests, and every svcops they start, use a cache of their own, fresh each session,
-    never the user's."""
-    old = os.environ.get("SVCOPS_CACHE_DIR")
+    never the user's."""  # noqa: D401
+    saved = {k: os.environ.get(k) for k in ("SVCOPS_CACHE_DIR", "SVCOPS_WATCH_DIR")}
     os.environ["SVCOPS_CACHE_DIR"] = str(tmp_path_factory.mktemp("svcops-cache"))
+    # And the state of the watches they run (svcops.site.watchstate): theirs alone.
+    os.environ["SVCOPS_WATCH_DIR"] = str(tmp_path_factory.mktemp("svcops-watch"))
     yield
-    if old is None:
-        os.environ.pop("SVCOPS_CACHE_DIR", None)
-    else:
-        os.environ["SVCOPS_CACHE_DIR"] = old
+    for k, old in saved.items():
+        if old is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = old

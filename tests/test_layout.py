@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("svcops.deploy",),  # the deploy,
     ("svcops.apply",),  # svcops apply
     ("svcops.check",),  # svcops check (reads as apply --dry does)
+    ("svcops.watch",),  # svcops watch: probes, readiness, pushes
     ("svcops.lab",),
     ("svcops.cli",),
 )

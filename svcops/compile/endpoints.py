@@ -9,6 +9,10 @@ trackers do together, as one pure function over the loaded site:
   (name and protocol), and a workload lacking it is left out of that port, with a
   warning, as the endpoints controller does. A selector that matches nothing is a
   warning too: the service is valid, it just rejects connections.
+* A workload that is not ready (`Readiness`: its readinessProbe fails, or its node
+  was lost; the watch knows) is no endpoint, unless the service has
+  ``publishNotReadyAddresses``. When no endpoint is left, the service rejects
+  connections at once, as kube-proxy's rules do.
 * A Service without a selector takes its endpoints from a hand-written ``Endpoints``
   object (``site.endpoints``), whose ports are matched to the service's ports by name
   and protocol. Each address is placed on a node (what ``Local`` traffic policies
@@ -40,6 +44,7 @@ from svcops.site.model import (
     HeadlessEndpoints,
     ManualEndpoints,
     Node,
+    Readiness,
     ResolvedPort,
     Service,
     ServicePort,
@@ -132,6 +137,12 @@ class _WorkloadIndex:
             self._node_of_address = node_of
         return self._node_of_address
 
+    def ready_mask(self, readiness: Readiness | None) -> list[bool] | None:
+        """Per workload (index order), whether it is ready; None: all are (no watch)."""
+        if not readiness:
+            return None
+        return [readiness.ready(w.node, w.name) for w in self.workloads]
+
     def select(self, selector: Mapping[str, str]) -> list[int]:
         """Indices (in inventory order) of the workloads whose labels contain `selector`."""
         lists = []
@@ -152,9 +163,13 @@ class _WorkloadIndex:
 
 
 def resolve(
-    site: Site, nodes: Sequence[Node], allocations: Allocations
+    site: Site, nodes: Sequence[Node], allocations: Allocations, readiness: Readiness | None = None
 ) -> tuple[tuple[ResolvedPort, ...], list[Diagnostic]]:
     """One ResolvedPort per port of every proxied service, sorted by service then port.
+
+    `readiness` (the watch's): a selected workload that is not ready is no endpoint,
+    unless its service publishes not-ready addresses (publishNotReadyAddresses), as
+    the EndpointSlice controller and kube-proxy do; None: every workload is ready.
 
     Diagnostics are warnings (a selector matching nothing, a workload lacking a named
     targetPort, Endpoints ignored because the service has a selector) and errors: a
@@ -162,15 +177,22 @@ def resolve(
     allocations are incomplete (a bug upstream), a service without its cluster IP.
     """
     with gc_paused():
-        return _resolve(site, nodes, allocations)
+        return _resolve(site, nodes, allocations, readiness)
+
+
+def _only_ready(selected: list[int], ready: list[bool] | None, svc: Service) -> list[int]:
+    if ready is None or svc.publish_not_ready:
+        return selected
+    return [i for i in selected if ready[i]]
 
 
 def _resolve(
-    site: Site, nodes: Sequence[Node], allocations: Allocations
+    site: Site, nodes: Sequence[Node], allocations: Allocations, readiness: Readiness | None
 ) -> tuple[tuple[ResolvedPort, ...], list[Diagnostic]]:
     diags: list[Diagnostic] = workload_address_problems(nodes, allocations)
     label_keys = {k for svc in site.services if svc.selector for k in svc.selector}
     index = _WorkloadIndex(nodes, allocations, label_keys)
+    ready = index.ready_mask(readiness)
     manual = {m.key: m for m in site.endpoints}
     out: list[ResolvedPort] = []
     for svc in sorted(site.services, key=_service_order):
@@ -202,6 +224,8 @@ def _resolve(
                 )
         if not svc.proxied:
             continue
+        if selected:
+            selected = _only_ready(selected, ready, svc)
         addresses = _addresses(svc, allocations, diags)
         if addresses is None:
             continue
@@ -315,12 +339,13 @@ def _matching_ports(specs: Iterable, port: ServicePort) -> list:
 
 
 def headless_endpoints(
-    site: Site, nodes: Sequence[Node], allocations: Allocations
+    site: Site, nodes: Sequence[Node], allocations: Allocations, readiness: Readiness | None = None
 ) -> dict[str, HeadlessEndpoints]:
     """"ns/name" -> its endpoints, for every headless service of the site.
 
     The same matching as `resolve` (selector and named targetPorts, or a hand-written
-    Endpoints object); its warnings are `resolve`'s business and are not repeated.
+    Endpoints object, and `readiness`); its warnings are `resolve`'s business and are
+    not repeated.
     Costs nothing when the site has no headless service.
     """
     headless = [s for s in site.services if s.headless and s.type != "ExternalName"]
@@ -329,11 +354,12 @@ def headless_endpoints(
     with gc_paused():
         label_keys = {k for svc in headless if svc.selector for k in svc.selector}
         index = _WorkloadIndex(nodes, allocations, label_keys)
+        ready = index.ready_mask(readiness)
         manual = {m.key: m for m in site.endpoints}
         out: dict[str, HeadlessEndpoints] = {}
         ignored: list[Diagnostic] = []
         for svc in sorted(headless, key=_service_order):
-            selected = index.select(svc.selector) if svc.selector else None
+            selected = _only_ready(index.select(svc.selector), ready, svc) if svc.selector else None
             ports: list[ResolvedPort] = []
             for i, port in enumerate(svc.ports):
                 if selected is not None:

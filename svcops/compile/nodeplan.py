@@ -61,7 +61,7 @@ def site_zone(compiled: Compiled) -> Zone:
     by every node's operation."""
 
     def render() -> Zone:
-        headless = headless_endpoints(compiled.site, compiled.nodes, compiled.allocations)
+        headless = headless_endpoints(compiled.site, compiled.nodes, compiled.allocations, compiled.readiness)
         return dns.render_zone(compiled.site.cluster, compiled.site.services, headless, compiled.allocations)
 
     return _per_site(compiled, "zone", render)

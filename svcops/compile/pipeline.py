@@ -31,7 +31,7 @@ from svcops.render.iptables import IptablesRules, TableRules
 from svcops.render.ipvs import IpvsRules
 from svcops.render.nftables import NftRules
 from svcops.site.diagnostics import Diagnostic, has_errors
-from svcops.site.model import Allocations, Node, ResolvedPort, Site
+from svcops.site.model import Allocations, Node, Readiness, ResolvedPort, Site
 
 MODES = ("iptables", "nftables", "ipvs")
 
@@ -68,6 +68,7 @@ class Compiled:
     ports: tuple[ResolvedPort, ...]
     outputs: Mapping[str, NodeOutput]
     mode: str = "iptables"
+    readiness: Readiness | None = None  # the watch's, when compiled with it
 
 
 def node_addresses(node: Node, address: str | None) -> tuple[str, ...]:
@@ -125,21 +126,23 @@ def compile_site(
     previous: Allocations,
     lock_file: str = "svcops.lock",
     mode: str | None = None,
+    readiness: Readiness | None = None,
 ) -> tuple[Compiled | None, list[Diagnostic]]:
     """Allocate, resolve and render; None (with the errors) when anything is wrong.
 
     mode: the proxy mode to render for (default: the site's ``proxyMode``).
+    readiness: which workloads are not ready (the watch's); None: all are.
     """
     allocations, diags = allocate(site.cluster, site.services, nodes, previous, lock_file)
     if has_errors(diags):
         return None, diags
-    ports, resolve_diags = resolve(site, nodes, allocations)
+    ports, resolve_diags = resolve(site, nodes, allocations, readiness)
     diags += resolve_diags
     if has_errors(diags):
         return None, diags
     mode = mode or site.cluster.proxy_mode
     outputs = render_outputs(site, nodes, allocations, ports, mode)
-    return Compiled(site, tuple(nodes), allocations, tuple(ports), outputs, mode), diags
+    return Compiled(site, tuple(nodes), allocations, tuple(ports), outputs, mode, readiness), diags
 
 
 @dataclass(frozen=True, slots=True)

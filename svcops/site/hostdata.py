@@ -10,7 +10,8 @@ are top-level keys, so pyinfra's group_data files merge them as they merge any d
     svcops_labels:    {zone: a}           the node's labels
     svcops_workloads:                     the backends the node runs
       - {name: web-1, address: 10.244.1.5, labels: {app: web},
-         ports: [{name: http, port: 80, protocol: TCP}]}
+         ports: [{name: http, port: 80, protocol: TCP}],
+         readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 2}}
     svcops_site:      "sites/prod"        the site folder (for the pyinfra path)
 
 `ssh_hostname` is pyinfra's own: svcops reaches the node there (default: the host name).
@@ -42,7 +43,7 @@ from typing import Any, Iterable, Mapping
 from svcops import schemas
 from svcops.gcpause import gc_paused
 from svcops.site.diagnostics import Diagnostic, error
-from svcops.site.model import EMPTY, HOST_NAME, Allocations, Node, Source, Workload, WorkloadPort
+from svcops.site.model import EMPTY, HOST_NAME, Allocations, Node, Probe, Source, Workload, WorkloadPort
 from svcops.site.validate import TRUSTED, Trust
 
 PREFIX = "svcops_"
@@ -165,6 +166,9 @@ def nodes_from_hosts(
                 if wp is None:
                     wp = port_values[(pname, number, protocol)] = WorkloadPort(pname, number, protocol)
                 ports.append(wp)
+            probe = None
+            if "readinessProbe" in w and ok(W, i, "readinessProbe"):
+                probe = probe_of(w["readinessProbe"], ports, f"{W}[{i}].readinessProbe", bad)
             if trust:
                 labels = w.get("labels")
                 workloads.append(
@@ -174,6 +178,7 @@ def nodes_from_hosts(
                         address=waddr,
                         labels=MappingProxyType(dict(labels)) if labels else EMPTY,
                         ports=tuple(ports),
+                        readiness_probe=probe,
                     )
                 )
         if not trust or not named or not ssh_ok:
@@ -191,6 +196,51 @@ def nodes_from_hosts(
             )
         )
     return tuple(nodes), diags
+
+
+_HANDLERS = ("httpGet", "tcpSocket", "exec")
+
+
+def probe_of(p: Mapping, ports: Iterable[WorkloadPort], where: str, bad) -> Probe | None:
+    """A readinessProbe (schema-valid) as a `Probe`, Kubernetes' way: exactly one
+    handler, a 0 or absent count is its default (SetDefaults_Probe), a named port is
+    one of the workload's TCP ports (the kubelet resolves it in the container's).
+    Problems go to `bad(field, message)`; None then."""
+    handlers = [h for h in _HANDLERS if h in p]
+    if len(handlers) != 1:
+        bad(where, "must specify exactly one handler: httpGet, tcpSocket or exec" + (f" (it has {' and '.join(handlers)})" if handlers else ""))
+        return None
+    kind = handlers[0]
+    h = p[kind]
+    port = None
+    if kind != "exec":
+        port = h["port"]
+        if isinstance(port, str):
+            number = next((wp.port for wp in ports if wp.name == port and wp.protocol == "TCP"), None)
+            if number is None:
+                bad(f"{where}.{kind}.port", f'the workload has no TCP port named "{port}"')
+                return None
+            port = number
+        port = int(port)
+    counts = {k: int(p.get(k) or 0) or d for k, d in _PROBE_DEFAULTS.items()}
+    return Probe(
+        kind=kind,  # type: ignore[arg-type]
+        port=port,
+        host=h.get("host") if kind != "exec" else None,
+        path=(h.get("path") or "/") if kind == "httpGet" else "/",
+        scheme=h.get("scheme") or "HTTP" if kind == "httpGet" else "HTTP",
+        headers=tuple((x["name"], x["value"]) for x in h.get("httpHeaders") or ()) if kind == "httpGet" else (),
+        command=tuple(h["command"]) if kind == "exec" else (),
+        initial_delay=int(p.get("initialDelaySeconds") or 0),
+        period=counts["periodSeconds"],
+        timeout=counts["timeoutSeconds"],
+        success_threshold=counts["successThreshold"],
+        failure_threshold=counts["failureThreshold"],
+    )
+
+
+# Kubernetes' defaults for a probe's counts left 0 or unset (SetDefaults_Probe).
+_PROBE_DEFAULTS = {"periodSeconds": 10, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3}
 
 
 def workload_address_problems(nodes: Iterable[Node], allocations: Allocations) -> list[Diagnostic]:

@@ -125,6 +125,8 @@ class Service:
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     annotations: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     source: Source = Source("")
+    # spec.publishNotReadyAddresses: not-ready endpoints stay (rules and headless DNS).
+    publish_not_ready: bool = False
 
     @property
     def key(self) -> str:
@@ -205,6 +207,33 @@ class WorkloadPort:
     protocol: Protocol = "TCP"
 
 
+ProbeKind = Literal["httpGet", "tcpSocket", "exec"]
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A workload's readinessProbe, Kubernetes' fields with its defaults applied (a 0
+    or absent period, timeout or threshold is the default, as SetDefaults_Probe does).
+
+    port: the number (a named port is resolved against the workload's ports when host
+    data is loaded); host: None = the workload's address; headers: (name, value) in
+    order; command: exec's argv.
+    """
+
+    kind: ProbeKind
+    port: int | None = None
+    host: str | None = None
+    path: str = "/"
+    scheme: Literal["HTTP", "HTTPS"] = "HTTP"
+    headers: tuple[tuple[str, str], ...] = ()
+    command: tuple[str, ...] = ()
+    initial_delay: int = 0
+    period: int = 10
+    timeout: int = 1
+    success_threshold: int = 1
+    failure_threshold: int = 3
+
+
 @dataclass(frozen=True, slots=True)
 class Workload:
     """A backend process on a node: what a selector matches."""
@@ -215,6 +244,34 @@ class Workload:
     address: str | None = None
     labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     ports: tuple[WorkloadPort, ...] = ()
+    # None: ready while its node is reachable (Kubernetes: no probe, Success).
+    readiness_probe: Probe | None = None
+
+    @property
+    def key(self) -> str:
+        """"node/name": the workload's identity across the inventory."""
+        return f"{self.node}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Which workloads are not ready now, as the watch knows it (`svcops.watch`).
+
+    not_ready: workload keys ("node/name") whose probe fails (or has not passed yet);
+    lost: nodes that stopped answering for the grace period: all their workloads are
+    out. Everything else is ready. `why` says, per not-ready workload, what the probe
+    said last ("HTTP 503", "connection refused"), for `svcops status`.
+    """
+
+    not_ready: frozenset[str] = frozenset()
+    lost: frozenset[str] = frozenset()
+    why: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+
+    def ready(self, node: str, name: str) -> bool:
+        return node not in self.lost and f"{node}/{name}" not in self.not_ready
+
+    def __bool__(self) -> bool:
+        return bool(self.not_ready or self.lost)
 
 
 # The names of a node that end up in its files and commands, whole (fullmatch), as

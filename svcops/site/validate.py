@@ -503,6 +503,7 @@ def service_from(obj: Located, view: ClusterView | None, trust: Trust = TRUSTED)
         labels=_frozen(meta.get("labels")),
         annotations=_frozen(annotations),
         source=Source(obj.file, obj.line()),
+        publish_not_ready=spec.get("publishNotReadyAddresses") is True,
     )
     return service, diags
 

@@ -222,3 +222,66 @@ def test_without_node_network_the_given_node_address_is_where_workloads_and_node
     out = compiled.outputs["node1"]
     assert out.address == "10.0.0.11" and out.interfaces == ""  # not configured by svcops
     assert "-A -t 10.0.0.11:30080 -s rr" in out.ipvs.ipvsadm
+
+
+# --- readiness (the watch's): not-ready workloads are no endpoints ---------------------
+
+
+def test_a_not_ready_workload_is_no_endpoint_of_any_service():
+    from svcops.site.model import Readiness
+
+    services = (F.service("web", F.HTTP),)
+    down = Readiness(not_ready=frozenset({"node2/web-2"}))
+    (port,), diags = resolve(F.site(services), F.nodes(), F.allocations(services), down)
+    assert eps(port) == [("10.0.0.11", 80, "node1")]
+    assert diags == []  # the selector still matches both: no "selects nothing" warning
+
+
+def test_a_lost_node_takes_all_its_workloads_out():
+    from svcops.site.model import Readiness
+
+    services = (F.service("web", F.HTTP),)
+    (port,), _ = resolve(F.site(services), F.nodes(), F.allocations(services), Readiness(lost=frozenset({"node1"})))
+    assert eps(port) == [("10.244.2.7", 8080, "node2")]
+
+
+def test_no_ready_workload_leaves_the_port_without_endpoints_and_without_a_warning():
+    from svcops.site.model import Readiness
+
+    services = (F.service("web", F.HTTP),)
+    down = Readiness(not_ready=frozenset({"node1/web-1", "node2/web-2"}))
+    (port,), diags = resolve(F.site(services), F.nodes(), F.allocations(services), down)
+    assert port.endpoints == () and diags == []
+
+
+def test_publish_not_ready_addresses_keeps_them():
+    from svcops.site.model import Readiness
+
+    services = (F.service("web", F.HTTP, publish_not_ready=True), F.service("api", F.HTTP))
+    down = Readiness(not_ready=frozenset({"node2/web-2"}))
+    ports, _ = resolve(F.site(services), F.nodes(), F.allocations(services), down)
+    got = {p.service.name: eps(p) for p in ports}
+    assert got["web"] == [("10.0.0.11", 80, "node1"), ("10.244.2.7", 8080, "node2")]
+    assert got["api"] == [("10.0.0.11", 80, "node1")]
+
+
+def test_headless_dns_leaves_not_ready_addresses_out_unless_published():
+    from svcops.compile.endpoints import headless_endpoints
+    from svcops.site.model import Readiness
+
+    services = (F.service("db", F.HTTP, cluster_ip="None"), F.service("all", F.HTTP, cluster_ip="None", publish_not_ready=True))
+    down = Readiness(not_ready=frozenset({"node2/web-2"}))
+    got = headless_endpoints(F.site(services), F.nodes(), F.allocations(services), down)
+    assert got["default/db"].addresses == ("10.0.0.11",)
+    assert got["default/all"].addresses == ("10.0.0.11", "10.244.2.7")
+
+
+def test_readiness_does_not_touch_hand_written_endpoints():
+    # Kubernetes: Endpoints of a selectorless service are the user's; no probe is theirs.
+    from svcops.site.model import Readiness
+
+    svc = F.service("ext", ServicePort("http", "TCP", 80, 80), selector=None)
+    m = ManualEndpoints("default", "ext", (EndpointSubset((EndpointAddress("10.0.0.11"),), (EndpointPortSpec("http", 80),)),))
+    services = (svc,)
+    (port,), _ = resolve(F.site(services, (m,)), F.nodes(), F.allocations(services), Readiness(lost=frozenset({"node1"})))
+    assert eps(port) == [("10.0.0.11", 80, "node1")]

@@ -111,9 +111,20 @@ _scalar = st.one_of(
 )
 _value = st.recursive(_scalar, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["name", "port", "protocol", "labels", "app", "address", "ports", "x"]), inner, max_size=4)), max_leaves=12)
 _port = st.fixed_dictionaries({"name": st.one_of(st.just("http"), _scalar), "port": st.one_of(st.just(80), _scalar)}, optional={"protocol": st.one_of(st.just("UDP"), _scalar), "extra": _value})
+_probe_port = st.one_of(st.just(80), st.just("http"), st.just("Http"), _scalar)
+_probe = st.fixed_dictionaries(
+    {},
+    optional={
+        "httpGet": st.one_of(st.fixed_dictionaries({"port": _probe_port}, optional={"path": st.one_of(st.just("/h"), st.just("/a b"), _scalar), "scheme": st.one_of(st.just("HTTPS"), _scalar), "host": _scalar,
+                  "httpHeaders": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["X-A", "X A", ""]), "value": st.sampled_from(["v", "a\nb", "a\n"])}), max_size=2)}), _value),
+        "tcpSocket": st.one_of(st.fixed_dictionaries({"port": _probe_port}), _value),
+        "exec": st.one_of(st.fixed_dictionaries({"command": st.lists(st.sampled_from(["true", "a\x00"]), max_size=2)}), _value),
+        "grpc": _value, "periodSeconds": _scalar, "failureThreshold": _scalar, "terminationGracePeriodSeconds": _scalar,
+    },
+)
 _workload = st.fixed_dictionaries(
     {"name": st.one_of(st.just("web-1"), _scalar)},
-    optional={"address": st.one_of(st.just("10.1.2.3"), _scalar), "labels": st.one_of(st.dictionaries(st.sampled_from(["app", "-x", "a/b", "k8s.io/x"]), st.one_of(st.just("web"), _scalar), max_size=3), _value),
+    optional={"address": st.one_of(st.just("10.1.2.3"), _scalar), "readinessProbe": st.one_of(_probe, _value), "labels": st.one_of(st.dictionaries(st.sampled_from(["app", "-x", "a/b", "k8s.io/x"]), st.one_of(st.just("web"), _scalar), max_size=3), _value),
               "ports": st.one_of(st.lists(_port, max_size=3), _value), "extra": _value},
 )
 _host = st.fixed_dictionaries(
@@ -129,6 +140,60 @@ _host = st.fixed_dictionaries(
 def test_fast_host_check_accepts_nothing_the_schema_refuses(host):
     if _fast_valid(host):
         assert schemas.validator("hostdata").is_valid(host)
+
+
+# --- readinessProbe: Kubernetes' fields, defaults and checks ------------------------------
+
+
+def _one(workload: dict):
+    nodes, diags = nodes_from_hosts([("node1", {"svcops_address": "10.0.0.1", "svcops_workloads": [workload]})], "inv.py")
+    return (nodes[0].workloads[0].readiness_probe if nodes and nodes[0].workloads else None), lines(diags)
+
+
+HTTP_PORT = [{"name": "http", "port": 8080}]
+
+
+def test_a_probe_gets_kubernetes_defaults_and_its_named_port_resolved():
+    probe, diags = _one({"name": "web", "ports": HTTP_PORT, "readinessProbe": {"httpGet": {"port": "http"}}})
+    assert diags == []
+    assert (probe.kind, probe.port, probe.path, probe.scheme, probe.host) == ("httpGet", 8080, "/", "HTTP", None)
+    assert (probe.initial_delay, probe.period, probe.timeout, probe.success_threshold, probe.failure_threshold) == (0, 10, 1, 1, 3)
+
+
+def test_zero_counts_are_the_defaults_as_the_api_server_sets_them():
+    probe, diags = _one({"name": "web", "readinessProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 0, "timeoutSeconds": 0, "failureThreshold": 0, "successThreshold": 0}})
+    assert diags == [] and (probe.period, probe.timeout, probe.failure_threshold, probe.success_threshold) == (10, 1, 3, 1)
+
+
+def test_a_probe_keeps_what_it_says():
+    probe, diags = _one({"name": "web", "readinessProbe": {
+        "httpGet": {"port": 81, "path": "/healthz", "scheme": "HTTPS", "host": "10.1.1.1", "httpHeaders": [{"name": "Host", "value": "web.example"}]},
+        "initialDelaySeconds": 5, "periodSeconds": 1, "timeoutSeconds": 2, "successThreshold": 2, "failureThreshold": 1}})
+    assert diags == []
+    assert probe.headers == (("Host", "web.example"),) and probe.host == "10.1.1.1" and probe.scheme == "HTTPS"
+    assert (probe.initial_delay, probe.period, probe.timeout, probe.success_threshold, probe.failure_threshold) == (5, 1, 2, 2, 1)
+    probe, _ = _one({"name": "web", "readinessProbe": {"exec": {"command": ["test", "-e", "/run/ready"]}}})
+    assert probe.kind == "exec" and probe.command == ("test", "-e", "/run/ready") and probe.port is None
+
+
+def test_bad_probes_name_the_field_and_say_why():
+    W = "inv.py: node1: svcops_workloads[0].readinessProbe"
+    assert _one({"name": "web", "readinessProbe": {"periodSeconds": 2}})[1] == [f"{W}: must specify exactly one handler: httpGet, tcpSocket or exec"]
+    assert _one({"name": "web", "readinessProbe": {"tcpSocket": {"port": 80}, "exec": {"command": ["true"]}}})[1] == [
+        f"{W}: must specify exactly one handler: httpGet, tcpSocket or exec (it has tcpSocket and exec)"]
+    assert _one({"name": "web", "ports": HTTP_PORT, "readinessProbe": {"httpGet": {"port": "htp"}}})[1] == [
+        f'{W}.httpGet.port: the workload has no TCP port named "htp"']
+    assert _one({"name": "web", "readinessProbe": {"grpc": {"port": 80}}})[1] == [
+        f"{W}.grpc: svcops does not run gRPC probes: use httpGet, tcpSocket or exec"]
+    assert _one({"name": "web", "readinessProbe": {"tcpSocket": {"port": 80}, "terminationGracePeriodSeconds": 3}})[1] == [
+        f"{W}.terminationGracePeriodSeconds: 3 must not be set in a readinessProbe (Kubernetes allows it on liveness and startup probes only)"]
+    assert _one({"name": "web", "readinessProbe": {"exec": {"command": []}, "failureThreshold": -1}})[1] == [
+        f"{W}.exec.command: must not be empty", f"{W}.failureThreshold: -1 is below the minimum 0"]
+    assert _one({"name": "web", "readinessProbe": {"httpGet": {"port": 0}}})[1] == [
+        f"{W}.httpGet.port: 0 must be a port number (1-65535) or the name of one of the workload's ports"]
+    got = _one({"name": "web", "readinessProbe": {"httpGet": {"port": 80, "httpHeaders": [{"name": "X Y", "value": "a\r\nEvil: 1"}]}}})[1]
+    assert got == [f'{W}.httpGet.httpHeaders[0].name: "X Y" is not an HTTP header name (RFC 7230 token characters)',
+                   f'{W}.httpGet.httpHeaders[0].value: "a\\r\\nEvil: 1" must be an HTTP header value: no line breaks']
 
 
 # --- load_inventory: pyinfra's own loader --------------------------------------------------
