@@ -322,6 +322,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_site(p)
 
     p = sub.add_parser(
+        "status",
+        help="the services as `kubectl get svc -o wide` shows them, with endpoints and their readiness",
+        description=(
+            "One row per service (type, cluster IP, external addresses, ports as kubectl prints\n"
+            "them, ready/total endpoints), each port's endpoints indented below with their node\n"
+            "and whether they are ready, and why not (the probe's last word, or \"node lost\").\n\n"
+            "The readiness is the running watch's (`svcops watch` for this site on this controller);\n"
+            "without one, each node runs its workloads' probes once (a node that cannot be reached\n"
+            "counts as lost). Changes nothing (svcops.lock is not written)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  svcops status -i inventory/lab.py\n"
+            "  svcops status -i inventory/prod.py --json sites/prod | jq '.services[] | select(.type == \"LoadBalancer\")'\n\n"
+            "--json: {\"version\": 1, \"readiness\": where it came from, \"services\": [{\"name\", \"namespace\",\n"
+            "\"type\", \"clusterIP\", \"external\": [...], \"ports\": [{\"name\", \"port\", \"protocol\", \"nodePort\",\n"
+            "\"targetPort\", \"endpoints\": [{\"ip\", \"port\", \"node\", \"ready\", \"inRules\", \"why\"}]}]}]}\n\n"
+            "exit status: 0 shown, 1 errors (the site or the inventory)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_inventory(p, required=True)
+    p.add_argument("--json", action="store_true", help="print it as JSON on stdout (shape above)")
+    _add_site(p)
+
+    p = sub.add_parser(
         "watch",
         help="keep the endpoints to what is ready: node-side readiness probes, pushes of what changes",
         description=(
@@ -763,6 +789,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    _patch_gevent()
+    from svcops.status import StatusOptions, run
+
+    return run(StatusOptions(args.inventory, args.site, args.json))
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from svcops.watch.controller import WatchOptions, unit_text
 
@@ -793,7 +826,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "validate": cmd_validate, "plan": cmd_plan, "render": cmd_render, "apply": cmd_apply,
-    "check": cmd_check, "explain": cmd_explain, "watch": cmd_watch,
+    "check": cmd_check, "explain": cmd_explain, "watch": cmd_watch, "status": cmd_status,
 }  # fmt: skip
 
 

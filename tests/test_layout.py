@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("svcops.apply",),  # svcops apply
     ("svcops.check",),  # svcops check (reads as apply --dry does)
     ("svcops.watch",),  # svcops watch: probes, readiness, pushes
+    ("svcops.status",),  # svcops status (the watch's readiness, or probes run once)
     ("svcops.lab",),
     ("svcops.cli",),
 )

@@ -152,7 +152,7 @@ def run(opts: WatchOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
     from svcops.site.sitelock import SiteLockError, site_lock
     from svcops.site.watchstate import WatchLock, WatchRunning, stale_watch
     from svcops.watch.metrics import Metrics
-    from svcops.watch.nodes import NodeLink
+    from svcops.watch.nodes import NodeLink, connect_host
 
     log = _Log(out)
     if not os.path.isfile(opts.inventory):
@@ -206,20 +206,7 @@ def run(opts: WatchOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
     )  # fmt: skip
 
     def connect(name: str):
-        from pyinfra.context import ctx_config, ctx_inventory, ctx_state
-
-        state, inventory = A._make_state(opts.inventory, [name])
-        state.config.CONNECT_TIMEOUT = 5
-        h = inventory.get_host(name)
-        with ctx_state.use(state), ctx_inventory.use(inventory), ctx_config.use(state.config):
-            h.connect(show_errors=False, raise_exceptions=True)
-        client = getattr(h.connector, "client", None)
-        if client is None:
-            raise RuntimeError("svcops watch reaches nodes over SSH only (not @local or other connectors)")
-        from svcops.operations.guard import set_nodelay
-
-        set_nodelay(h)
-        return client
+        return connect_host(opts.inventory, name)
 
     def probes_of(p) -> dict[str, dict]:
         return {n.name: node_probes(n, p.compiled.allocations) for n in p.compiled.nodes}

@@ -26,7 +26,7 @@ from gevent.queue import Queue
 
 from svcops.watch import agent as _agent
 
-__all__ = ["NodeLink", "agent_command", "AGENT_SOURCE"]
+__all__ = ["NodeLink", "agent_command", "connect_host", "probe_once", "AGENT_SOURCE"]
 
 AGENT_SOURCE = Path(_agent.__file__).read_text()
 PING = 5.0  # seconds between the watch's pings (the agent leaves after 30 s without one)
@@ -41,6 +41,66 @@ def agent_command() -> str:
         f"command -v python3 >/dev/null 2>&1 || {{ echo {shlex.quote(missing)}; exit 127; }}; "
         f"exec python3 -u -c {shlex.quote(AGENT_SOURCE)}"
     )
+
+
+def connect_host(inventory_path: str, name: str, timeout: int = CONNECT_TIMEOUT):
+    """A connected paramiko client to inventory host `name`, made by pyinfra from the
+    inventory's data, as `svcops apply` connects (raises when it cannot)."""
+    from pyinfra.context import ctx_config, ctx_inventory, ctx_state
+
+    from svcops.apply import _make_state
+    from svcops.operations.guard import set_nodelay
+
+    state, inventory = _make_state(inventory_path, [name])
+    state.config.CONNECT_TIMEOUT = timeout
+    h = inventory.get_host(name)
+    with ctx_state.use(state), ctx_inventory.use(inventory), ctx_config.use(state.config):
+        h.connect(show_errors=False, raise_exceptions=True)
+    client = getattr(h.connector, "client", None)
+    if client is None:
+        raise RuntimeError("svcops watch reaches nodes over SSH only (not @local or other connectors)")
+    set_nodelay(h)
+    return client
+
+
+def probe_once(inventory_path: str, probes: dict[str, dict], deadline: float = 15.0) -> dict[str, dict | str]:
+    """Each node's probes run once, all nodes at once: node -> {workload: (ready, why)},
+    or the reason it could not be asked (unreachable, no python3). `probes`: node ->
+    its agent specs. Bounded: `deadline` seconds past the longest probe timeout."""
+    longest = max([s["timeout"] for ps in probes.values() for s in ps.values()] or [0])
+
+    def one(name: str):
+        if not probes[name]:
+            return {}
+        try:
+            client = connect_host(inventory_path, name)
+            chan = client.get_transport().open_session(timeout=CONNECT_TIMEOUT)
+            chan.settimeout(longest + deadline)
+            chan.exec_command(agent_command())
+            chan.sendall((json.dumps({"once": True, "probes": probes[name]}) + "\n").encode())
+            buf = b""
+            while True:
+                data = chan.recv(65536)
+                if not data:
+                    break
+                buf += data
+        except Exception as e:
+            return f"unreachable: {_why(e)}"
+        got: dict[str, tuple[bool, str]] = {}
+        for line in buf.splitlines():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("e") == "probe":
+                got[msg["w"]] = (bool(msg["ready"]), str(msg.get("why", "")))
+            elif msg.get("e") == "error":
+                return str(msg.get("why"))
+        return got
+
+    greenlets = {name: gevent.spawn(one, name) for name in probes}
+    gevent.joinall(list(greenlets.values()), timeout=longest + deadline + CONNECT_TIMEOUT + 5)
+    return {n: (g.value if g.successful() else "no answer in time") for n, g in greenlets.items()}
 
 
 class NodeLink:

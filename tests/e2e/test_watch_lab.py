@@ -151,7 +151,8 @@ def world(proxy_mode, tmp_path_factory):
         lock = (site / "svcops.lock").read_text()
         ip = re.search(r"default/api:\s*(\S+)", lock).group(1)
         w = {"site": site, "inventory": inventory, "cfg": cfg, "pids": pids, "url": f"http://{ip}:8080/", "tmp": tmp}
-        w["watch"] = Watch(inventory, site)
+        w["metrics"] = f"127.0.0.1:{19750 + (proxy_mode == 'nftables')}"
+        w["watch"] = Watch(inventory, site, "--metrics", w["metrics"])
         w["watch"].wait_for(r"push to 3 nodes")
         yield w
         w["watch"].stop()
@@ -171,7 +172,14 @@ def test_01_a_killed_backend_is_out_within_2s_and_back_within_2s_of_its_first_pa
     killed = time.time()
     stop_backend("node2", world["pids"]["node2"])
     watch.wait_for(r"node2/api-node2: not ready", after=killed - 0.1)
-    time.sleep(3)
+    status = _status(world)
+    assert status["readiness"].startswith("the watch (pid"), status
+    assert _api_endpoints(status)["node2"] == (False, False, "connection refused")
+    assert _api_endpoints(status)["node1"] == (True, True, None)
+    metrics = _metrics(world)
+    assert 'svcops_watch_workload_ready{node="node2",workload="api-node2"} 0.0' in metrics
+    assert 'svcops_watch_endpoints{service="default/api"} 2.0' in metrics
+    time.sleep(2)
     restarted = time.time()
     world["pids"]["node2"] = start_backend("node2")
     passed = watch.wait_for(r"node2/api-node2: ready", after=restarted)
@@ -186,6 +194,27 @@ def test_01_a_killed_backend_is_out_within_2s_and_back_within_2s_of_its_first_pa
     assert back[0] - passed <= 2.0, f"answering {back[0] - passed:.2f} s after its first passing probe"
     print(f"\n{labkit.MODE['proxyMode']}: last failure {last_failure - killed:.2f} s after the kill "
           f"({len(failures)} failed); back {back[0] - passed:.2f} s after its first passing probe")
+
+
+def _status(world) -> dict:
+    import json
+
+    r = run([SVCOPS, "status", "-i", str(world["inventory"]), "--json", str(world["site"])], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def _api_endpoints(status: dict) -> dict:
+    """node -> (ready, in the rules, why) of default/api's endpoints."""
+    (svc,) = [s for s in status["services"] if s["name"] == "api"]
+    return {e["node"]: (e["ready"], e["inRules"], e["why"]) for e in svc["ports"][0]["endpoints"]}
+
+
+def _metrics(world) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{world['metrics']}/metrics", timeout=5) as f:
+        return f.read().decode()
 
 
 def test_02_a_lost_node_is_out_of_every_other_node_within_3s_and_back_when_it_returns(world):
@@ -299,6 +328,26 @@ def test_05_a_plain_apply_during_an_outage_does_not_bring_the_dead_endpoint_back
         watch.wait_for(r"node2/api-node2: ready", after=restarted)
 
 
-def test_06_one_watch_per_site(world):
+def test_06_one_watch_per_site_and_sighup_applies_the_site(world):
     r = run([SVCOPS, "watch", "-i", str(world["inventory"]), str(world["site"])], timeout=60)
     assert r.returncode == 1 and "a watch already runs for this site" in r.stderr, r.stderr
+    watch = world["watch"]
+    hup = time.time()
+    watch.proc.send_signal(signal.SIGHUP)
+    watch.wait_for(r"SIGHUP: applying", after=hup)
+    watch.wait_for(r"push \(site reloaded\) to 3 nodes: 0 changed, 0 failed", after=hup)
+
+
+def test_07_without_a_watch_status_probes_once(world):
+    world["watch"].stop()
+    stop_backend("node3", world["pids"]["node3"])
+    try:
+        status = _status(world)
+        assert status["readiness"].startswith("probed now (3 probes"), status
+        eps = _api_endpoints(status)
+        assert eps["node3"][0] is False and eps["node3"][2] == "connection refused", eps
+        assert eps["node1"][0] is eps["node2"][0] is True, eps
+        # Nothing of the one-shot probes stays on the nodes.
+        assert not any(_agents(n) for n in NODES)
+    finally:
+        world["pids"]["node3"] = start_backend("node3")
