@@ -29,7 +29,8 @@ class StatusOptions:
     json: bool = False
 
 
-def run(opts: StatusOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run(opts: StatusOptions, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     import logging
     import os
 

@@ -148,7 +148,7 @@ def test_usage_errors_exit_1_not_2(capsys):
 
 
 def test_help_teaches_with_examples(capsys):
-    for cmd in ("validate", "plan", "render", "explain"):
+    for cmd in ("validate", "plan", "render", "explain", "watch", "status"):
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0
@@ -190,3 +190,21 @@ def test_explain_counts_an_announced_load_balancer_address_as_the_nodes_own(caps
 def test_explain_bad_target_is_an_error(capsys, site):
     code, out, err = run(capsys, "explain", "-i", INVENTORY, "--node", "node2", "10.1.11.83", str(site))
     assert code == 1 and "expected IP:PORT" in err
+
+
+def test_watch_unit_runs_the_same_watch_from_here(capsys, site, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["svcops", "watch", "-i", INVENTORY, str(site), "--grace", "3", "--unit"])
+    code, out, _ = run(capsys, "watch", "-i", INVENTORY, str(site), "--grace", "3", "--unit")
+    assert code == 0
+    assert f"watch -i {INVENTORY} {site} --grace 3\n" in out and "--unit" not in out
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in out
+
+
+def test_watch_and_status_refuse_a_missing_inventory_or_a_broken_site(capsys, site):
+    code, _, err = run(capsys, "watch", "-i", "nowhere.py", str(site))
+    assert code == 1 and "nowhere.py: inventory file not found" in err
+    (site / "svcops.yaml").write_text("serviceCIDR: [\n")
+    code, _, err = run(capsys, "watch", "-i", INVENTORY, str(site))
+    assert code == 1 and "the watch did not start" in err and "svcops.yaml" in err
+    code, _, err = run(capsys, "status", "-i", INVENTORY, str(site))
+    assert code == 1 and "svcops.yaml" in err

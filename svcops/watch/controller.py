@@ -135,8 +135,9 @@ def _signature(paths: list[Path]) -> tuple:
     return tuple(out)
 
 
-def run(opts: WatchOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run(opts: WatchOptions, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """The `svcops watch` command; returns its exit status (0 stopped, 1 could not start)."""
+    out, err = out or sys.stdout, err or sys.stderr
     import logging
 
     import gevent
@@ -331,11 +332,15 @@ def run(opts: WatchOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
                 # Everyone when what the nodes get changed; else the nodes that asked.
                 everyone = full or r != pushed
                 targets = [n for n in pushable(r, now) if everyone or n in pending.nodes or n in pending.retry_at]
+                t1 = time.monotonic()
+                cpu1 = time.process_time()
                 results = A._run_batch(apply_opts, p, targets, links={n: links[n].client for n in targets}) if targets else {}
+                cpu2 = time.process_time()
         except SiteLockError as e:
             log(f"push deferred: {e}")
             return
         took = time.monotonic() - t0
+        parts = f"compile {t1 - t0:.2f} s, nodes {took - (t1 - t0):.2f} s (controller cpu {cpu2 - cpu1:.2f} s)"
         since = pending.since if pending.since is not None else t0
         failed = [n for n, res in results.items() if not res.ok]
         changed = [n for n, res in results.items() if res.status == "changed"]
@@ -360,7 +365,7 @@ def run(opts: WatchOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
         detail = "; ".join(f"{n}: {results[n].status} ({', '.join(results[n].details)})" for n in failed)
         log(
             f"push {'(site reloaded) ' if full else ''}to {len(targets)} node{'s' if len(targets) != 1 else ''}: "
-            f"{len(changed)} changed, {len(failed)} failed in {took:.2f} s ({what})" + (f"; {detail}" if detail else "")
+            f"{len(changed)} changed, {len(failed)} failed in {took:.2f} s ({what}; {parts})" + (f"; {detail}" if detail else "")
         )
 
     try:
