@@ -85,11 +85,13 @@ class Watch:
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
         self.q: queue.Queue = queue.Queue()
         self.lines: list[str] = []
+        self.stamped: list[tuple[float, str]] = []
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
         for line in self.proc.stdout:
             self.lines.append(line.rstrip())
+            self.stamped.append((time.time(), line.rstrip()))
             self.q.put((time.time(), line.rstrip()))
         self.q.put((time.time(), None))
 

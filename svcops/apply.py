@@ -97,6 +97,7 @@ class ApplyOptions:
     node_timeout: float | None = None
     command_timeout: int | None = None
     verify: bool = False
+    parts: frozenset[str] | None = None  # only these parts of each node (svcops.deploy.PARTS)
 
     def txn(self):
         """The nodes' transaction options (`svcops.deploy.TxnOptions`)."""
@@ -109,6 +110,7 @@ class ApplyOptions:
             self.node_timeout or d.node_timeout,
             self.command_timeout or d.deadline,
             verify=self.verify,
+            parts=self.parts,
         )
 
 

@@ -56,6 +56,7 @@ from pyinfra.api.exceptions import PyinfraError
 from svcops.compile.nodeplan import NodePlan, SitePlan, plan_site
 from svcops.compile.pipeline import compile_site
 from svcops.operations import dns, iptables, ipvs, nftables, node, txn
+from svcops.facts.cache import reads_only
 from svcops.operations.guard import set_nodelay
 from svcops.site.diagnostics import Diagnostic, has_errors, sort_key
 from svcops.site.hostdata import nodes_from_hosts
@@ -180,6 +181,22 @@ class TxnOptions:
     deadline: int = txn.DEFAULT_STEP_DEADLINE  # one remote command or step at most
     verify_ssh: bool = True  # commit through a fresh SSH login
     verify: bool = False  # read the whole live state even when the record's canary agrees
+    # Only these parts of the node's configuration (PARTS; None: all of it): the watch's
+    # readiness pushes, which change nothing else.
+    parts: frozenset[str] | None = None
+
+
+# What `TxnOptions.parts` may name, and the fact areas (svcops.facts.cache.READS) each reads.
+PARTS = {
+    "rules": None,  # the proxy mode's own: see _rule_areas
+    "addresses": frozenset({"node"}),
+    "files": frozenset({"iptables", "nftables", "ipvs", "node"}),
+    "dns": frozenset({"dns"}),
+}
+
+
+def _rule_areas(mode: str) -> frozenset[str]:
+    return frozenset({"ipvs", "iptables", "node"}) if mode == "ipvs" else frozenset({mode})
 
 
 def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ssh: bool = True, options: TxnOptions | None = None) -> list[tuple[str, object]]:
@@ -191,6 +208,21 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
     kwargs = {"rollback_after": o.rollback_after, **timeout}
     verify_ssh = o.verify_ssh
     out = plan.output
+    parts = o.parts
+    if parts is not None:
+        unknown = parts - PARTS.keys()
+        if unknown:
+            raise ValueError(f"unknown parts {sorted(unknown)} (known: {sorted(PARTS)})")
+        areas = _rule_areas(out.mode) if "rules" in parts else frozenset()
+        for p in parts - {"rules"}:
+            areas |= PARTS[p]  # type: ignore[operator]
+        reads_only(host.name, areas)
+    else:
+        reads_only(host.name, None)
+
+    def wanted(part: str) -> bool:
+        return parts is None or part in parts
+
     metas: list[tuple[str, object]] = [
         (
             "begin",
@@ -215,21 +247,47 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
             ("nftables table", nftables.rules(name="svcops | nftables table", rules=rules, verify_ssh=verify_ssh, udp_ports=plan.udp_ports if rules is not None else None, verify=o.verify, **kwargs))
         )
 
-    if out.mode == "ipvs":
+    # With parts (the watch): the mode's own rules only; the other modes' leftovers
+    # went with the full apply before.
+    whole = parts is None
+    if not wanted("rules"):
+        pass
+    elif out.mode == "ipvs":
         # First: a node that cannot do IPVS fails here, before anything changed.
         metas.append(("ipvs", ipvs.rules(name="svcops | ipvs", rules=out.ipvs, verify_ssh=verify_ssh, verify=o.verify, **kwargs)))
-        add_nftables(None)
+        if whole:
+            add_nftables(None)
     else:
         if out.mode == "nftables":
             add_nftables(out.nftables)
-            add_iptables()
+            if whole:
+                add_iptables()
         else:
             add_iptables()
-            add_nftables(None)
-        metas.append(("ipvs", ipvs.absent(name="svcops | ipvs (none)", node_addresses=out.node_addresses, **timeout)))
-    metas.append(("load-balancer addresses", node.lb_addresses(name="svcops | load-balancer addresses", announced=plan.announced, **timeout)))
+            if whole:
+                add_nftables(None)
+        if whole:
+            metas.append(("ipvs", ipvs.absent(name="svcops | ipvs (none)", node_addresses=out.node_addresses, **timeout)))
+    if wanted("addresses"):
+        metas.append(("load-balancer addresses", node.lb_addresses(name="svcops | load-balancer addresses", announced=plan.announced, **timeout)))
     # Always added (a no-op without an address): every host gets the same operations in
     # the same order, which is how pyinfra's API lines operations up across hosts.
+    if whole:
+        _node_settings(metas, plan, out, timeout)
+    if wanted("files"):
+        metas.append(("persisted files", node.files(name="svcops | persisted files", files=plan.files, **timeout)))
+    if not wanted("dns"):
+        pass
+    elif plan.dns_zone is not None:
+        metas.append(("service dns", dns.server(name="svcops | service dns", zone=plan.dns_zone, **timeout)))
+    else:  # serviceDNS: false: svcops's DNS off the node, if it was there
+        metas.append(("service dns", dns.absent(name="svcops | service dns (none)", **timeout)))
+    metas.append(("commit", txn.commit(name="svcops | commit", verify_ssh=verify_ssh, **timeout)))
+    return metas
+
+
+def _node_settings(metas: list, plan: NodePlan, out, timeout: dict) -> None:
+    """The static address and ip_forward (never changed by readiness)."""
     metas.append(
         (
             "static address",
@@ -243,13 +301,6 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
         )
     )
     metas.append(("ip forwarding", node.ip_forward(name="svcops | ip forwarding", **timeout)))
-    metas.append(("persisted files", node.files(name="svcops | persisted files", files=plan.files, **timeout)))
-    if plan.dns_zone is not None:
-        metas.append(("service dns", dns.server(name="svcops | service dns", zone=plan.dns_zone, **timeout)))
-    else:  # serviceDNS: false: svcops's DNS off the node, if it was there
-        metas.append(("service dns", dns.absent(name="svcops | service dns (none)", **timeout)))
-    metas.append(("commit", txn.commit(name="svcops | commit", verify_ssh=verify_ssh, **timeout)))
-    return metas
 
 
 @deploy("svcops")

@@ -31,6 +31,7 @@ timestamps under systemd, which adds its own).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import signal
@@ -146,7 +147,7 @@ def run(opts: WatchOptions, out: TextIO | None = None, err: TextIO | None = None
 
     from svcops import apply as A
     from svcops.compile.nodeplan import plan_site
-    from svcops.compile.pipeline import compile_site
+    from svcops.compile.pipeline import with_readiness
     from svcops.compile.probes import node_probes
     from svcops.compile.readiness import Tracker
     from svcops.deploy import SiteError, compile_from_hosts
@@ -250,6 +251,7 @@ def run(opts: WatchOptions, out: TextIO | None = None, err: TextIO | None = None
         [pr["timeout"] for ps in probes_of(plan).values() for pr in ps.values()] or [0]
     ) + 1.0
     pushed = None  # the readiness last pushed everywhere
+    last_plan = None  # what that push sent (every node's push succeeded)
     connected: set[str] = set()
     log(
         f"watching {len(links)} node{'s' if len(links) != 1 else ''} for {site_root} "
@@ -290,11 +292,7 @@ def run(opts: WatchOptions, out: TextIO | None = None, err: TextIO | None = None
             for d in p.diagnostics:
                 log(str(d))
             return p
-        c = plan.compiled
-        compiled, diags = compile_site(c.site, c.nodes, c.allocations, "svcops.lock", mode=c.mode, readiness=r)
-        if compiled is None:  # cannot be: the same site compiled before
-            raise SiteError("\n".join(str(d) for d in diags))
-        return plan_site(compiled)
+        return plan_site(with_readiness(plan.compiled, r))
 
     def pushable(r, now: float) -> list[str]:
         """The nodes a push can reach now: not lost, connected, not waiting to retry."""
@@ -305,7 +303,7 @@ def run(opts: WatchOptions, out: TextIO | None = None, err: TextIO | None = None
         ]  # fmt: skip
 
     def push(now: float) -> None:
-        nonlocal plan, pushed
+        nonlocal plan, pushed, last_plan
         r = tracker.readiness()
         full = pending.site
         t0 = time.monotonic()
@@ -332,15 +330,26 @@ def run(opts: WatchOptions, out: TextIO | None = None, err: TextIO | None = None
                 # Everyone when what the nodes get changed; else the nodes that asked.
                 everyone = full or r != pushed
                 targets = [n for n in pushable(r, now) if everyone or n in pending.nodes or n in pending.retry_at]
+                # A readiness change to nodes that had every push: only the parts it changes.
+                partial = not full and last_plan is not None and not any(n in pending.nodes or n in pending.retry_at for n in targets)
+                parts = changed_parts(last_plan, p, targets) if partial else None
                 t1 = time.monotonic()
                 cpu1 = time.process_time()
-                results = A._run_batch(apply_opts, p, targets, links={n: links[n].client for n in targets}) if targets else {}
+                opts_now = dataclasses.replace(apply_opts, parts=parts)
+                results = A._run_batch(opts_now, p, targets, links={n: links[n].client for n in targets}) if targets else {}
                 cpu2 = time.process_time()
         except SiteLockError as e:
             log(f"push deferred: {e}")
             return
+        except Exception as e:  # a bug or the machine (a full disk): said, tried again later
+            metrics.errors.labels("push").inc()
+            log(f"push failed: {type(e).__name__}: {e}; trying again in {RETRY[0]:g} s")
+            pending.retry_at.update({n: now + RETRY[0] for n in pending.nodes or [n.name for n in plan.compiled.nodes]})
+            last_plan = None
+            return
         took = time.monotonic() - t0
-        parts = f"compile {t1 - t0:.2f} s, nodes {took - (t1 - t0):.2f} s (controller cpu {cpu2 - cpu1:.2f} s)"
+        scope = "" if opts_now.parts is None else f"{'+'.join(sorted(opts_now.parts))} only; "
+        parts = f"{scope}compile {t1 - t0:.2f} s, nodes {took - (t1 - t0):.2f} s (controller cpu {cpu2 - cpu1:.2f} s)"
         since = pending.since if pending.since is not None else t0
         failed = [n for n, res in results.items() if not res.ok]
         changed = [n for n, res in results.items() if res.status == "changed"]
@@ -359,6 +368,7 @@ def run(opts: WatchOptions, out: TextIO | None = None, err: TextIO | None = None
         for n in p.compiled.nodes:
             metrics.node_up.labels(n.name).set(0 if n.name in r.lost else 1)
         pushed = r
+        last_plan = p if not failed else None  # a failed node gets a whole push next
         pending.since = None if not failed else pending.since
         nr = len(r.not_ready)
         what = f"{nr} workload{'s' if nr != 1 else ''} not ready" + (f", lost: {', '.join(sorted(r.lost))}" if r.lost else "")
@@ -433,6 +443,22 @@ def run(opts: WatchOptions, out: TextIO | None = None, err: TextIO | None = None
         wlock.close()
     log(f"stopped ({stop['why']}): the rules stay on the nodes as last pushed")
     return 0
+
+
+def changed_parts(old, new, nodes) -> frozenset[str]:
+    """The parts of `nodes`' configuration (`svcops.deploy.PARTS`) that differ between
+    two plans of the same site: the rules always (readiness changed), the others when
+    their text does (a headless service's records, a Local policy's announcements)."""
+    parts = {"rules"}
+    for n in nodes:
+        a, b = old.node(n), new.node(n)
+        if a.announced != b.announced:
+            parts.add("addresses")
+        if a.files != b.files:
+            parts.add("files")
+        if (a.dns_zone.digest if a.dns_zone else None) != (b.dns_zone.digest if b.dns_zone else None):
+            parts.add("dns")
+    return frozenset(parts)
 
 
 def _endpoint_counts(ports) -> list[tuple[str, int]]:

@@ -47,3 +47,20 @@ def test_ipvs_mode_gets_a_node_port_virtual_server_on_each_node_address():
     assert out.node_addresses == ("10.0.0.12",)
     assert "-A -t 10.0.0.12:30080 -s rr" in out.ipvs.ipvsadm
     assert "10.0.0.11:30080" not in out.ipvs.ipvsadm
+
+
+def test_with_readiness_is_compile_site_with_the_same_allocations():
+    import render_fixtures as F
+
+    from svcops.compile.pipeline import compile_site, with_readiness
+    from svcops.site.model import Readiness
+
+    services = (F.service("web", F.HTTP), F.service("db", F.HTTP, cluster_ip="None"))
+    site, nodes = F.site(services), F.nodes()
+    for mode in ("iptables", "nftables", "ipvs"):
+        c, _ = compile_site(site, nodes, F.allocations(services), mode=mode)
+        down = Readiness(frozenset({"node2/web-2"}))
+        again = with_readiness(c, down)
+        want, _ = compile_site(site, nodes, c.allocations, mode=mode, readiness=down)
+        assert again == want
+        assert again.outputs != c.outputs  # node2's endpoint left every node's rules

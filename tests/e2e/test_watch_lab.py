@@ -234,7 +234,10 @@ def test_02_a_lost_node_is_out_of_every_other_node_within_3s_and_back_when_it_re
     got = loop.results()
     failures = [t for t, b in answers(got, since=cut) if b is None]
     last_failure = max(failures, default=cut)
-    assert last_failure - cut <= 3.0, f"failures until {last_failure - cut:.2f} s after node3's link went down"
+    assert last_failure - cut <= 3.0, (
+        f"failures until {last_failure - cut:.2f} s after node3's link went down: "
+        + ", ".join(f"{t - cut:.2f}" for t in failures) + "\n" + watch.text()
+    )
     assert ADDRESS["node3"] in {b for _, b in answers(got, since=back_at)} or _answers_from("node3", world), watch.text()
     print(f"\n{labkit.MODE['proxyMode']}: last failure {last_failure - cut:.2f} s after the link went down ({len(failures)} failed)")
 
@@ -266,7 +269,17 @@ def test_03_a_flapping_backend_follows_the_thresholds_without_a_push_storm(world
     sh("node3", flap, timeout=60)
     end = time.time()
     world["pids"]["node3"] = start_backend("node3")
-    watch.wait_for(r"node3/api-node3: ready", after=end, timeout=15)
+    # Whether the flapping took it out depends on where the probes fell in each cycle;
+    # either way it ends ready: no transition, or a last one to ready.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        last = [line for t, line in watch.lines if t >= start and "node3/api-node3:" in line][-1:]
+        settled = time.monotonic() > deadline - 11  # 3 probes of successThreshold 3, and a margin
+        if settled and (not last or "node3/api-node3: ready" in last[0]):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("node3 never ready again:\n" + watch.text())
     during = [line for t, line in watch.lines if start <= t <= end + 0.5]
     transitions = [line for line in during if "node3/api-node3:" in line]
     pushes = [line for line in during if " push " in line]
