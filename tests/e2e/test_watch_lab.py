@@ -316,6 +316,50 @@ def test_04_the_watch_killed_leaves_the_rules_and_the_traffic_and_restarted_it_c
     assert ADDRESS["node2"] in labkit.backends(labkit.curl("node1", world["url"], count=15, max_time=1))
 
 
+def _leftovers(node: str) -> str:
+    """What a transaction left in /run/svcops on `node` (its lock and undo logs aside)."""
+    return sh(node, "ls /run/svcops 2>/dev/null | grep -v -e '^node.lock$' -e '^undo-.*log$' || true").strip()
+
+
+def test_04b_the_watch_killed_mid_push_leaves_each_node_wholly_old_or_wholly_new(world):
+    # A watch with -v: pyinfra's line per node and operation says when a node's rules
+    # step has run (armed, not committed): the kill lands there.
+    world["watch"].stop()
+    restarted = time.time()
+    world["watch"] = watch = Watch(world["inventory"], world["site"], "-v")
+    watch.wait_for(r"push to 3 nodes: 0 changed", after=restarted)
+    old = {n: svcops_rules(n) for n in NODES}
+    stop_backend("node2", world["pids"]["node2"])
+    seen = watch.wait_for(r"node2/api-node2: not ready", after=time.time() - 5)
+    watch.wait_for(r"svcops \| (nftables table|iptables rules): changed", after=seen)
+    assert watch.stop(signal.SIGKILL) == -signal.SIGKILL
+    told = [line for t, line in watch.lines if t >= seen]
+    # The nodes whose rules step had run and whose commit had not: armed when killed.
+    armed = [
+        n for n in NODES
+        if any(f"[{n}] svcops | " in ln and "changed" in ln for ln in told) and not any(f"[{n}] svcops | commit: committed" in ln for ln in told)
+    ]  # fmt: skip
+    # Each node's guard saw its input end: it undid what it had armed, and left.
+    end = time.monotonic() + 15
+    while time.monotonic() < end and any(_leftovers(n) or _agents(n) for n in NODES):
+        time.sleep(0.5)
+    assert not any(_leftovers(n) for n in NODES), {n: _leftovers(n) for n in NODES}
+    after_kill = {n: svcops_rules(n) for n in NODES}
+    restarted = time.time()
+    world["watch"] = watch = Watch(world["inventory"], world["site"])
+    watch.wait_for(r"push to 3 nodes: [1-3] changed, 0 failed", after=restarted)  # the undone ones at least
+    new = {n: svcops_rules(n) for n in NODES}
+    assert all(new[n] != old[n] for n in NODES)  # node2's endpoint is out everywhere now
+    outcome = {n: "old" if after_kill[n] == old[n] else "new" if after_kill[n] == new[n] else "TORN" for n in NODES}
+    assert "TORN" not in outcome.values(), outcome
+    assert armed and all(outcome[n] == "old" for n in armed), (outcome, armed)  # undone by its guard
+    assert ADDRESS["node2"] not in labkit.backends(labkit.curl("node1", world["url"], count=15, max_time=1))
+    world["pids"]["node2"] = start_backend("node2")
+    watch.wait_for(r"node2/api-node2: ready", after=restarted)
+    watch.wait_for(r"push to 3 nodes: 3 changed", after=restarted)
+    print(f"\n{labkit.MODE['proxyMode']}: killed with {armed} armed: {outcome}")
+
+
 def _agents(node: str) -> int:
     out = sh(node, "ps -eo args | grep -c \"[s]vcops's probe agent\" || true")
     return int(out.strip() or 0)
