@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from apply_lab import SVCOPS, lab, run, write_big_site  # noqa: E402
+from apply_lab import SVCOPS, lab, lab_cpu, run, write_big_site  # noqa: E402
 
 from svcops.lab.plan import node_address, node_name  # noqa: E402
 
@@ -149,20 +149,22 @@ def main() -> int:
                 t0 = time.time()
                 lab_sh(node, f"kill {pids[k]}")
                 t1, _ = w.wait(rf"{node}/api-{node}: not ready")
+                c1 = lab_cpu()
                 t2, pushed = w.wait(r"push to \d+ nodes")
+                nodes_cpu = lab_cpu() - c1  # the push's, and a second of the agents' probes
                 answers = lab_sh("node1", f"for i in $(seq 15); do curl -s --max-time 1 http://{ip}:8080/; echo; done", timeout=60)
                 hit = node_address(k) in answers
                 t3 = time.time()
                 pids[k] = start_backend(k)
                 _, _ = w.wait(rf"{node}/api-{node}: ready")
                 t4, _ = w.wait(r"push to \d+ nodes")
-                row = {"detect": t1 - t0, "push": t2 - t1, "total": t2 - t0, "back": t4 - t3, "still_hit": hit}
+                row = {"detect": t1 - t0, "push": t2 - t1, "total": t2 - t0, "back": t4 - t3, "nodes_cpu": nodes_cpu, "still_hit": hit}
                 rows.append(row)
                 took = re.search(r"in ([\d.]+) s", pushed).group(1)
                 split = re.search(r"; (compile .*?)\)$", pushed)
                 print(
                     f"  round {i + 1} ({node}): detect {row['detect']:.2f} s, push {row['push']:.2f} s "
-                    f"(its own {took} s: {split.group(1) if split else '?'}), total {row['total']:.2f} s, back {row['back']:.2f} s"
+                    f"(its own {took} s: {split.group(1) if split else '?'}; the nodes' cpu {nodes_cpu:.2f} s), total {row['total']:.2f} s, back {row['back']:.2f} s"
                     + ("; ERROR: the killed backend still got requests" if hit else ""),
                     flush=True,
                 )

@@ -70,7 +70,9 @@ only Local-policy units are rendered per distinct set of local endpoints.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from hashlib import sha256
+from socket import inet_aton
 from typing import Iterable, Sequence
 
 import netaddr
@@ -515,6 +517,7 @@ HAIRPIN_UNIT = "hairpin/"  # + group: not a service port's id (those have four p
 HAIRPIN_GROUPS = 4096
 
 
+@lru_cache(maxsize=1 << 18)  # a sha256 per endpoint address, on every render: 0.3 s at 100,000
 def hairpin_group(ip: str) -> str:
     """The hairpin unit an endpoint address belongs to: "hairpin/<3 hex digits>", by a
     hash of the address (stable: the same address always falls into the same unit)."""
@@ -536,7 +539,7 @@ def hairpin_units(addresses: Iterable[str]) -> list[NftUnit]:
         groups.setdefault(hairpin_group(ip), []).append(ip)
     out = []
     for uid in sorted(groups):
-        ips = sorted(groups[uid], key=lambda ip: tuple(int(x) for x in ip.split(".")))
+        ips = sorted(groups[uid], key=inet_aton)  # numeric order (dotted quads, validated)
         out.append(_make_unit(uid, [], [], "", [(HAIRPIN_MAP, f"{ip} . {ip}", HAIRPIN_VERDICT) for ip in ips]))
     return out
 

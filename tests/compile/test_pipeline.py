@@ -55,12 +55,28 @@ def test_with_readiness_is_compile_site_with_the_same_allocations():
     from svcops.compile.pipeline import compile_site, with_readiness
     from svcops.site.model import Readiness
 
-    services = (F.service("web", F.HTTP), F.service("db", F.HTTP, cluster_ip="None"))
-    site, nodes = F.site(services), F.nodes()
+    services = (
+        F.service("web", F.HTTP),
+        F.service("db", F.HTTP, cluster_ip="None"),
+        F.service("all", F.HTTP, publish_not_ready=True),
+        F.service("dns", F.ServicePort("dns", "UDP", 53, "dns"), selector={"app": "dns"}),
+        F.service("legacy", F.ServicePort("db", "TCP", 5432, 5432), selector=None),
+    )
+    site, nodes = F.site(services, (F._MANUAL,)), F.nodes()
+    steps = [
+        Readiness(frozenset({"node2/web-2"})),
+        Readiness(frozenset({"node2/web-2", "node1/dns-1"})),
+        Readiness(frozenset({"node1/dns-1"}), frozenset({"node2"})),
+        Readiness(lost=frozenset({"node1"})),
+        None,
+    ]
     for mode in ("iptables", "nftables", "ipvs"):
         c, _ = compile_site(site, nodes, F.allocations(services), mode=mode)
-        down = Readiness(frozenset({"node2/web-2"}))
-        again = with_readiness(c, down)
-        want, _ = compile_site(site, nodes, c.allocations, mode=mode, readiness=down)
-        assert again == want
-        assert again.outputs != c.outputs  # node2's endpoint left every node's rules
+        first = c
+        for r in steps:  # each step from the one before, as the watch goes
+            again = with_readiness(c, r)
+            want, _ = compile_site(site, nodes, first.allocations, mode=mode, readiness=r)
+            assert again == want, (mode, r)
+            c = again
+        assert with_readiness(first, Readiness(frozenset({"node2/web-2"}))).outputs != first.outputs  # it does change
+        assert c == first  # all ready again: what the plain compile gave
