@@ -120,6 +120,16 @@ run each, `--nodes 20 --services 10000 --modes nftables --runs 1 --node-timeout 
 Per node, one-service change, median: nftables table 1.56 s, service dns 0.74 s, commit
 0.20 s. Still CPU-bound (20 nodes x the table's ~0.19 s, nft's own 0.14 s of it, on 2
 cores is ~1.9 s of wall before anything else): the 3 s target is not met (4.13 s).
+
+The same command on a machine about 2x slower throughout (`plan` 2.08 s against
+1.02 s), 2026-12-04 afternoon, after the watch's work (one-service: table 2.36 s, dns
+0.94 s, commit 0.19 s a node, median):
+
+    10,000  cold           46.52 s    1.81 s    43.71 s   10.67 s  66.28 s
+    10,000  no-op           3.63 s    1.98 s     0.85 s    2.79 s   1.71 s
+    10,000  one-service     6.42 s    1.49 s     3.82 s    3.25 s   6.71 s
+    10,000  affinity only   5.84 s    1.77 s     2.94 s    3.21 s   5.34 s
+    10,000  plan            2.08 s
 """
 
 from __future__ import annotations

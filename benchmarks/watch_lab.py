@@ -31,9 +31,10 @@ services, nftables; medians of 3 rounds):
     12-04 p.m., rules only, 3 runs in a row      2.32, 2.67, 2.89 s  compile 0.30-0.58 s, nodes 1.8-2.5 s
                                                                   (nodes' CPU 3.1-3.7 s, controller's 0.6-0.9 s)
 
-The machine of the afternoon runs was slower at nftables' kernel work (an
-`iptables-restore --noflush` of one chain at this size 0.44 s against 0.18 s that
-morning; nft's own check of the one-service transaction 0.175 s). The push is
+The machine of the afternoon runs was about 2x slower throughout (`svcops plan` of
+the same site, pure Python, 2.08 s against 1.02 s; an `iptables-restore --noflush` of
+one chain at this size 0.44 s against 0.18 s; nft's own check of the one-service
+transaction 0.175 s). The push is
 CPU-bound: 20 nodes x about 0.17 s of CPU each, nearly all of it the one nft
 transaction: the kernel validates the whole table (every chain reachable from each
 base chain) on any transaction holding a rule with a verdict, NAT or a verdict-map
