@@ -94,7 +94,11 @@ def lab_sh(node: str, script: str, timeout: float = 60) -> str:
 
 
 def start_backend(k: int) -> int:
-    return int(lab_sh(node_name(k), f"setsid python3 -I -S - --address {node_address(k)} --port 8080 < {BACKEND} >/dev/null 2>&1 & echo $!").strip())
+    # The script through stdin into the node's own /tmp: a lab node sees none of the
+    # machine's /tmp, where a checkout may live.
+    node, path = node_name(k), "/tmp/svcops-api-backend.py"
+    subprocess.run([SVCOPS, "lab", "exec", node, "--", "sh", "-c", f"cat > {path}"], input=BACKEND.read_text(), text=True, check=True, timeout=60)
+    return int(lab_sh(node, f"setsid python3 -I -S {path} --address {node_address(k)} --port 8080 >/dev/null 2>&1 < /dev/null & echo $!").strip())
 
 
 class Watch:

@@ -256,11 +256,21 @@ def test_05_a_step_that_fails_late_undoes_the_whole_node(on_a, proxy_mode):
 
 
 def test_06_a_node_cut_off_after_connecting_is_reported_unreachable_and_undoes_itself(on_a):
-    p = start(on_a["B"], "--node-timeout", "3")
-    read_until(p, "svcops | iptables rules" if labkit.MODE["proxyMode"] == "iptables" else "svcops | nftables table")
-    # Port 22 dropped both ways on node1: its connection hangs, nothing closes it.
+    # Port 22 dropped both ways on node1: its connection hangs, nothing closes it. The
+    # shell that cuts is started first and waits for a line, so that the cut lands
+    # within milliseconds of node1's rules step (a `svcops lab exec` started then took
+    # longer than the rest of node1's apply).
     cut = "iptables -I INPUT -p tcp --dport 22 -j DROP && iptables -I OUTPUT -p tcp --sport 22 -j DROP"
-    sh("node1", cut)
+    cutter = subprocess.Popen(
+        [SVCOPS, "lab", "exec", "node1", "--", "sh", "-c", f"echo armed; read go && {cut} && echo cut"],
+        cwd=labkit.ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert cutter.stdout.readline().strip() == "armed"
+    p = start(on_a["B"], "--node-timeout", "3")
+    read_until(p, "[node1] svcops | iptables rules" if labkit.MODE["proxyMode"] == "iptables" else "[node1] svcops | nftables table")
+    cutter.stdin.write("go\n")
+    cutter.stdin.flush()
+    assert cutter.communicate(timeout=30)[0].strip() == "cut"
     try:
         started = time.monotonic()
         out, _ = p.communicate(timeout=90)

@@ -54,8 +54,15 @@ for _name, _data in _lab["nodes"]:
 PROBE = {"httpGet": {"port": "http", "path": "/"}, "periodSeconds": 1, "failureThreshold": 1, "successThreshold": 1}
 
 
+# Where the backend's script is on a node: the node's own /tmp (a lab node sees none
+# of the machine's /tmp, where a checkout may live), sent there through stdin.
+NODE_BACKEND = "/tmp/svcops-api-backend.py"
+
+
 def start_backend(node: str) -> int:
-    out = sh(node, f"setsid python3 -I -S - --address {ADDRESS[node]} --port 8080 < {BACKEND} >/dev/null 2>&1 & echo $!")
+    sent = labkit.lab_exec(node, "sh", "-c", f"cat > {NODE_BACKEND}", input=BACKEND.read_text())
+    assert sent.returncode == 0, sent.stderr
+    out = sh(node, f"setsid python3 -I -S {NODE_BACKEND} --address {ADDRESS[node]} --port 8080 >/dev/null 2>&1 < /dev/null & echo $!")
     return int(out.strip())
 
 
@@ -263,7 +270,7 @@ def test_03_a_flapping_backend_follows_the_thresholds_without_a_push_storm(world
     start = time.time()
     # Up 0.5 s, down 0.5 s, 12 times (bounded), on node3 itself.
     flap = (
-        f"for i in $(seq 12); do python3 -I -S - --address {ADDRESS['node3']} --port 8080 < {BACKEND} >/dev/null 2>&1 & p=$!; "
+        f"for i in $(seq 12); do python3 -I -S {NODE_BACKEND} --address {ADDRESS['node3']} --port 8080 >/dev/null 2>&1 < /dev/null & p=$!; "
         "sleep 0.5; kill $p; wait $p 2>/dev/null; sleep 0.5; done"
     )
     sh("node3", flap, timeout=60)
