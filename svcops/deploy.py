@@ -250,44 +250,43 @@ def node_operations(plan: NodePlan, rollback_after: int | None = None, verify_ss
     # With parts (the watch): the mode's own rules only; the other modes' leftovers
     # went with the full apply before.
     whole = parts is None
-    if not wanted("rules"):
-        pass
-    elif out.mode == "ipvs":
-        # First: a node that cannot do IPVS fails here, before anything changed.
-        metas.append(("ipvs", ipvs.rules(name="svcops | ipvs", rules=out.ipvs, verify_ssh=verify_ssh, verify=o.verify, **kwargs)))
-        if whole:
-            add_nftables(None)
-    else:
-        if out.mode == "nftables":
-            add_nftables(out.nftables)
-            if whole:
-                add_iptables()
-        else:
-            add_iptables()
+    if wanted("rules"):
+        if out.mode == "ipvs":
+            # First: a node that cannot do IPVS fails here, before anything changed.
+            metas.append(("ipvs", ipvs.rules(name="svcops | ipvs", rules=out.ipvs, verify_ssh=verify_ssh, verify=o.verify, **kwargs)))
             if whole:
                 add_nftables(None)
-        if whole:
-            metas.append(("ipvs", ipvs.absent(name="svcops | ipvs (none)", node_addresses=out.node_addresses, **timeout)))
+        else:
+            if out.mode == "nftables":
+                add_nftables(out.nftables)
+                if whole:
+                    add_iptables()
+            else:
+                add_iptables()
+                if whole:
+                    add_nftables(None)
+            if whole:
+                metas.append(("ipvs", ipvs.absent(name="svcops | ipvs (none)", node_addresses=out.node_addresses, **timeout)))
     if wanted("addresses"):
         metas.append(("load-balancer addresses", node.lb_addresses(name="svcops | load-balancer addresses", announced=plan.announced, **timeout)))
-    # Always added (a no-op without an address): every host gets the same operations in
-    # the same order, which is how pyinfra's API lines operations up across hosts.
     if whole:
         _node_settings(metas, plan, out, timeout)
     if wanted("files"):
         metas.append(("persisted files", node.files(name="svcops | persisted files", files=plan.files, **timeout)))
-    if not wanted("dns"):
-        pass
-    elif plan.dns_zone is not None:
-        metas.append(("service dns", dns.server(name="svcops | service dns", zone=plan.dns_zone, **timeout)))
-    else:  # serviceDNS: false: svcops's DNS off the node, if it was there
-        metas.append(("service dns", dns.absent(name="svcops | service dns (none)", **timeout)))
+    if wanted("dns"):
+        if plan.dns_zone is not None:
+            metas.append(("service dns", dns.server(name="svcops | service dns", zone=plan.dns_zone, **timeout)))
+        else:  # serviceDNS: false: svcops's DNS off the node, if it was there
+            metas.append(("service dns", dns.absent(name="svcops | service dns (none)", **timeout)))
     metas.append(("commit", txn.commit(name="svcops | commit", verify_ssh=verify_ssh, **timeout)))
     return metas
 
 
 def _node_settings(metas: list, plan: NodePlan, out, timeout: dict) -> None:
-    """The static address and ip_forward (never changed by readiness)."""
+    """The static address and ip_forward (never changed by readiness). The static
+    address is always added (a no-op without an address): every host gets the same
+    operations in the same order, which is how pyinfra's API lines operations up
+    across hosts."""
     metas.append(
         (
             "static address",

@@ -349,7 +349,7 @@ def run(opts: WatchOptions, out: TextIO | None = None, err: TextIO | None = None
             return
         took = time.monotonic() - t0
         scope = "" if opts_now.parts is None else f"{'+'.join(sorted(opts_now.parts))} only; "
-        parts = f"{scope}compile {t1 - t0:.2f} s, nodes {took - (t1 - t0):.2f} s (controller cpu {cpu2 - cpu1:.2f} s)"
+        split = f"{scope}compile {t1 - t0:.2f} s, nodes {took - (t1 - t0):.2f} s (controller cpu {cpu2 - cpu1:.2f} s)"
         since = pending.since if pending.since is not None else t0
         failed = [n for n, res in results.items() if not res.ok]
         changed = [n for n, res in results.items() if res.status == "changed"]
@@ -375,7 +375,7 @@ def run(opts: WatchOptions, out: TextIO | None = None, err: TextIO | None = None
         detail = "; ".join(f"{n}: {results[n].status} ({', '.join(results[n].details)})" for n in failed)
         log(
             f"push {'(site reloaded) ' if full else ''}to {len(targets)} node{'s' if len(targets) != 1 else ''}: "
-            f"{len(changed)} changed, {len(failed)} failed in {took:.2f} s ({what}; {parts})" + (f"; {detail}" if detail else "")
+            f"{len(changed)} changed, {len(failed)} failed in {took:.2f} s ({what}; {split})" + (f"; {detail}" if detail else "")
         )
 
     try:
