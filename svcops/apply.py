@@ -372,6 +372,12 @@ def _result(n: str, h, metas, interrupted: bool) -> NodeResult:
     if g.status == "busy":
         return NodeResult(n, "failed", [g.detail])
     if g.status == "unreachable":
+        if g.changed and g.commit_unsure:
+            detail = (
+                f"{g.detail}; the commit was sent and its answer lost: the node ends wholly as before by itself "
+                f"within {g.rollback_after} s of losing svcops, or wholly new if the commit reached it (svcops check tells)"
+            )
+            return NodeResult(n, "unreachable", [detail])
         if g.changed:
             detail = f"{g.detail}; rollback pending: the node undoes this apply by itself within {g.rollback_after} s of losing svcops"
             return NodeResult(n, "rollback-pending" if interrupted else "unreachable", [detail])

@@ -19,9 +19,10 @@ __all__ = ["VERIFY_TIMEOUT", "run_on_fresh_connection", "set_nodelay", "set_node
 VERIFY_TIMEOUT = 10  # seconds for the fresh connection (TCP connect, banner, auth) after an apply
 
 
-def run_on_fresh_connection(host, command: str, timeout: float = VERIFY_TIMEOUT) -> tuple[bool, str]:
+def run_on_fresh_connection(host, command: str, timeout: float = VERIFY_TIMEOUT) -> tuple[bool, str, bool]:
     """Open a new SSH connection to `host` the way pyinfra opened the first (same user,
-    key and host-key policy), run `command`, close it. (True, "") when it exits 0.
+    key and host-key policy), run `command`, close it: (exited 0, why not, sent), where
+    `sent` says the command may have run (it was sent; its exit status was lost or not).
 
     Hosts whose connector is not SSH (``@local``, ``@docker``...) cannot lose their
     connection to a firewall rule: the command runs through the existing connector.
@@ -32,7 +33,7 @@ def run_on_fresh_connection(host, command: str, timeout: float = VERIFY_TIMEOUT)
     connector = getattr(host, "connector", None)
     if not isinstance(connector, SSHConnector):
         status, output = host.run_shell_command(StringCommand(command))
-        return bool(status), "" if status else "\n".join(output.stderr_lines)
+        return bool(status), "" if status else "\n".join(output.stderr_lines), True
     kwargs = connector.make_paramiko_kwargs()
     hostname = kwargs.pop("hostname")
     kwargs["timeout"] = timeout
@@ -42,6 +43,7 @@ def run_on_fresh_connection(host, command: str, timeout: float = VERIFY_TIMEOUT)
     kwargs["_pyinfra_ssh_paramiko_connect_kwargs"] = extra
     client = SSHClient()
     sock = None
+    sent = False
     try:
         if "sock" not in kwargs:  # (a ProxyCommand or jump host brings its own)
             # Our own socket, Nagle off before the key exchange: 60 ms -> 20 ms a login.
@@ -50,13 +52,17 @@ def run_on_fresh_connection(host, command: str, timeout: float = VERIFY_TIMEOUT)
             kwargs["sock"] = sock
         client.connect(hostname, **kwargs)
         set_nodelay_client(client)
+        sent = True
         _, stdout, stderr = client.exec_command(command, timeout=timeout)
+        # (recv_exit_status waits without a bound: a connection cut now would hang here.)
+        if not stdout.channel.status_event.wait(timeout):
+            return False, f"no exit status within {timeout:g} s (the connection went silent)", True
         code = stdout.channel.recv_exit_status()
         if code != 0:
-            return False, f"exit {code}: {stderr.read().decode(errors='replace').strip()}"
-        return True, ""
+            return False, f"exit {code}: {stderr.read().decode(errors='replace').strip()}", True
+        return True, "", True
     except Exception as e:  # any failure to log in is the failure we are looking for
-        return False, f"{type(e).__name__}: {e}"
+        return False, f"{type(e).__name__}: {e}", sent
     finally:
         client.close()
         if sock is not None:

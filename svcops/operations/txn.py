@@ -45,7 +45,7 @@ from pyinfra import host, logger
 from pyinfra.api import StringCommand, operation
 from pyinfra.context import ctx_host
 
-from svcops.operations.guard import run_on_fresh_connection
+from svcops.operations.guard import VERIFY_TIMEOUT, run_on_fresh_connection
 from svcops.operations.util import error, write_file_command
 from svcops.render.txn import (
     literal_write,
@@ -56,6 +56,8 @@ from svcops.render.txn import (
     guard_script,
     replace_files_script,
     script_step as script_step_text,
+    stdin_first,
+    stdin_size,
     step_command,
     txn_dir,
     undo_path,
@@ -189,7 +191,8 @@ class NodeGuard:
     detail: str = ""
     seq: int = 0
     last_heard: float = field(default_factory=time.monotonic)
-    quiet: bool = False  # the guard is busy undoing: it does not answer pings meanwhile
+    gone: bool = False  # the guard's channel has ended (or the connection was cut)
+    commit_unsure: bool = False  # a commit was sent and its answer lost: old or new, unknown here
     pending: list = field(default_factory=list)  # undo scripts of `undo_first`, written with the next step
     _link: _Link | None = None
     _words: Queue = field(default_factory=Queue)
@@ -202,6 +205,7 @@ class NodeGuard:
             self.last_heard = time.monotonic()
             if word != "pong":
                 self._words.put(word)
+        self.gone = True
         self._words.put(None)
 
     def _beat(self, host) -> None:
@@ -209,9 +213,6 @@ class NodeGuard:
             gevent.sleep(HEARTBEAT)
             if self.status != "open":
                 return
-            if self.quiet:
-                self.last_heard = time.monotonic()
-                continue
             try:
                 self._link.send("ping\n")
             except Exception:
@@ -292,23 +293,26 @@ class NodeGuard:
 
     def abort(self, why: str = "") -> str:
         """Undo the transaction on the node now; the outcome: rolled-back (or nothing
-        to undo), undo-failed, or pending (no answer: the node undoes it by itself)."""
+        to undo), undo-failed, committed (a commit through a fresh login reached the
+        node after all), or unreachable (no answer: the node undoes it by itself). The
+        guard beats while it undoes: the wait ends as soon as it falls silent for
+        `node_timeout` seconds (the heartbeat then gives the node up)."""
         if self.status != "open":
             return self.status
-        self.quiet = True
         word = None
         if self.send("abort"):
             # The undo waits for a step in progress, then runs every undo script.
             deadline = time.monotonic() + self.deadline + 30
-            while time.monotonic() < deadline:
-                word = self.expect(deadline - time.monotonic())
-                if word in (None, "rolled-back", "nothing", "undo-failed"):
+            while time.monotonic() < deadline and self.status == "open":
+                word = self.expect(min(HEARTBEAT, max(0.0, deadline - time.monotonic())))
+                if word in ("rolled-back", "nothing", "undo-failed", "committed"):
                     break
-        self.quiet = False
+                if word is None and self.gone:
+                    break
         if word in ("rolled-back", "nothing"):
             self.status, self.detail = "rolled-back", why
-        elif word == "undo-failed":
-            self.status, self.detail = "undo-failed", why
+        elif word in ("undo-failed", "committed"):
+            self.status, self.detail = word, why
         else:
             self.status = "unreachable"
             self.detail = why or "no answer to the abort"
@@ -360,7 +364,9 @@ def _commit(h, g: NodeGuard, verify_ssh: bool) -> str | None:
     from pyinfra.connectors.ssh import SSHConnector
 
     if verify_ssh and isinstance(getattr(h, "connector", None), SSHConnector):
-        ok, why = run_on_fresh_connection(h, commit_command(g.token))
+        # Bounded like every other wait on the node: silent for node_timeout, given up.
+        timeout = min(VERIFY_TIMEOUT, max(1.0, g.node_timeout))
+        ok, why, sent = run_on_fresh_connection(h, commit_command(g.token), timeout)
         if ok:
             g.status = "committed"
             g.send("done")
@@ -369,6 +375,18 @@ def _commit(h, g: NodeGuard, verify_ssh: bool) -> str | None:
         outcome = g.abort(f"a fresh SSH login failed ({why})")
         if outcome == "rolled-back":
             h.log_styled("svcops: the node's previous state is restored", fg="yellow", log_func=logger.warning)
+        if outcome == "committed":
+            # The commit reached the node, only its answer was lost: the node is new.
+            h.log_styled("svcops: the node had committed after all (its answer was lost)", fg="yellow", log_func=logger.warning)
+            g.status = "committed"
+            return None
+        if outcome == "unreachable" and sent:
+            g.commit_unsure = True
+            return (
+                f"the commit through a fresh SSH login got no answer ({why}) and the node stopped answering: "
+                f"it ends wholly as before by itself within {g.rollback_after} s of silence, "
+                "or wholly new if the commit reached it (svcops check tells)"
+            )
         return f"a fresh SSH login failed after the change ({why}); the node's previous state: {outcome}"
     g.send("commit")
     word = g.expect(g.node_timeout + 5)
@@ -445,10 +463,13 @@ def step(what: str, change: str, undo: str | None = None, stdin: str | None = No
         body = None  # quoted twice (here and by pyinfra), quotes and all: too long a line
     if body is None:  # long undo scripts: uploaded first, each on its own
         for path, text in undos:
-            yield StringCommand(step_command(g.token, f"cat > {path}", g.deadline), _stdin=text)
+            yield StringCommand(stdin_first(g.token, step_command(g.token, f"cat > {path}", g.deadline), stdin_size(text)), _stdin=text)
         body = change
     command = step_command(g.token, body, g.deadline)
-    yield StringCommand(command, _stdin=stdin) if stdin is not None else StringCommand(command)
+    if stdin is None:
+        yield StringCommand(command)
+        return
+    yield StringCommand(stdin_first(g.token, command, stdin_size(stdin)), _stdin=stdin)
 
 
 def undo_first(what: str, undo: str):
@@ -590,7 +611,8 @@ def script_step(what: str, change: str, undo: str | None = None, scratch: str | 
     pending = "".join(literal_write(path, text) + " || exit 1\n" for path, text in g.pending)
     g.pending = []
     command, script = script_step_text(g.token, g.seq, what, pending + change, undo, g.deadline)
-    yield StringCommand(command, _stdin=script)
+    # (The script is one group, parsed whole before it runs: no size check needed.)
+    yield StringCommand(stdin_first(g.token, command, None), _stdin=script)
 
 
 def remove_files(paths):
@@ -616,7 +638,7 @@ def upload(d: str, name: str, text: str) -> StringCommand:
     g = current()
     write = f"cat > {d}/{name}"
     if g is not None and d == txn_dir(g.token):
-        return StringCommand(step_command(g.token, write, g.deadline), _stdin=text)
+        return StringCommand(stdin_first(g.token, step_command(g.token, write, g.deadline), stdin_size(text)), _stdin=text)
     return StringCommand(f"{dir_ready(d)} && {write}", _stdin=text)
 
 

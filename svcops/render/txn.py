@@ -46,6 +46,8 @@ __all__ = [
     "txn_dir",
     "guard_script",
     "step_command",
+    "stdin_first",
+    "stdin_size",
     "commit_command",
     "undo_path",
     "undo_then",
@@ -128,11 +130,19 @@ for a in "$D"/armed.*; do
     mv -f "$a" "$D/cancelled.$k"
     [ -n "$p" ] && kill -- -"$p" 2>/dev/null
 done
+# Uploads a cut connection left half-read (`stdin_first`): their steps can never run.
+rm -f "$D"/in.*
 mkdir -p "$T/undo" && : > "$T/armed" || {{ say "error cannot make $T"; exit 1; }}
 say locked
 # The undo's output is kept when there was any (an undo script failed or complained).
-finish() {{ [ -s "$T/undo.log" ] && mv -f "$T/undo.log" "$D/undo-$token.log"; rm -rf "$T"; rm -f "$D/holder"; exit 0; }}
-undone() {{ case $1 in 0) say rolled-back;; 1) say nothing;; *) say undo-failed;; esac; }}
+finish() {{ [ -s "$T/undo.log" ] && mv -f "$T/undo.log" "$D/undo-$token.log"; rm -rf "$T"; rm -f "$D/holder" "$D/in.$token".*; exit 0; }}
+# 1 (nothing undone) after a commit through a fresh login: the node is new, and says so.
+undone() {{ case $1 in 0) say rolled-back;; 1) if [ -e "$T/committed" ]; then say committed; else say nothing; fi;; *) say undo-failed;; esac; }}
+# While it undoes, the guard cannot answer pings: a beat says it is alive (and ends
+# with the guard: it never outlives it, and holds none of its locks).
+# (KILL: the guard's ignored signals are the beat's too; its sleep holds no channel.)
+beating() {{ ( exec 8>&- 9>&-; while sleep 1 </dev/null >/dev/null 2>&1 && kill -0 $$ 2>/dev/null; do echo pong 2>/dev/null || exit 0; done ) & bp=$!; }}
+undo_beating() {{ beating; undo_txn "$1"; r=$?; kill -KILL "$bp" 2>/dev/null; wait "$bp" 2>/dev/null; return $r; }}
 quiet=0
 while :; do
     if read -r -t 1 cmd; then
@@ -140,7 +150,7 @@ while :; do
         case $cmd in
             ping) say pong;;
             commit) if mv "$T/armed" "$T/committed" 2>/dev/null; then say committed; else say not-armed; fi;;
-            abort) undo_txn "$T"; undone $?;;
+            abort) undo_beating "$T"; undone $?;;
             done) finish;;
         esac
     elif [ $? -gt 128 ]; then
@@ -179,6 +189,26 @@ def step_command(token: str, change: str, deadline: int, run_dir: str = RUN_DIR)
     t = txn_dir(token, run_dir)
     body = _armed_check(t) + "\n" + change
     return _locked(t, deadline, f"sh -c {shlex.quote(body)}")
+
+
+def stdin_size(stdin: str) -> int:
+    """How many bytes a command gets for `stdin`: pyinfra ends it with a newline (and
+    sends nothing for an empty one)."""
+    return len(stdin.encode()) + (0 if not stdin or stdin.endswith("\n") else 1)
+
+
+def stdin_first(token: str, command: str, size: int | None, run_dir: str = RUN_DIR) -> str:
+    """`command` (a step's, `step_command`) with its standard input read whole first,
+    into a file of the run folder, and only then run from that file: a step never holds
+    the step lock while it waits on the connection, so a connection cut mid-upload
+    cannot hold up the guard's undo until the step's deadline (the read waits alone,
+    holding nothing). `size`: the bytes that must arrive (`stdin_size`); an upload cut
+    short runs nothing. None: the command checks its input itself (a script parsed
+    whole before it runs). The guard removes what a cut read leaves."""
+    f = shlex.quote(f"{run_dir}/in.{token}.") + "$$"
+    short = '{ rm -f "$f"; echo "svcops: the upload to the node was cut short; nothing changed" >&2; exit 1; }'
+    check = f' && [ "$(($(wc -c < "$f")))" -eq {int(size)} ]' if size is not None else ""
+    return f'f={f}; {{ cat > "$f"{check}; }} || {short}\n{command} < "$f"; rc=$?; rm -f "$f"; exit $rc'
 
 
 # An undo script travels in its step's own command when it is at most this long (a

@@ -255,52 +255,70 @@ def test_05_a_step_that_fails_late_undoes_the_whole_node(on_a, proxy_mode):
     assert whole(on_a, "node3") == "B"
 
 
-def test_06_a_node_cut_off_after_connecting_is_reported_unreachable_and_undoes_itself(on_a):
-    # Port 22 dropped both ways on node1: its connection hangs, nothing closes it. The
-    # shell that cuts is started first and waits for a line, so that the cut lands
-    # within milliseconds of node1's guard taking the node (a `svcops lab exec` started
-    # then took longer than the rest of node1's apply). A cut landing later, during
-    # node1's later steps or its commit, left node1 held and half-applied for over 30 s
-    # in one CI run (2026-12-04): a known gap, not drilled here yet.
+# Where node1 is cut off: once its guard holds it, after each of its later operations
+# (the next one then stalls mid-command or mid-upload), and the instant its commit
+# through a fresh login has landed (its answer may be lost).
+CUT_POINTS = ["begin", "iptables rules", "persisted files", "service dns", "committed"]
+
+
+@pytest.mark.parametrize("point", CUT_POINTS)
+def test_06_a_node_cut_off_midway_is_reported_truly_and_ends_wholly_old_or_new(on_a, proxy_mode, point):
+    # Port 22 dropped both ways on node1: its connections hang, nothing closes them. The
+    # shell that cuts is started first and waits for a line (a `svcops lab exec` started
+    # then takes longer than the rest of node1's apply), so the cut lands within
+    # milliseconds of the point; "committed" polls for the commit's mark instead.
     cut = "iptables -I INPUT -p tcp --dport 22 -j DROP && iptables -I OUTPUT -p tcp --sport 22 -j DROP"
+    wait = "i=0; until ls /run/svcops/txn.*/committed >/dev/null 2>&1 || [ $i -gt 6000 ]; do i=$((i+1)); sleep 0.01; done; " if point == "committed" else ""
     cutter = subprocess.Popen(
-        [SVCOPS, "lab", "exec", "node1", "--", "sh", "-c", f"echo armed; read go && {cut} && echo cut"],
+        [SVCOPS, "lab", "exec", "node1", "--", "sh", "-c", f"echo armed; read go && {wait}{cut} && echo cut"],
         cwd=labkit.ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         assert cutter.stdout.readline().strip() == "armed"
         p = start(on_a["B"], "--node-timeout", "3")
-        read_until(p, "[node1] svcops | begin")  # connected, its guard holds the node
+        line = {"iptables rules": "nftables table" if proxy_mode == "nftables" else point, "committed": "begin"}.get(point, point)
+        read_until(p, f"[node1] svcops | {line}")
         cutter.stdin.write("go\n")
         cutter.stdin.flush()
-        assert cutter.communicate(timeout=30)[0].strip() == "cut"
+        assert cutter.communicate(timeout=90)[0].strip() == "cut"
         started = time.monotonic()
         out, _ = p.communicate(timeout=90)
         took = time.monotonic() - started
-        assert p.returncode == 1, out
         st = {}
-        for line in out.splitlines():
+        for row in out.splitlines():
             for n in NODES:
-                if line.startswith(f"  {n}: "):
-                    st[n] = line.split(": ", 1)[1].split()[0]
-        assert st["node1"] == "unreachable", out
-        assert st["node2"] in ("changed",) and st["node3"] in ("changed",), out
-        assert "has not answered" in out, out
-        assert took < 60, f"the apply took {took:.0f} s after the cut"
-        # node1's guard hears nothing more: after --rollback-after (5 s) it undoes the apply.
-        end = time.monotonic() + 30
+                if row.startswith(f"  {n}: "):
+                    st[n] = row.split(": ", 1)[1]
+        print(f"\nnode1 cut at {point}: {st.get('node1')} (the apply ended {took:.1f} s after the cut)")
+        assert st["node2"].startswith("changed") and st["node3"].startswith("changed"), out
+        assert took < 30, f"the apply took {took:.0f} s after the cut (--node-timeout 3):\n{out}"
+        # node1's guard hears nothing more: within --rollback-after (5 s) it ends.
+        end = time.monotonic() + 20
         while time.monotonic() < end and leftovers("node1"):
             time.sleep(0.5)
-        assert whole(on_a, "node2") == whole(on_a, "node3") == "B"
+        assert not leftovers("node1"), sh("node1", "ls -la /run/svcops; ps -eo pid,ppid,etimes,args | grep -e flock -e svcops -e 'sh -'")
     finally:
         if cutter.poll() is None:
             cutter.kill()
             cutter.wait(10)
         sh("node1", "iptables -D INPUT -p tcp --dport 22 -j DROP; iptables -D OUTPUT -p tcp --sport 22 -j DROP; true")
-    assert whole(on_a, "node1") == "A"
+    # What the apply said of node1 is what node1 is: changed means new; unreachable means
+    # old, unless it said the commit was sent and its answer lost (then either, whole).
+    ends = whole(on_a, "node1")
+    if st["node1"].startswith("changed"):
+        assert ends == "B", out
+    else:
+        assert p.returncode == 1 and st["node1"].startswith("unreachable"), out
+        assert "has not answered" in out, out
+        assert ends == "A" or "the commit was sent" in st["node1"], (ends, out)
+    if point == "begin":
+        assert ends == "A" and st["node1"].startswith("unreachable"), out
+    if point == "committed":
+        assert ends == "B", out
+    assert whole(on_a, "node2") == whole(on_a, "node3") == "B"
     assert ssh_ok("node1")
     r = apply(on_a["B"], "--rollback-after", "5")
-    assert results(r)["node1"] == "changed"
+    assert results(r)["node1"] in ("changed", "unchanged")
     assert whole(on_a, "node1") == "B"
 
 

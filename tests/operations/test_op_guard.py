@@ -15,7 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from svcops.render.txn import BUSY_EXIT, MAX_INLINE_UNDO, commit_command, guard_script, step_command, txn_dir, undo_path, undo_then
+from svcops.render.txn import (
+    BUSY_EXIT,
+    MAX_INLINE_UNDO,
+    commit_command,
+    guard_script,
+    stdin_first,
+    stdin_size,
+    step_command,
+    txn_dir,
+    undo_path,
+    undo_then,
+)
 
 pytestmark = pytest.mark.skipif(not shutil.which("flock") or not shutil.which("bash"), reason="needs bash and flock")
 
@@ -30,9 +41,16 @@ class Guard:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )  # fmt: skip
 
-    def word(self, seconds: float = 10) -> str | None:
-        ready, _, _ = select.select([self.p.stdout], [], [], seconds)
-        return self.p.stdout.readline().strip() if ready else None
+    def word(self, seconds: float = 10, pong: bool = False) -> str | None:
+        """The guard's next word; its beats (``pong``) skipped unless `pong`."""
+        end = time.monotonic() + seconds
+        while True:
+            ready, _, _ = select.select([self.p.stdout], [], [], max(0.0, end - time.monotonic()))
+            if not ready:
+                return None
+            word = self.p.stdout.readline().strip()
+            if word != "pong" or pong:
+                return word
 
     def say(self, word: str) -> None:
         self.p.stdin.write(word + "\n")
@@ -124,7 +142,7 @@ def test_silence_undoes_the_apply_by_itself(run, tmp_path):
     g.undo(1, f"echo undo >> {log}\n")
     assert g.step(f"echo step >> {log}").returncode == 0
     g.say("ping")
-    assert g.word() == "pong"
+    assert g.word(pong=True) == "pong"
     # No word for two seconds: the guard takes the controller for gone.
     assert g.p.wait(15) == 0
     assert log.read_text().split() == ["step", "undo"]
@@ -232,3 +250,98 @@ def test_a_step_carries_its_undo_and_the_guard_runs_it(run, tmp_path):
     assert g.end() == 0  # end of input: undone, newest first
     assert log.read_text() == "change\nsecond\nfirst $HOME\nSVCOPS_UNDO\n"
     assert undo_then([("/x", "y" * (MAX_INLINE_UNDO + 1))], "true") is None
+
+
+def test_while_it_undoes_the_guard_beats_and_the_beat_ends_with_it(run, tmp_path):
+    """An undo that takes a while (here 3 s) keeps the guard answering: a beat (pong)
+    each second, so the controller can tell a busy guard from a cut connection; the
+    beat stops with the undo, and never outlives a guard killed meanwhile."""
+    g = Guard(run, "tb")
+    assert g.word() == "locked"
+    g.undo(1, "sleep 3\n")
+    assert g.step("true").returncode == 0
+    g.say("abort")
+    words: list[str | None] = []
+    while len(words) < 6 and "rolled-back" not in words:
+        words.append(g.word(10, pong=True))
+    assert words[:2] == ["pong", "pong"] and words[-1] == "rolled-back", words
+    assert g.word(2.5, pong=True) in (None, "rolled-back")  # no beat once the undo is over
+    g.say("done")
+    assert g.p.wait(10) == 0
+    k = Guard(run, "tk")
+    assert k.word() == "locked"
+    k.undo(1, "sleep 30\n")
+    assert k.step("true").returncode == 0
+    k.say("abort")
+    assert k.word(5, pong=True) == "pong"
+    k.p.kill()
+    k.p.wait(10)
+    # The beat writes to the guard's output: that output ends (every writer gone) once
+    # the beat has seen its guard die, within about a second.
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        ready, _, _ = select.select([k.p.stdout], [], [], 0.5)
+        if ready and k.p.stdout.readline() == "":
+            break
+    else:
+        raise AssertionError("the beat outlived its guard")
+    assert time.monotonic() < end
+
+
+def test_a_commit_that_reached_the_node_is_said_on_abort(run, tmp_path):
+    """The commit went through a fresh login and its answer was lost: the controller's
+    abort is told ``committed`` (the node is new), never ``nothing``."""
+    log = tmp_path / "log"
+    g = Guard(run, "tc")
+    assert g.word() == "locked"
+    g.undo(1, f"echo undo >> {log}\n")
+    assert g.step(f"echo step >> {log}").returncode == 0
+    assert subprocess.run(["sh", "-c", commit_command("tc", str(run))]).returncode == 0
+    g.say("abort")
+    assert g.word() == "committed"
+    g.say("done")
+    assert g.p.wait(10) == 0
+    assert log.read_text().split() == ["step"]
+
+
+def _stdin_step(run: Path, token: str, change: str, text: str) -> list[str]:
+    return ["sh", "-c", stdin_first(token, step_command(token, change, 20, str(run)), stdin_size(text), str(run))]
+
+
+def test_an_upload_cut_off_midway_holds_nothing_and_runs_nothing(run, tmp_path):
+    """A step whose standard input stops arriving (the connection cut mid-upload) waits
+    holding no lock: the guard undoes the apply at once when its controller goes, and
+    removes the half-read upload; when that input finally ends, the step runs nothing."""
+    log = tmp_path / "log"
+    g = Guard(run, "tu")
+    assert g.word() == "locked"
+    g.undo(1, f"echo undo >> {log}\n")
+    assert g.step(f"echo step >> {log}").returncode == 0
+    text = "line one\nline two\n"
+    stuck = subprocess.Popen(_stdin_step(run, "tu", f"cat >> {log}", text), stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stuck.stdin.write("line one\n")  # half of it, and the rest never comes
+    stuck.stdin.flush()
+    time.sleep(0.3)
+    assert g.end() == 0  # at once: nothing holds the step lock
+    assert log.read_text().split() == ["step", "undo"]
+    assert sorted(p.name for p in run.iterdir()) == ["node.lock"]  # nor the upload left behind
+    stuck.stdin.write("line two\n")
+    stuck.stdin.close()
+    assert stuck.wait(10) != 0
+    assert log.read_text().split() == ["step", "undo"]
+
+
+def test_an_upload_that_ends_short_runs_nothing_and_a_whole_one_runs(run, tmp_path):
+    out = tmp_path / "out"
+    g = Guard(run, "ts")
+    assert g.word() == "locked"
+    text = "alpha\nbeta"  # pyinfra adds the final newline
+    short = subprocess.run(_stdin_step(run, "ts", f"cat > {out}", text), input="alpha\n", capture_output=True, text=True, timeout=30)
+    assert short.returncode != 0 and "cut short" in short.stderr
+    assert not out.exists()
+    whole = subprocess.run(_stdin_step(run, "ts", f"cat > {out}", text), input=text + "\n", capture_output=True, text=True, timeout=30)
+    assert whole.returncode == 0, whole.stderr
+    assert out.read_text() == "alpha\nbeta\n"
+    assert [p.name for p in run.iterdir() if p.name.startswith("in.")] == []
+    g.say("done")
+    assert g.p.wait(10) == 0
