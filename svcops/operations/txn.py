@@ -193,6 +193,7 @@ class NodeGuard:
     last_heard: float = field(default_factory=time.monotonic)
     gone: bool = False  # the guard's channel has ended (or the connection was cut)
     commit_unsure: bool = False  # a commit was sent and its answer lost: old or new, unknown here
+    run_dir: str = RUN_DIR  # the node's run folder (another only in tests)
     pending: list = field(default_factory=list)  # undo scripts of `undo_first`, written with the next step
     _link: _Link | None = None
     _words: Queue = field(default_factory=Queue)
@@ -251,7 +252,7 @@ class NodeGuard:
     def open(self, host, lock_timeout: float) -> str | None:
         """Start the guard and wait for the node's lock; None when held, else why not."""
         argv = [
-            "bash", "-c", guard_script(), "svcops-guard", self.token, str(int(lock_timeout)),
+            "bash", "-c", guard_script(self.run_dir), "svcops-guard", self.token, str(int(lock_timeout)),
             str(int(self.rollback_after)), str(int(self.deadline)), _holder(),
         ]  # fmt: skip
         try:
@@ -366,28 +367,7 @@ def _commit(h, g: NodeGuard, verify_ssh: bool) -> str | None:
     if verify_ssh and isinstance(getattr(h, "connector", None), SSHConnector):
         # Bounded like every other wait on the node: silent for node_timeout, given up.
         timeout = min(VERIFY_TIMEOUT, max(1.0, g.node_timeout))
-        ok, why, sent = run_on_fresh_connection(h, commit_command(g.token), timeout)
-        if ok:
-            g.status = "committed"
-            g.send("done")
-            return None
-        h.log_styled(f"svcops: a fresh SSH connection failed after the change ({why}): rolling back", fg="red", log_func=logger.error)
-        outcome = g.abort(f"a fresh SSH login failed ({why})")
-        if outcome == "rolled-back":
-            h.log_styled("svcops: the node's previous state is restored", fg="yellow", log_func=logger.warning)
-        if outcome == "committed":
-            # The commit reached the node, only its answer was lost: the node is new.
-            h.log_styled("svcops: the node had committed after all (its answer was lost)", fg="yellow", log_func=logger.warning)
-            g.status = "committed"
-            return None
-        if outcome == "unreachable" and sent:
-            g.commit_unsure = True
-            return (
-                f"the commit through a fresh SSH login got no answer ({why}) and the node stopped answering: "
-                f"it ends wholly as before by itself within {g.rollback_after} s of silence, "
-                "or wholly new if the commit reached it (svcops check tells)"
-            )
-        return f"a fresh SSH login failed after the change ({why}); the node's previous state: {outcome}"
+        return _commit_through(h, g, lambda command: run_on_fresh_connection(h, command, timeout))
     g.send("commit")
     word = g.expect(g.node_timeout + 5)
     if word == "committed":
@@ -396,6 +376,34 @@ def _commit(h, g: NodeGuard, verify_ssh: bool) -> str | None:
         return None
     g.abort("the commit was refused")
     return f"the node refused the commit ({word or 'no answer'})"
+
+
+def _commit_through(h, g: NodeGuard, login) -> str | None:
+    """Commit `g` through `login` (the commit command -> (exited 0, why not, sent), as
+    `run_on_fresh_connection`); on failure undo it through the guard, or say truly what
+    is not known: a commit sent whose answer was lost may have landed."""
+    ok, why, sent = login(commit_command(g.token, g.run_dir))
+    if ok:
+        g.status = "committed"
+        g.send("done")
+        return None
+    h.log_styled(f"svcops: a fresh SSH connection failed after the change ({why}): rolling back", fg="red", log_func=logger.error)
+    outcome = g.abort(f"a fresh SSH login failed ({why})")
+    if outcome == "rolled-back":
+        h.log_styled("svcops: the node's previous state is restored", fg="yellow", log_func=logger.warning)
+    if outcome == "committed":
+        # The commit reached the node, only its answer was lost: the node is new.
+        h.log_styled("svcops: the node had committed after all (its answer was lost)", fg="yellow", log_func=logger.warning)
+        g.status = "committed"
+        return None
+    if outcome == "unreachable" and sent:
+        g.commit_unsure = True
+        return (
+            f"the commit through a fresh SSH login got no answer ({why}) and the node stopped answering: "
+            f"it ends wholly as before by itself within {g.rollback_after} s of silence, "
+            "or wholly new if the commit reached it (svcops check tells)"
+        )
+    return f"a fresh SSH login failed after the change ({why}); the node's previous state: {outcome}"
 
 
 def ensure(lock_timeout=DEFAULT_LOCK_TIMEOUT, rollback_after=DEFAULT_ROLLBACK_AFTER):
