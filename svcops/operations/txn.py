@@ -471,13 +471,14 @@ def step(what: str, change: str, undo: str | None = None, stdin: str | None = No
         body = None  # quoted twice (here and by pyinfra), quotes and all: too long a line
     if body is None:  # long undo scripts: uploaded first, each on its own
         for path, text in undos:
-            yield StringCommand(stdin_first(g.token, step_command(g.token, f"cat > {path}", g.deadline), stdin_size(text)), _stdin=text)
+            yield _locked_with_stdin(g, f"cat > {path}", text)
         body = change
-    command = step_command(g.token, body, g.deadline)
-    if stdin is None:
-        yield StringCommand(command)
-        return
-    yield StringCommand(stdin_first(g.token, command, stdin_size(stdin)), _stdin=stdin)
+    yield StringCommand(step_command(g.token, body, g.deadline)) if stdin is None else _locked_with_stdin(g, body, stdin)
+
+
+def _locked_with_stdin(g: NodeGuard, change: str, stdin: str) -> StringCommand:
+    """`change` as a step of `g` fed `stdin`, read whole before the step lock is taken."""
+    return StringCommand(stdin_first(g.token, step_command(g.token, change, g.deadline), stdin_size(stdin)), _stdin=stdin)
 
 
 def undo_first(what: str, undo: str):
@@ -646,7 +647,7 @@ def upload(d: str, name: str, text: str) -> StringCommand:
     g = current()
     write = f"cat > {d}/{name}"
     if g is not None and d == txn_dir(g.token):
-        return StringCommand(stdin_first(g.token, step_command(g.token, write, g.deadline), stdin_size(text)), _stdin=text)
+        return _locked_with_stdin(g, write, text)
     return StringCommand(f"{dir_ready(d)} && {write}", _stdin=text)
 
 
